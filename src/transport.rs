@@ -1,0 +1,376 @@
+//! Sessions over a byte stream: runs the handshake with timeouts and a length cap, then carries
+//! [`Request`]s and [`Reply`]s in sealed records. Generic over the stream so tests can use
+//! in-memory pipes.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::codec::DecodeError;
+use crate::handshake::{self, HandshakeError, MAX_HANDSHAKE_MESSAGE};
+use crate::id::PeerId;
+use crate::message::{DATA_KIND, Reply, Request};
+use crate::record::{self, HEADER_LEN, Opener, RecordError, Sealer};
+use crate::secret::Passphrase;
+
+/// How long to wait on a peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// The whole handshake.
+    pub handshake: Duration,
+    /// Any one record, once the session is up.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error(transparent)]
+    Rejected(#[from] HandshakeError),
+    #[error("timed out waiting for the peer ({0})")]
+    Timeout(&'static str),
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the connection was cut before the peer finished")]
+    Truncated,
+    #[error("the peer ended the session")]
+    Closed,
+    #[error("bad record: {0}")]
+    Record(#[from] RecordError),
+    #[error("bad message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+}
+
+impl SessionError {
+    /// True when the peer failed to prove it knows the passphrase (or someone interfered).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, SessionError::Rejected(_))
+    }
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl Future<Output = io::Result<T>>,
+) -> Result<T, SessionError> {
+    match timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(SessionError::Truncated),
+        Ok(Err(e)) => Err(SessionError::Io(e)),
+        Err(_) => Err(SessionError::Timeout(what)),
+    }
+}
+
+async fn write_handshake<S: AsyncWrite + Unpin>(io: &mut S, msg: &[u8]) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(2 + msg.len());
+    frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    frame.extend_from_slice(msg);
+    io.write_all(&frame).await
+}
+
+async fn read_handshake<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, SessionError> {
+    let len = usize::from(io.read_u16().await.map_err(map_eof)?);
+    if len > MAX_HANDSHAKE_MESSAGE {
+        // Not a deaddrop peer, or a hostile one: either way, nothing to authenticate.
+        return Err(HandshakeError::Rejected.into());
+    }
+    let mut msg = vec![0u8; len];
+    io.read_exact(&mut msg).await.map_err(map_eof)?;
+    Ok(msg)
+}
+
+fn map_eof(e: io::Error) -> SessionError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        // A peer that hangs up mid-handshake is indistinguishable from one that refused us.
+        SessionError::Rejected(HandshakeError::Rejected)
+    } else {
+        SessionError::Io(e)
+    }
+}
+
+async fn in_time<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    timeout(limit, fut)
+        .await
+        .unwrap_or(Err(SessionError::Timeout("handshake")))
+}
+
+/// Runs the client side of the handshake on `io`.
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    pass: &Passphrase,
+    me: PeerId,
+    expected: Option<PeerId>,
+    timeouts: Timeouts,
+) -> Result<Session<S>, SessionError> {
+    let keys = in_time(timeouts.handshake, async {
+        let (client, hello) = handshake::Client::start(pass, me, expected);
+        write_handshake(&mut io, &hello).await?;
+        let reply = read_handshake(&mut io).await?;
+        let (finish, keys) = client.finish(&reply)?;
+        write_handshake(&mut io, &finish).await?;
+        Ok(keys)
+    })
+    .await?;
+    Ok(Session::new(io, keys, timeouts.idle))
+}
+
+/// The server side of the handshake, split so the caller can rate-limit by who is asking
+/// between reading the hello and doing PAKE work.
+pub async fn read_client_hello<S: AsyncRead + Unpin>(
+    io: &mut S,
+    limit: Duration,
+) -> Result<Vec<u8>, SessionError> {
+    in_time(limit, read_handshake(io)).await
+}
+
+/// Answers a client hello read with [`read_client_hello`] and completes the handshake.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    hello: &[u8],
+    pass: &Passphrase,
+    me: PeerId,
+    timeouts: Timeouts,
+) -> Result<Session<S>, SessionError> {
+    let keys = in_time(timeouts.handshake, async {
+        let (server, reply) = handshake::Server::respond(pass, me, hello)?;
+        write_handshake(&mut io, &reply).await?;
+        let finish = read_handshake(&mut io).await?;
+        Ok(server.finish(&finish)?)
+    })
+    .await?;
+    Ok(Session::new(io, keys, timeouts.idle))
+}
+
+/// An authenticated, encrypted session.
+pub struct Session<S> {
+    io: S,
+    peer: PeerId,
+    sealer: Sealer,
+    opener: Opener,
+    wbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    idle: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    fn new(io: S, keys: handshake::Established, idle: Duration) -> Self {
+        Self {
+            io,
+            peer: keys.peer,
+            sealer: Sealer::new(keys.send),
+            opener: Opener::new(keys.recv),
+            wbuf: Vec::new(),
+            rbuf: Vec::new(),
+            idle,
+        }
+    }
+
+    /// The authenticated peer's id.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    async fn write_frame(&mut self, last: bool) -> Result<(), SessionError> {
+        self.sealer.seal(&mut self.wbuf, last)?;
+        with_timeout(self.idle, "send", self.io.write_all(&self.wbuf)).await
+    }
+
+    fn start_frame(&mut self) -> &mut Vec<u8> {
+        self.wbuf.clear();
+        self.wbuf.resize(HEADER_LEN, 0);
+        &mut self.wbuf
+    }
+
+    pub async fn send_request(&mut self, req: &Request) -> Result<(), SessionError> {
+        req.encode_into(self.start_frame());
+        self.write_frame(matches!(req, Request::Bye)).await
+    }
+
+    pub async fn send_reply(&mut self, reply: &Reply<'_>) -> Result<(), SessionError> {
+        reply.encode_into(self.start_frame());
+        self.write_frame(false).await
+    }
+
+    /// A buffer to append one data record's payload to, then [`Session::send_data`]. Lets file
+    /// content be read straight into the record buffer.
+    pub fn data_buffer(&mut self) -> &mut Vec<u8> {
+        let b = self.start_frame();
+        b.push(DATA_KIND);
+        b
+    }
+
+    pub async fn send_data(&mut self) -> Result<(), SessionError> {
+        self.write_frame(false).await
+    }
+
+    /// Ends the session: sends a final record so the peer can tell it from a cut connection.
+    pub async fn close(&mut self) -> Result<(), SessionError> {
+        if self.opener.finished() {
+            return Ok(());
+        }
+        self.send_request(&Request::Bye).await?;
+        let _ = self.io.shutdown().await;
+        Ok(())
+    }
+
+    /// Reads and opens one record; its plaintext is `self.rbuf[..n]`.
+    async fn recv_record(&mut self) -> Result<usize, SessionError> {
+        if self.opener.finished() {
+            return Err(SessionError::Closed);
+        }
+        let mut header = [0u8; HEADER_LEN];
+        with_timeout(self.idle, "receive", self.io.read_exact(&mut header)).await?;
+        // The cap is checked here, before the buffer grows.
+        let (len, last) = record::parse_header(header)?;
+        if self.rbuf.len() < len {
+            self.rbuf.resize(len, 0);
+        }
+        let idle = self.idle;
+        with_timeout(idle, "receive", self.io.read_exact(&mut self.rbuf[..len])).await?;
+        Ok(self.opener.open(&mut self.rbuf[..len], last)?.len())
+    }
+
+    /// The next request; `Ok(None)` when the client said goodbye.
+    pub async fn recv_request(&mut self) -> Result<Option<Request>, SessionError> {
+        let n = self.recv_record().await?;
+        match Request::decode(&self.rbuf[..n])? {
+            Request::Bye => Ok(None),
+            req => Ok(Some(req)),
+        }
+    }
+
+    /// The next reply, skipping kinds this build does not know.
+    pub async fn recv_reply(&mut self) -> Result<Reply<'_>, SessionError> {
+        let n = loop {
+            let n = self.recv_record().await?;
+            match self.rbuf[..n].first() {
+                Some(&kind) if !Reply::is_known_kind(kind) => {
+                    tracing::debug!("skipping reply kind {kind:#04x} from {}", self.peer);
+                }
+                _ => break n,
+            }
+        };
+        Ok(Reply::decode(&self.rbuf[..n])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{DropInfo, DropKind};
+    use crate::id::Token;
+    use tokio::io::{DuplexStream, duplex};
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::new(s.into()).unwrap()
+    }
+
+    async fn pair(
+        client_pass: &str,
+        server_pass: &str,
+    ) -> (
+        Result<Session<DuplexStream>, SessionError>,
+        Result<Session<DuplexStream>, SessionError>,
+    ) {
+        let (a, mut b) = duplex(1 << 16);
+        let t = Timeouts::default();
+        let (cp, sp) = (pass(client_pass), pass(server_pass));
+        let server = async move {
+            let hello = read_client_hello(&mut b, t.handshake).await?;
+            accept(b, &hello, &sp, PeerId([2; 16]), t).await
+        };
+        let client = connect(a, &cp, PeerId([1; 16]), Some(PeerId([2; 16])), t);
+        tokio::join!(client, server)
+    }
+
+    #[tokio::test]
+    async fn a_session_carries_requests_and_replies() {
+        let (c, s) = pair("secret123", "secret123").await;
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        assert_eq!(c.peer(), PeerId([2; 16]));
+        assert_eq!(s.peer(), PeerId([1; 16]));
+        c.send_request(&Request::List).await.unwrap();
+        assert_eq!(s.recv_request().await.unwrap(), Some(Request::List));
+        let info = DropInfo {
+            token: Token([5; 16]),
+            kind: DropKind::Message,
+            size: 2,
+            name: "message".into(),
+            created_unix: 1,
+            ttl_left_ms: 2,
+            fetches_left: 1,
+        };
+        s.send_reply(&Reply::Listing(vec![info.clone()])).await.unwrap();
+        s.data_buffer().extend_from_slice(b"hi");
+        s.send_data().await.unwrap();
+        assert_eq!(c.recv_reply().await.unwrap(), Reply::Listing(vec![info]));
+        assert_eq!(c.recv_reply().await.unwrap(), Reply::Data(b"hi"));
+        c.close().await.unwrap();
+        assert_eq!(s.recv_request().await.unwrap(), None);
+        assert!(matches!(s.recv_request().await, Err(SessionError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_passphrase_fails_on_both_sides_with_the_same_error() {
+        let (c, s) = pair("secret123", "wrong").await;
+        let (c, s) = (c.err().unwrap(), s.err().unwrap());
+        assert!(c.is_rejection(), "{c:?}");
+        assert!(s.is_rejection(), "{s:?}");
+        assert_eq!(c.to_string(), "wrong passphrase, or someone interfered");
+        assert_eq!(c.to_string(), s.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_cut_connection_is_reported_as_truncation() {
+        let (c, s) = pair("secret123", "secret123").await;
+        let (c, mut s) = (c.unwrap(), s.unwrap());
+        drop(c);
+        assert!(matches!(s.recv_request().await, Err(SessionError::Truncated)));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_handshake_length_is_refused_unread() {
+        let (mut a, mut b) = duplex(1024);
+        a.write_all(&[0xff, 0xff]).await.unwrap();
+        let e = read_client_hello(&mut b, Duration::from_secs(1)).await.unwrap_err();
+        assert!(e.is_rejection());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out() {
+        let (_a, mut b) = duplex(1024);
+        let e = read_client_hello(&mut b, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, SessionError::Timeout(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_header_is_refused_before_allocating() {
+        let (c, s) = pair("secret123", "secret123").await;
+        let (c, mut s) = (c.unwrap(), s.unwrap());
+        let mut raw = c.io;
+        raw.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(
+            s.recv_request().await,
+            Err(SessionError::Record(RecordError::TooLong(_)))
+        ));
+        assert!(s.rbuf.capacity() < 1024);
+    }
+}

@@ -141,7 +141,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for b in [announce(), Beacon::Query { id: PeerId::random() }] {
+        for b in [
+            announce(),
+            Beacon::Query {
+                id: PeerId::random(),
+            },
+        ] {
             assert_eq!(Beacon::decode(&b.encode()).unwrap(), b);
         }
     }
@@ -167,13 +172,19 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        assert_eq!(Beacon::decode(b"{\"t\":\"HELLO\"}"), Err(DecodeError::BadMagic));
+        assert_eq!(
+            Beacon::decode(b"{\"t\":\"HELLO\"}"),
+            Err(DecodeError::BadMagic)
+        );
         let mut v2 = announce().encode();
         v2[4] = 2;
         assert_eq!(Beacon::decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
         let mut unknown = announce().encode();
         unknown[5] = 0x7f;
-        assert_eq!(Beacon::decode(&unknown), Err(DecodeError::UnknownKind(0x7f)));
+        assert_eq!(
+            Beacon::decode(&unknown),
+            Err(DecodeError::UnknownKind(0x7f))
+        );
         let mut port0 = announce().encode();
         port0[22] = 0;
         port0[23] = 0;

@@ -102,7 +102,11 @@ impl Schedule {
         th.update(LABEL_TRANSCRIPT);
         th.update(client_hello);
         th.update(server_hello_core);
-        let transcript: [u8; 32] = th.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let transcript: [u8; 32] = th
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &transcript).extract(pake_key);
         let confirm = |label| hmac::Key::new(hmac::HMAC_SHA256, expand(&prk, label).as_ref());
         Schedule {
@@ -185,14 +189,21 @@ impl Client {
     /// Takes the ServerHello; returns the ClientFinish to send and the session keys.
     pub fn finish(self, server_hello: &[u8]) -> Result<(Vec<u8>, Established), HandshakeError> {
         let parsed = parse_server_hello(server_hello).ok_or(HandshakeError::Rejected)?;
-        if self.expected_server.is_some_and(|id| id != parsed.server_id) {
+        if self
+            .expected_server
+            .is_some_and(|id| id != parsed.server_id)
+        {
             return Err(HandshakeError::Rejected);
         }
         let ours = &self.hello[CLIENT_HELLO_LEN - PAKE_LEN..];
         let key = finish_pake(self.pake, ours, parsed.pake)?;
         let schedule = Schedule::derive(&key, &self.hello, parsed.core);
-        hmac::verify(&schedule.confirm_server, &schedule.transcript, parsed.confirm)
-            .map_err(|_| HandshakeError::Rejected)?;
+        hmac::verify(
+            &schedule.confirm_server,
+            &schedule.transcript,
+            parsed.confirm,
+        )
+        .map_err(|_| HandshakeError::Rejected)?;
         let mut finish = Vec::with_capacity(CLIENT_FINISH_LEN);
         finish.put_u8(KIND_CLIENT_FINISH);
         finish.put_bytes(schedule.client_tag().as_ref());
@@ -356,7 +367,11 @@ mod tests {
             hello[i] ^= 0x01;
             let result = Server::respond(&p, s_id, &hello)
                 .and_then(|(_, reply)| client.finish(&reply).map(|_| ()));
-            assert_eq!(result, Err(HandshakeError::Rejected), "flip in hello byte {i}");
+            assert_eq!(
+                result,
+                Err(HandshakeError::Rejected),
+                "flip in hello byte {i}"
+            );
         }
         for i in 0..SERVER_HELLO_LEN {
             let (client, hello) = Client::start(&p, PeerId::random(), None);
@@ -373,7 +388,10 @@ mod tests {
             let (server, reply) = Server::respond(&p, s_id, &hello).unwrap();
             let (mut fin, _) = client.finish(&reply).unwrap();
             fin[i] ^= 0x01;
-            assert_eq!(server.finish(&fin).map(|_| ()), Err(HandshakeError::Rejected));
+            assert_eq!(
+                server.finish(&fin).map(|_| ()),
+                Err(HandshakeError::Rejected)
+            );
         }
     }
 
@@ -386,7 +404,10 @@ mod tests {
         let (server, _reply) = Server::respond(&pass("secret123"), s_id, &hello).unwrap();
         let mut forged = vec![KIND_CLIENT_FINISH];
         forged.extend([0u8; 32]);
-        assert_eq!(server.finish(&forged).map(|_| ()), Err(HandshakeError::Rejected));
+        assert_eq!(
+            server.finish(&forged).map(|_| ()),
+            Err(HandshakeError::Rejected)
+        );
     }
 
     #[test]
@@ -413,7 +434,10 @@ mod tests {
         reply.extend(&hello[22..22 + NONCE_LEN]);
         reply.extend(&hello[CLIENT_HELLO_LEN - PAKE_LEN..]);
         reply.extend([0u8; 32]);
-        assert_eq!(client.finish(&reply).map(|_| ()), Err(HandshakeError::Rejected));
+        assert_eq!(
+            client.finish(&reply).map(|_| ()),
+            Err(HandshakeError::Rejected)
+        );
     }
 
     #[test]
@@ -421,7 +445,10 @@ mod tests {
         let p = pass("secret123");
         let (client, hello) = Client::start(&p, PeerId::random(), Some(PeerId([1; 16])));
         let (_, reply) = Server::respond(&p, PeerId([2; 16]), &hello).unwrap();
-        assert_eq!(client.finish(&reply).map(|_| ()), Err(HandshakeError::Rejected));
+        assert_eq!(
+            client.finish(&reply).map(|_| ()),
+            Err(HandshakeError::Rejected)
+        );
     }
 
     #[test]

@@ -116,7 +116,14 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_rejected() {
-        for bad in ["", "abc", &"g".repeat(32), &"a".repeat(31), &"a".repeat(33), &"é".repeat(16)] {
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(32),
+            &"a".repeat(31),
+            &"a".repeat(33),
+            &"é".repeat(16),
+        ] {
             assert!(bad.parse::<Token>().is_err(), "{bad:?} accepted");
         }
     }

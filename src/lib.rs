@@ -28,11 +28,17 @@
 //! The library never prints, prompts or exits; the `deaddrop` binary does.
 
 pub mod beacon;
+pub mod client;
 pub mod codec;
+pub mod discovery;
+pub mod duration;
+pub mod event;
 pub mod handshake;
+pub mod holder;
 pub mod id;
 pub mod limit;
 pub mod message;
+pub mod receiver;
 pub mod record;
 pub mod secret;
 pub mod store;

@@ -152,13 +152,20 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// First message of every session: how the client is shown to the holder.
-    Hello { name: String },
+    Hello {
+        name: String,
+    },
     /// "Which drops do you hold?"
     List,
     /// "Send me this drop's content from byte `offset`."
-    Fetch { token: Token, offset: u64 },
+    Fetch {
+        token: Token,
+        offset: u64,
+    },
     /// "I have a complete, verified copy": only this counts as a fetch.
-    Ack { token: Token },
+    Ack {
+        token: Token,
+    },
     /// End of session.
     Bye,
     Unknown(u8),
@@ -231,20 +238,36 @@ impl Request {
 /// Holder-to-client messages. `Data` borrows the record buffer it came in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply<'a> {
-    Hello { name: String },
+    Hello {
+        name: String,
+    },
     Listing(Vec<DropInfo>),
     /// A fetch was granted: the content follows from `offset`, as `Data` then `End`.
-    Start { info: DropInfo, offset: u64 },
+    Start {
+        info: DropInfo,
+        offset: u64,
+    },
     Data(&'a [u8]),
     /// End of the content, with the BLAKE3 hash of all of it (from byte 0).
-    End { hash: [u8; 32] },
-    Refused { token: Token, reason: Refusal },
+    End {
+        hash: [u8; 32],
+    },
+    Refused {
+        token: Token,
+        reason: Refusal,
+    },
     /// The acknowledgement was counted.
-    Acked { token: Token },
+    Acked {
+        token: Token,
+    },
     /// The holder does not understand a request kind.
-    Unsupported { kind: u8 },
+    Unsupported {
+        kind: u8,
+    },
     /// The holder gave up on a transfer it had started.
-    Abort { reason: Refusal },
+    Abort {
+        reason: Refusal,
+    },
     Unknown(u8),
 }
 
@@ -366,28 +389,57 @@ mod tests {
 
     fn requests() -> Vec<Request> {
         vec![
-            Request::Hello { name: "laptop".into() },
+            Request::Hello {
+                name: "laptop".into(),
+            },
             Request::List,
-            Request::Fetch { token: Token([3; 16]), offset: 1 << 40 },
-            Request::Ack { token: Token([4; 16]) },
+            Request::Fetch {
+                token: Token([3; 16]),
+                offset: 1 << 40,
+            },
+            Request::Ack {
+                token: Token([4; 16]),
+            },
             Request::Bye,
         ]
     }
 
     fn replies() -> Vec<Reply<'static>> {
         vec![
-            Reply::Hello { name: "desk 🖥".into() },
+            Reply::Hello {
+                name: "desk 🖥".into(),
+            },
             Reply::Listing(vec![]),
-            Reply::Listing(vec![info(), DropInfo { kind: DropKind::Other(9), fetches_left: EVERYONE, ..info() }]),
-            Reply::Start { info: info(), offset: 5 },
+            Reply::Listing(vec![
+                info(),
+                DropInfo {
+                    kind: DropKind::Other(9),
+                    fetches_left: EVERYONE,
+                    ..info()
+                },
+            ]),
+            Reply::Start {
+                info: info(),
+                offset: 5,
+            },
             Reply::Data(b""),
             Reply::Data(b"Hello, team!"),
             Reply::End { hash: [7; 32] },
-            Reply::Refused { token: Token([1; 16]), reason: Refusal::Taken },
-            Reply::Refused { token: Token([1; 16]), reason: Refusal::Other(200) },
-            Reply::Acked { token: Token([2; 16]) },
+            Reply::Refused {
+                token: Token([1; 16]),
+                reason: Refusal::Taken,
+            },
+            Reply::Refused {
+                token: Token([1; 16]),
+                reason: Refusal::Other(200),
+            },
+            Reply::Acked {
+                token: Token([2; 16]),
+            },
             Reply::Unsupported { kind: 0x42 },
-            Reply::Abort { reason: Refusal::Unavailable },
+            Reply::Abort {
+                reason: Refusal::Unavailable,
+            },
         ]
     }
 
@@ -419,11 +471,20 @@ mod tests {
 
     #[test]
     fn golden_bytes() {
-        assert_eq!(enc_req(&Request::Hello { name: "ab".into() }), [0x01, 0, 2, b'a', b'b']);
+        assert_eq!(
+            enc_req(&Request::Hello { name: "ab".into() }),
+            [0x01, 0, 2, b'a', b'b']
+        );
         let mut fetch = vec![0x03];
         fetch.extend([3; 16]);
         fetch.extend([0, 0, 1, 0, 0, 0, 0, 0]);
-        assert_eq!(enc_req(&Request::Fetch { token: Token([3; 16]), offset: 1 << 40 }), fetch);
+        assert_eq!(
+            enc_req(&Request::Fetch {
+                token: Token([3; 16]),
+                offset: 1 << 40
+            }),
+            fetch
+        );
         let mut start = vec![0x83];
         start.extend([0x11; 16]);
         start.push(1);
@@ -434,7 +495,13 @@ mod tests {
         start.extend(12_000u64.to_be_bytes());
         start.extend(1u32.to_be_bytes());
         start.extend(5u64.to_be_bytes());
-        assert_eq!(enc_rep(&Reply::Start { info: info(), offset: 5 }), start);
+        assert_eq!(
+            enc_rep(&Reply::Start {
+                info: info(),
+                offset: 5
+            }),
+            start
+        );
         assert_eq!(enc_rep(&Reply::Data(b"hi")), [0x84, b'h', b'i']);
     }
 
@@ -446,13 +513,19 @@ mod tests {
                 continue; // data is "the rest": any prefix of it is valid data
             }
             for n in 0..b.len() {
-                assert!(Reply::decode(&b[..n]).is_err(), "{r:?} accepted at {n} bytes");
+                assert!(
+                    Reply::decode(&b[..n]).is_err(),
+                    "{r:?} accepted at {n} bytes"
+                );
             }
         }
         for r in requests() {
             let b = enc_req(&r);
             for n in 0..b.len() {
-                assert!(Request::decode(&b[..n]).is_err(), "{r:?} accepted at {n} bytes");
+                assert!(
+                    Request::decode(&b[..n]).is_err(),
+                    "{r:?} accepted at {n} bytes"
+                );
             }
         }
     }
@@ -466,7 +539,10 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_skippable_not_fatal() {
-        assert_eq!(Request::decode(&[0x60, 1, 2, 3]).unwrap(), Request::Unknown(0x60));
+        assert_eq!(
+            Request::decode(&[0x60, 1, 2, 3]).unwrap(),
+            Request::Unknown(0x60)
+        );
         assert_eq!(Reply::decode(&[0xe0, 1]).unwrap(), Reply::Unknown(0xe0));
     }
 
@@ -475,10 +551,16 @@ mod tests {
         let mut hello = vec![0x01];
         hello.put_u16(65);
         hello.extend([b'a'; 65]);
-        assert!(matches!(Request::decode(&hello), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            Request::decode(&hello),
+            Err(DecodeError::TooLong { .. })
+        ));
         let mut listing = vec![0x82];
         listing.put_u16(MAX_LISTING as u16 + 1);
-        assert!(matches!(Reply::decode(&listing), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            Reply::decode(&listing),
+            Err(DecodeError::TooLong { .. })
+        ));
         // A listing that claims many entries but has no bytes fails without reserving memory.
         let mut listing = vec![0x82];
         listing.put_u16(MAX_LISTING as u16);
@@ -487,7 +569,9 @@ mod tests {
 
     #[test]
     fn long_names_are_cut_on_encode() {
-        let long = Request::Hello { name: "é".repeat(100) };
+        let long = Request::Hello {
+            name: "é".repeat(100),
+        };
         match Request::decode(&enc_req(&long)).unwrap() {
             Request::Hello { name } => assert_eq!(name.len(), 64),
             other => panic!("{other:?}"),

@@ -175,7 +175,11 @@ mod tests {
     #[test]
     fn records_round_trip_in_order() {
         let (mut s, mut o) = pair();
-        let frames = [seal(&mut s, b"one", false), seal(&mut s, b"", false), seal(&mut s, b"end", true)];
+        let frames = [
+            seal(&mut s, b"one", false),
+            seal(&mut s, b"", false),
+            seal(&mut s, b"end", true),
+        ];
         assert_eq!(open(&mut o, &frames[0]).unwrap(), (b"one".to_vec(), false));
         assert_eq!(open(&mut o, &frames[1]).unwrap(), (vec![], false));
         assert_eq!(open(&mut o, &frames[2]).unwrap(), (b"end".to_vec(), true));
@@ -207,7 +211,11 @@ mod tests {
                 let (_, mut o) = pair();
                 let mut f = frame.clone();
                 f[i] ^= 1 << bit;
-                assert_eq!(open(&mut o, &f), Err(RecordError::Tampered), "byte {i} bit {bit}");
+                assert_eq!(
+                    open(&mut o, &f),
+                    Err(RecordError::Tampered),
+                    "byte {i} bit {bit}"
+                );
             }
         }
     }
@@ -247,9 +255,18 @@ mod tests {
     #[test]
     fn oversized_and_undersized_headers_are_rejected_before_reading() {
         let too_long = ((MAX_PLAINTEXT + TAG_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(parse_header(too_long), Err(RecordError::TooLong(_))));
-        assert!(matches!(parse_header([0x7f, 0xff, 0xff, 0xff]), Err(RecordError::TooLong(_))));
-        assert!(matches!(parse_header([0, 0, 0, 15]), Err(RecordError::TooLong(15))));
+        assert!(matches!(
+            parse_header(too_long),
+            Err(RecordError::TooLong(_))
+        ));
+        assert!(matches!(
+            parse_header([0x7f, 0xff, 0xff, 0xff]),
+            Err(RecordError::TooLong(_))
+        ));
+        assert!(matches!(
+            parse_header([0, 0, 0, 15]),
+            Err(RecordError::TooLong(15))
+        ));
         assert_eq!(parse_header([0x80, 0, 0, 16]), Ok((16, true)));
     }
 
@@ -265,6 +282,9 @@ mod tests {
     fn oversized_plaintext_is_refused_by_the_sealer() {
         let (mut s, _) = pair();
         let mut f = vec![0; HEADER_LEN + MAX_PLAINTEXT + 1];
-        assert!(matches!(s.seal(&mut f, false), Err(RecordError::TooLong(_))));
+        assert!(matches!(
+            s.seal(&mut f, false),
+            Err(RecordError::TooLong(_))
+        ));
     }
 }

@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn empty_and_overlong_passphrases_are_refused() {
-        assert!(matches!(Passphrase::new("\n".into()), Err(PassphraseError::Empty)));
+        assert!(matches!(
+            Passphrase::new("\n".into()),
+            Err(PassphraseError::Empty)
+        ));
         assert!(matches!(
             Passphrase::new("x".repeat(2000)),
             Err(PassphraseError::TooLong { .. })

@@ -56,7 +56,9 @@ impl<C> Entry<C> {
     fn fetches_left(&self) -> u32 {
         match self.spec.limit {
             FetchLimit::Everyone => EVERYONE,
-            FetchLimit::Max(n) => n.saturating_sub((self.delivered.len() + self.in_flight.len()) as u32),
+            FetchLimit::Max(n) => {
+                n.saturating_sub((self.delivered.len() + self.in_flight.len()) as u32)
+            }
         }
     }
 
@@ -203,7 +205,9 @@ impl<C: Clone> DropStore<C> {
             .filter(|(deadline, _)| *deadline > now)
             .filter_map(|(_, token)| {
                 let e = &self.drops[token];
-                let offered = e.fetches_left() > 0 && !e.delivered.contains(&who) && !e.in_flight.contains(&who);
+                let offered = e.fetches_left() > 0
+                    && !e.delivered.contains(&who)
+                    && !e.in_flight.contains(&who);
                 offered.then(|| e.info(*token, now))
             })
             .collect()
@@ -241,7 +245,12 @@ impl<C: Clone> DropStore<C> {
     }
 
     /// Counts an acknowledged fetch. Refused unless `who` holds a reservation.
-    pub fn complete(&mut self, token: Token, who: PeerId, now: Instant) -> Result<Completion, Refusal> {
+    pub fn complete(
+        &mut self,
+        token: Token,
+        who: PeerId,
+        now: Instant,
+    ) -> Result<Completion, Refusal> {
         let e = self.drops.get_mut(&token).ok_or(Refusal::NotFound)?;
         if !e.in_flight.remove(&who) {
             return Err(Refusal::NotFound);
@@ -303,6 +312,18 @@ impl<C: Clone> DropStore<C> {
         }
     }
 
+    /// Withdraws every drop, returning their tokens.
+    pub fn withdraw_all(&mut self) -> Vec<Token> {
+        let tokens: Vec<Token> = self.drops.keys().copied().collect();
+        for t in &tokens {
+            self.remove(*t);
+        }
+        if !tokens.is_empty() {
+            self.bump();
+        }
+        tokens
+    }
+
     /// Withdraws a drop (the holder is shutting down).
     pub fn withdraw(&mut self, token: Token) -> bool {
         let present = self.drops.contains_key(&token);
@@ -344,7 +365,13 @@ mod tests {
             assert_eq!(r.as_ref().unwrap_err(), &Refusal::Taken);
         }
         let c = s.complete(t, p[0], now).unwrap();
-        assert_eq!(c, Completion { delivered: 1, gone: Some(Gone::UsedUp) });
+        assert_eq!(
+            c,
+            Completion {
+                delivered: 1,
+                gone: Some(Gone::UsedUp)
+            }
+        );
         assert!(s.is_empty());
         assert_eq!(s.begin(t, p[1], now).unwrap_err(), Refusal::NotFound);
     }
@@ -356,7 +383,10 @@ mod tests {
         let t = s.insert(spec(FetchLimit::Max(1)), (), now, 0).unwrap();
         let p = peers(2);
         s.begin(t, p[0], now).unwrap();
-        assert!(s.list(p[1], now).is_empty(), "a reserved one-time drop is not on offer");
+        assert!(
+            s.list(p[1], now).is_empty(),
+            "a reserved one-time drop is not on offer"
+        );
         let g = s.generation();
         assert_eq!(s.release(t, p[0], now), None);
         assert_ne!(s.generation(), g, "release must be announced");
@@ -381,7 +411,13 @@ mod tests {
         let t = s.insert(spec(FetchLimit::Max(2)), (), now, 0).unwrap();
         let p = peers(3);
         s.begin(t, p[0], now).unwrap();
-        assert_eq!(s.complete(t, p[0], now).unwrap(), Completion { delivered: 1, gone: None });
+        assert_eq!(
+            s.complete(t, p[0], now).unwrap(),
+            Completion {
+                delivered: 1,
+                gone: None
+            }
+        );
         assert_eq!(s.begin(t, p[0], now).unwrap_err(), Refusal::AlreadyYours);
         assert!(s.list(p[0], now).is_empty());
         assert_eq!(s.list(p[1], now)[0].fetches_left, 1);
@@ -401,10 +437,17 @@ mod tests {
             assert_eq!(s.begin(t, who, now).unwrap_err(), Refusal::AlreadyYours);
         }
         let later = now + Duration::from_secs(12);
-        assert_eq!(s.begin(t, PeerId::random(), later).unwrap_err(), Refusal::NotFound);
+        assert_eq!(
+            s.begin(t, PeerId::random(), later).unwrap_err(),
+            Refusal::NotFound
+        );
         assert_eq!(
             s.expire(later),
-            vec![Removed { token: t, delivered: 50, why: Gone::Expired }]
+            vec![Removed {
+                token: t,
+                delivered: 50,
+                why: Gone::Expired
+            }]
         );
     }
 
@@ -416,7 +459,14 @@ mod tests {
         assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(12)));
         assert!(s.expire(now + Duration::from_millis(11_999)).is_empty());
         let removed = s.expire(now + Duration::from_secs(12));
-        assert_eq!(removed, vec![Removed { token: t, delivered: 0, why: Gone::Expired }]);
+        assert_eq!(
+            removed,
+            vec![Removed {
+                token: t,
+                delivered: 0,
+                why: Gone::Expired
+            }]
+        );
         assert_eq!(s.next_deadline(), None);
     }
 
@@ -444,7 +494,11 @@ mod tests {
         assert!(s.expire(late).is_empty());
         assert_eq!(
             s.release(t, who, late),
-            Some(Removed { token: t, delivered: 0, why: Gone::Expired })
+            Some(Removed {
+                token: t,
+                delivered: 0,
+                why: Gone::Expired
+            })
         );
         assert!(s.is_empty());
     }
@@ -468,10 +522,21 @@ mod tests {
         let now = Instant::now();
         let mut s = DropStore::<()>::new();
         assert_eq!(
-            s.insert(DropSpec { ttl: Duration::ZERO, ..spec(FetchLimit::Max(1)) }, (), now, 0),
+            s.insert(
+                DropSpec {
+                    ttl: Duration::ZERO,
+                    ..spec(FetchLimit::Max(1))
+                },
+                (),
+                now,
+                0
+            ),
             Err(StoreError::BadTtl)
         );
-        assert_eq!(s.insert(spec(FetchLimit::Max(0)), (), now, 0), Err(StoreError::ZeroLimit));
+        assert_eq!(
+            s.insert(spec(FetchLimit::Max(0)), (), now, 0),
+            Err(StoreError::ZeroLimit)
+        );
     }
 
     #[test]
@@ -479,11 +544,22 @@ mod tests {
         let now = Instant::now();
         let mut s = DropStore::new();
         let late = s
-            .insert(DropSpec { ttl: Duration::from_secs(60), ..spec(FetchLimit::Max(1)) }, (), now, 0)
+            .insert(
+                DropSpec {
+                    ttl: Duration::from_secs(60),
+                    ..spec(FetchLimit::Max(1))
+                },
+                (),
+                now,
+                0,
+            )
             .unwrap();
         let soon = s.insert(spec(FetchLimit::Max(1)), (), now, 0).unwrap();
         let l = s.list(PeerId::random(), now);
-        assert_eq!(l.iter().map(|d| d.token).collect::<Vec<_>>(), vec![soon, late]);
+        assert_eq!(
+            l.iter().map(|d| d.token).collect::<Vec<_>>(),
+            vec![soon, late]
+        );
         assert_eq!(l[0].ttl_left_ms, 12_000);
     }
 }

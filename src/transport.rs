@@ -275,8 +275,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{DropInfo, DropKind};
     use crate::id::Token;
+    use crate::message::{DropInfo, DropKind};
     use tokio::io::{DuplexStream, duplex};
 
     fn pass(s: &str) -> Passphrase {
@@ -318,7 +318,9 @@ mod tests {
             ttl_left_ms: 2,
             fetches_left: 1,
         };
-        s.send_reply(&Reply::Listing(vec![info.clone()])).await.unwrap();
+        s.send_reply(&Reply::Listing(vec![info.clone()]))
+            .await
+            .unwrap();
         s.data_buffer().extend_from_slice(b"hi");
         s.send_data().await.unwrap();
         assert_eq!(c.recv_reply().await.unwrap(), Reply::Listing(vec![info]));
@@ -343,21 +345,28 @@ mod tests {
         let (c, s) = pair("secret123", "secret123").await;
         let (c, mut s) = (c.unwrap(), s.unwrap());
         drop(c);
-        assert!(matches!(s.recv_request().await, Err(SessionError::Truncated)));
+        assert!(matches!(
+            s.recv_request().await,
+            Err(SessionError::Truncated)
+        ));
     }
 
     #[tokio::test]
     async fn an_oversized_handshake_length_is_refused_unread() {
         let (mut a, mut b) = duplex(1024);
         a.write_all(&[0xff, 0xff]).await.unwrap();
-        let e = read_client_hello(&mut b, Duration::from_secs(1)).await.unwrap_err();
+        let e = read_client_hello(&mut b, Duration::from_secs(1))
+            .await
+            .unwrap_err();
         assert!(e.is_rejection());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out() {
         let (_a, mut b) = duplex(1024);
-        let e = read_client_hello(&mut b, Duration::from_secs(5)).await.unwrap_err();
+        let e = read_client_hello(&mut b, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(e, SessionError::Timeout(_)), "{e:?}");
     }
 

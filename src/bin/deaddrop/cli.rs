@@ -1,0 +1,122 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use deaddrop::beacon::DEFAULT_PORT;
+use deaddrop::duration::parse_duration;
+use deaddrop::id::Token;
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (send: the drop was fetched; run: stopped by Ctrl-C)
+  1    error (network, file system, bad input)
+  2    usage error
+  3    send: the time-to-live ran out before anyone fetched the drop
+  4    fetch: no holder in the room offers that token
+  5    fetch: the drop exists but was refused (already taken, or already fetched by you)
+  6    fetch/list: holders answered but none accepted the passphrase
+  130  interrupted by Ctrl-C while holding a drop (the drop is withdrawn)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deaddrop",
+    version,
+    about = "A peer-to-peer dead drop for your local network.",
+    long_about = "A peer-to-peer dead drop for your local network.\n\n\
+        Devices on one LAN join a room by a shared passphrase. A receiver left running \
+        (`deaddrop run`) picks up every new drop in the room; a drop (a message) is end-to-end \
+        encrypted, stays with its sender, and is gone once fetched or when its time-to-live runs \
+        out. Room membership is proven with a PAKE, so nothing on the wire lets an eavesdropper \
+        test passphrase guesses.",
+    after_help = EXIT_CODES,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Join the room and show every new drop as it appears (until Ctrl-C).
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Offer a message to the room and wait until it is fetched or expires.
+    #[command(after_help = EXIT_CODES)]
+    SendMsg {
+        /// The message; `-` reads it from standard input.
+        text: String,
+        #[command(flatten)]
+        offer: Offer,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fetch one drop by its token.
+    #[command(after_help = EXIT_CODES)]
+    Fetch {
+        /// The drop's token, as printed by send-msg or list.
+        token: Token,
+        /// Write the content here instead of standard output (never overwrites a file).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// How long to look for the drop's holder.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show the drops on offer in the room, without fetching them.
+    #[command(after_help = EXIT_CODES)]
+    List {
+        /// How long to collect answers from holders.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// How long and how often a drop may be fetched.
+#[derive(Debug, Args)]
+pub struct Offer {
+    /// How long the drop is on offer: 30, 30s, 5m, 2h.
+    #[arg(long, default_value = "12s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Deliver to at most N distinct receivers, then burn it.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_fetches: u32,
+    /// Deliver to every room member that asks before the TTL runs out (once each).
+    #[arg(long, conflicts_with = "max_fetches")]
+    pub everyone: bool,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The room passphrase. Prefer DEADDROP_ROOM or the prompt: a command-line argument is
+    /// visible to other users in `ps` and stays in shell history.
+    #[arg(long, env = "DEADDROP_ROOM", hide_env_values = true)]
+    pub room: Option<String>,
+    /// How you are shown to others in the room [default: this host's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print one JSON object per line per event instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// UDP port for discovery.
+    #[arg(long, env = "DEADDROP_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Confine discovery and connections to one interface, by name (eth0) or IPv4 address.
+    #[arg(long, env = "DEADDROP_INTERFACE", value_name = "NAME|ADDR")]
+    pub interface: Option<String>,
+    /// Also reach this peer by unicast, where broadcast does not get through (repeatable).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub peer: Vec<String>,
+    /// More log output on stderr (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}

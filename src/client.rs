@@ -1,0 +1,375 @@
+//! The fetching side of a session: connect to one holder, authenticate, list its drops, fetch one
+//! and acknowledge it. Also finding holders on the LAN for `fetch` and `list`.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::beacon::Beacon;
+use crate::discovery::Discovery;
+use crate::id::{PeerId, Token};
+use crate::message::{DropInfo, Refusal, Reply, Request};
+use crate::secret::Passphrase;
+use crate::transport::{self, Session, SessionError, Timeouts};
+
+/// Who this process is when it talks to holders.
+#[derive(Debug, Clone)]
+pub struct ClientContext {
+    pub pass: Passphrase,
+    pub id: PeerId,
+    /// How this process is shown to holders.
+    pub name: String,
+    /// The local address outgoing connections use (unspecified: let routing choose).
+    pub bind_ip: Ipv4Addr,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("the received content does not match the holder's hash; nothing was kept")]
+    Corrupt,
+    #[error("the holder stopped the transfer: {0}")]
+    Aborted(Refusal),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("the holder broke the protocol: {0}")]
+    Protocol(&'static str),
+}
+
+/// Where fetched content goes. The client verifies the content; the sink stores it and
+/// publishes it in [`Sink::finish`], which is called only for a complete, verified copy.
+pub trait Sink: Send {
+    /// Called when the holder grants the fetch, before any content. An error declines it.
+    fn begin(&mut self, info: &DropInfo) -> impl Future<Output = Result<(), FetchError>> + Send;
+    fn write(&mut self, data: &[u8]) -> impl Future<Output = Result<(), FetchError>> + Send;
+    /// The content is complete and verified: make it visible.
+    fn finish(&mut self, info: &DropInfo) -> impl Future<Output = Result<(), FetchError>> + Send;
+}
+
+/// Collects content in memory, up to a cap (for messages).
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    pub max: usize,
+    pub data: Vec<u8>,
+}
+
+impl MemorySink {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            data: Vec::new(),
+        }
+    }
+}
+
+impl Sink for MemorySink {
+    async fn begin(&mut self, info: &DropInfo) -> Result<(), FetchError> {
+        if info.size > self.max as u64 {
+            return Err(FetchError::Refused(format!(
+                "the drop is {} bytes, more than the {} bytes allowed here",
+                info.size, self.max
+            )));
+        }
+        self.data = Vec::with_capacity(info.size as usize);
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    async fn finish(&mut self, _: &DropInfo) -> Result<(), FetchError> {
+        Ok(())
+    }
+}
+
+/// How a fetch ended when no error occurred.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The content is in the sink and the holder counted the fetch.
+    Done(DropInfo),
+    Refused(Refusal),
+}
+
+/// Opens a TCP connection from the configured local address, with a timeout.
+pub async fn connect_tcp(
+    bind_ip: Ipv4Addr,
+    to: SocketAddr,
+    limit: Duration,
+) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if !bind_ip.is_unspecified() {
+        socket.bind((bind_ip, 0).into())?;
+    }
+    let stream = timeout(limit, socket.connect(to))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// An authenticated session with one holder.
+pub struct HolderSession {
+    session: Session<TcpStream>,
+    /// The holder's display name (as it chose it; untrusted text).
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl HolderSession {
+    /// Connects, runs the room handshake and exchanges names.
+    pub async fn open(
+        ctx: &ClientContext,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<HolderSession, SessionError> {
+        let stream = connect_tcp(ctx.bind_ip, addr, ctx.timeouts.connect).await?;
+        let mut session =
+            transport::connect(stream, &ctx.pass, ctx.id, expected, ctx.timeouts).await?;
+        session
+            .send_request(&Request::Hello {
+                name: ctx.name.clone(),
+            })
+            .await?;
+        let name = match session.recv_reply().await? {
+            Reply::Hello { name } => name,
+            _ => return Err(SessionError::Protocol("expected a hello")),
+        };
+        Ok(HolderSession {
+            session,
+            name,
+            addr,
+        })
+    }
+
+    pub fn holder_id(&self) -> PeerId {
+        self.session.peer()
+    }
+
+    /// The drops this holder would give us now.
+    pub async fn list(&mut self) -> Result<Vec<DropInfo>, SessionError> {
+        self.session.send_request(&Request::List).await?;
+        match self.session.recv_reply().await? {
+            Reply::Listing(drops) => Ok(drops),
+            _ => Err(SessionError::Protocol("expected a listing")),
+        }
+    }
+
+    /// Fetches `token` into `sink`, verifies it, lets the sink publish it, then acknowledges.
+    pub async fn fetch<S: Sink>(
+        &mut self,
+        token: Token,
+        sink: &mut S,
+    ) -> Result<FetchOutcome, FetchError> {
+        self.session
+            .send_request(&Request::Fetch { token, offset: 0 })
+            .await?;
+        let info = match self.session.recv_reply().await? {
+            Reply::Refused { token: t, reason } if t == token => {
+                return Ok(FetchOutcome::Refused(reason));
+            }
+            Reply::Start { info, offset: 0 } if info.token == token => info,
+            _ => return Err(FetchError::Protocol("expected the start of the drop")),
+        };
+        sink.begin(&info).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        loop {
+            match self.session.recv_reply().await? {
+                Reply::Data(data) => {
+                    received += data.len() as u64;
+                    if received > info.size {
+                        return Err(FetchError::Corrupt);
+                    }
+                    hasher.update(data);
+                    sink.write(data).await?;
+                }
+                Reply::End { hash } => {
+                    if received != info.size || *hasher.finalize().as_bytes() != hash {
+                        return Err(FetchError::Corrupt);
+                    }
+                    break;
+                }
+                Reply::Abort { reason } => return Err(FetchError::Aborted(reason)),
+                _ => return Err(FetchError::Protocol("expected drop content")),
+            }
+        }
+        sink.finish(&info).await?;
+        self.session.send_request(&Request::Ack { token }).await?;
+        match self.session.recv_reply().await? {
+            Reply::Acked { token: t } if t == token => Ok(FetchOutcome::Done(info)),
+            _ => Err(FetchError::Protocol(
+                "expected the acknowledgement to be confirmed",
+            )),
+        }
+    }
+
+    /// Ends the session cleanly.
+    pub async fn close(mut self) {
+        let _ = self.session.close().await;
+    }
+}
+
+/// Finds holders on the LAN: sends queries and yields each announcing holder once.
+pub struct Finder<'a> {
+    discovery: &'a Discovery,
+    me: PeerId,
+    seen: HashSet<(PeerId, SocketAddr)>,
+    next_query: Instant,
+    queries_sent: usize,
+}
+
+/// Gaps between the first queries (lost datagrams are retried quickly), then every two seconds.
+const QUERY_GAPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(750)];
+const QUERY_EVERY: Duration = Duration::from_secs(2);
+
+impl<'a> Finder<'a> {
+    pub fn new(discovery: &'a Discovery, me: PeerId) -> Self {
+        Self {
+            discovery,
+            me,
+            seen: HashSet::new(),
+            next_query: Instant::now(),
+            queries_sent: 0,
+        }
+    }
+
+    /// The next holder not yet yielded: (its id, its TCP address).
+    pub async fn next(&mut self) -> (PeerId, SocketAddr) {
+        loop {
+            tokio::select! {
+                (beacon, src) = self.discovery.recv() => {
+                    if let Beacon::Announce { id, port, .. } = beacon {
+                        let addr = SocketAddr::new(src.ip(), port);
+                        if id != self.me && self.seen.insert((id, addr)) {
+                            return (id, addr);
+                        }
+                    }
+                }
+                _ = sleep_until(self.next_query) => {
+                    self.discovery.send_all(&Beacon::Query { id: self.me }).await;
+                    let gap = QUERY_GAPS.get(self.queries_sent).copied().unwrap_or(QUERY_EVERY);
+                    self.queries_sent += 1;
+                    self.next_query = Instant::now() + gap;
+                }
+            }
+        }
+    }
+}
+
+/// What `fetch` by token found when it did not get the drop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FindError {
+    #[error("no holder in this room offers that drop ({holders} holder(s) answered)")]
+    NotFound { holders: usize },
+    #[error(
+        "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
+    )]
+    NoRoom { rejected: usize },
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// Finds the holder of `token` within `wait` and fetches it into `sink`. Returns the drop and
+/// the holder's name.
+pub async fn fetch_token<S: Sink>(
+    ctx: &ClientContext,
+    discovery: &Discovery,
+    token: Token,
+    wait: Duration,
+    sink: &mut S,
+) -> Result<(DropInfo, String), FindError> {
+    let deadline = Instant::now() + wait;
+    let mut finder = Finder::new(discovery, ctx.id);
+    let (mut members, mut rejected) = (0, 0);
+    loop {
+        let (id, addr) = tokio::select! {
+            found = finder.next() => found,
+            _ = sleep_until(deadline) => break,
+        };
+        let mut hs = match HolderSession::open(ctx, addr, Some(id)).await {
+            Ok(hs) => hs,
+            Err(e) if e.is_rejection() => {
+                rejected += 1;
+                continue;
+            }
+            Err(e) => {
+                tracing::info!("cannot reach holder at {addr}: {e}");
+                continue;
+            }
+        };
+        members += 1;
+        let outcome = hs.fetch(token, sink).await;
+        let name = hs.name.clone();
+        hs.close().await;
+        match outcome? {
+            FetchOutcome::Done(info) => return Ok((info, name)),
+            FetchOutcome::Refused(Refusal::NotFound) => continue,
+            FetchOutcome::Refused(r) => return Err(FindError::Refused(r)),
+        }
+    }
+    if members == 0 && rejected > 0 {
+        Err(FindError::NoRoom { rejected })
+    } else {
+        Err(FindError::NotFound { holders: members })
+    }
+}
+
+/// One holder's answer to `list`.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub holder: String,
+    pub addr: SocketAddr,
+    pub drops: Vec<DropInfo>,
+}
+
+/// Lists the drops on offer in the room: every holder that announces within `wait`.
+/// Returns the listings and how many holders refused the passphrase.
+pub async fn list_room(
+    ctx: &ClientContext,
+    discovery: &Discovery,
+    wait: Duration,
+) -> (Vec<Listing>, usize) {
+    let deadline = Instant::now() + wait;
+    let mut finder = Finder::new(discovery, ctx.id);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            (id, addr) = finder.next() => {
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    let mut hs = HolderSession::open(&ctx, addr, Some(id)).await?;
+                    let drops = hs.list().await?;
+                    let listing = Listing { holder: hs.name.clone(), addr, drops };
+                    hs.close().await;
+                    Ok::<_, SessionError>(listing)
+                });
+            }
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    let (mut listings, mut rejected) = (Vec::new(), 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(l)) => listings.push(l),
+            Ok(Err(e)) if e.is_rejection() => rejected += 1,
+            Ok(Err(e)) => tracing::info!("a holder could not be listed: {e}"),
+            Err(e) => tracing::warn!("listing task failed: {e}"),
+        }
+    }
+    listings.sort_by_key(|l| l.addr);
+    (listings, rejected)
+}

@@ -1,0 +1,72 @@
+//! Durations as users type them: `30` (seconds), `30s`, `500ms`, `5m`, `2h`, `1d`.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not a duration: use a number with an optional unit, like 30, 30s, 500ms, 5m, 2h or 1d"
+)]
+pub struct BadDuration(pub String);
+
+pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
+    let bad = || BadDuration(text.to_owned());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(value * seconds).map_err(|_| bad())
+}
+
+/// Short human form: `12s`, `4m05s`, `2h00m`, `850ms`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_forms() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_duration("30"), Ok(s(30)));
+        assert_eq!(parse_duration("30s"), Ok(s(30)));
+        assert_eq!(parse_duration("5m"), Ok(s(300)));
+        assert_eq!(parse_duration("2h"), Ok(s(7200)));
+        assert_eq!(parse_duration("1d"), Ok(s(86_400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5m"), Ok(s(90)));
+        assert_eq!(parse_duration(" 12s "), Ok(s(12)));
+    }
+
+    #[test]
+    fn rejected_forms() {
+        for bad in ["", "s", "-1", "5y", "1e9999", "5 m m", "abc", "1.2.3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(format_duration(Duration::from_secs(12)), "12s");
+        assert_eq!(format_duration(Duration::from_secs(245)), "4m05s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h00m");
+    }
+}

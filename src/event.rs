@@ -1,0 +1,123 @@
+//! What the library reports while it works. The binary renders these as human text or as JSON
+//! lines; the library itself never prints.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::id::Token;
+use crate::message::{DropKind, Refusal};
+
+/// Something that happened. Serialized with an `"event"` tag, e.g.
+/// `{"event":"message","token":"…","from":"laptop","text":"Hello"}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A receiver is listening for announcements.
+    Listening {
+        discovery_port: u16,
+        /// Where queries and announcements are sent.
+        targets: Vec<String>,
+    },
+    /// A holder is offering a drop.
+    Offered {
+        token: Token,
+        kind: DropKind,
+        name: String,
+        size: u64,
+        ttl_ms: u64,
+        /// `None` means every room member (`--everyone`).
+        max_fetches: Option<u32>,
+        /// The TCP address room members fetch from.
+        address: String,
+    },
+    /// A receiver got a message.
+    Message {
+        token: Token,
+        from: String,
+        address: String,
+        text: String,
+        /// When the holder created it, Unix seconds (holder's clock).
+        sent_unix: u64,
+    },
+    /// A receiver saw a drop it does not fetch automatically.
+    Skipped {
+        token: Token,
+        kind: DropKind,
+        name: String,
+        size: u64,
+        from: String,
+        reason: String,
+    },
+    /// A holder's drop was fetched and acknowledged.
+    Fetched {
+        token: Token,
+        by: String,
+        address: String,
+        /// Receivers that have it now.
+        delivered: u32,
+    },
+    /// A holder's drop reached its fetch limit and is gone.
+    UsedUp { token: Token, delivered: u32 },
+    /// A holder's drop ran out of time and is gone.
+    Expired { token: Token, delivered: u32 },
+    /// A receiver's fetch did not happen (the drop is not burned).
+    FetchFailed {
+        token: Token,
+        from: String,
+        reason: String,
+    },
+    /// A fetch was refused by the holder.
+    Refused { token: Token, reason: Refusal },
+    /// A peer failed the room handshake: it uses another passphrase, or someone interfered.
+    Rejected { address: String },
+    /// A non-fatal problem worth telling the user about.
+    Warning { message: String },
+}
+
+/// Where events go: a callback, called from whichever task produced the event.
+pub type Events = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// An event sink that drops everything.
+pub fn ignore() -> Events {
+    Arc::new(|_| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let e = Event::Message {
+            token: Token([0xab; 16]),
+            from: "laptop".into(),
+            address: "10.0.0.2:4000".into(),
+            text: "Hello, team!".into(),
+            sent_unix: 5,
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "message");
+        assert_eq!(v["token"], "ab".repeat(16));
+        assert_eq!(v["text"], "Hello, team!");
+        let v = serde_json::to_value(Event::Offered {
+            token: Token([0; 16]),
+            kind: DropKind::Message,
+            name: "message".into(),
+            size: 1,
+            ttl_ms: 12_000,
+            max_fetches: None,
+            address: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(v["kind"], "message");
+        assert!(v["max_fetches"].is_null());
+        let v = serde_json::to_value(Event::Refused {
+            token: Token([0; 16]),
+            reason: Refusal::Taken,
+        })
+        .unwrap();
+        assert_eq!(v["reason"], "taken");
+    }
+}

@@ -1,0 +1,531 @@
+//! The holder: keeps drops, announces them, and serves them to room members over authenticated
+//! sessions. A drop lives in this process only; nothing is written anywhere.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::beacon::Beacon;
+use crate::discovery::Discovery;
+use crate::event::{Event, Events};
+use crate::id::{PeerId, Token};
+use crate::limit::GuessLimiter;
+use crate::message::{DropKind, Refusal, Reply, Request};
+use crate::secret::Passphrase;
+use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError};
+use crate::transport::{self, Session, SessionError, Timeouts};
+
+/// Content bytes per data record.
+pub const DATA_CHUNK: usize = 256 * 1024;
+/// The longest message accepted, in bytes; larger text belongs in a file drop.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Announcements after a change go out at these delays, then every [`ANNOUNCE_EVERY`].
+const ANNOUNCE_BURST: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1000),
+];
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(3);
+/// Answers to queries, per second, for all sources together.
+const QUERY_ANSWERS_PER_SECOND: u32 = 100;
+
+/// What a drop's bytes are.
+#[derive(Clone)]
+pub enum Content {
+    /// Held in memory (messages).
+    Bytes { data: Arc<[u8]>, hash: [u8; 32] },
+}
+
+impl Content {
+    pub fn bytes(data: impl Into<Arc<[u8]>>) -> Self {
+        let data = data.into();
+        let hash = *blake3::hash(&data).as_bytes();
+        Content::Bytes { data, hash }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Content::Bytes { data, .. } => data.len() as u64,
+        }
+    }
+}
+
+/// How a holder behaves.
+#[derive(Debug, Clone)]
+pub struct HolderOptions {
+    /// How this holder is shown to receivers.
+    pub name: String,
+    pub timeouts: Timeouts,
+    /// Connections served at once; more are closed on arrival.
+    pub max_connections: usize,
+}
+
+impl Default for HolderOptions {
+    fn default() -> Self {
+        Self {
+            name: "deaddrop".into(),
+            timeouts: Timeouts::default(),
+            max_connections: 64,
+        }
+    }
+}
+
+struct Inner {
+    id: PeerId,
+    pass: Passphrase,
+    opts: HolderOptions,
+    store: Mutex<DropStore<Content>>,
+    generation: watch::Sender<u64>,
+    limiter: Mutex<GuessLimiter>,
+    events: Events,
+    address: SocketAddr,
+}
+
+impl Inner {
+    /// Applies `f` to the store and publishes the generation if the offer changed.
+    fn mutate<R>(&self, f: impl FnOnce(&mut DropStore<Content>) -> R) -> R {
+        let mut store = self.store.lock().expect("store lock");
+        let r = f(&mut store);
+        let g = store.generation();
+        drop(store);
+        self.generation
+            .send_if_modified(|cur| std::mem::replace(cur, g) != g);
+        r
+    }
+
+    fn is_empty(&self) -> bool {
+        self.store.lock().expect("store lock").is_empty()
+    }
+}
+
+/// A running holder. Dropping it stops every task.
+pub struct Holder {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Holder {
+    /// Binds a TCP listener on an ephemeral port of the discovery scope's address and starts
+    /// serving, announcing and expiring.
+    pub async fn start(
+        pass: Passphrase,
+        opts: HolderOptions,
+        discovery: Discovery,
+        events: Events,
+    ) -> std::io::Result<Holder> {
+        let listener = TcpListener::bind((discovery.scope().bind_ip, 0)).await?;
+        let address = listener.local_addr()?;
+        let store = DropStore::new();
+        let (generation, _) = watch::channel(store.generation());
+        let inner = Arc::new(Inner {
+            id: PeerId::random(),
+            pass,
+            opts,
+            store: Mutex::new(store),
+            generation,
+            limiter: Mutex::new(GuessLimiter::default()),
+            events,
+            address,
+        });
+        let discovery = Arc::new(discovery);
+        let tasks = vec![
+            tokio::spawn(accept_loop(inner.clone(), listener)),
+            tokio::spawn(announce_loop(inner.clone(), discovery.clone())),
+            tokio::spawn(answer_queries(inner.clone(), discovery)),
+            tokio::spawn(expire_loop(inner.clone())),
+        ];
+        Ok(Holder { inner, tasks })
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.inner.id
+    }
+
+    /// The TCP address room members connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.address
+    }
+
+    /// Offers a drop. Its kind, name and size come from `spec`; `content` must match `spec.size`.
+    pub fn offer(&self, spec: DropSpec, content: Content) -> Result<Token, StoreError> {
+        debug_assert_eq!(spec.size, content.len());
+        let event = |token| Event::Offered {
+            token,
+            kind: spec.kind,
+            name: spec.name.clone(),
+            size: spec.size,
+            ttl_ms: spec.ttl.as_millis() as u64,
+            max_fetches: match spec.limit {
+                FetchLimit::Max(n) => Some(n),
+                FetchLimit::Everyone => None,
+            },
+            address: self.inner.address.to_string(),
+        };
+        let token = self
+            .inner
+            .mutate(|s| s.insert(spec.clone(), content, Instant::now(), unix_now()))?;
+        (self.inner.events)(event(token));
+        Ok(token)
+    }
+
+    /// Offers a text message.
+    pub fn offer_message(
+        &self,
+        text: &str,
+        ttl: Duration,
+        limit: FetchLimit,
+    ) -> Result<Token, OfferError> {
+        if text.len() > MAX_MESSAGE {
+            return Err(OfferError::MessageTooLong { len: text.len() });
+        }
+        let spec = DropSpec {
+            kind: DropKind::Message,
+            name: "message".into(),
+            size: text.len() as u64,
+            ttl,
+            limit,
+        };
+        Ok(self.offer(spec, Content::bytes(text.as_bytes()))?)
+    }
+
+    /// How many drops are on offer.
+    pub fn len(&self) -> usize {
+        self.inner.store.lock().expect("store lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Resolves once no drops are left (all used up or expired).
+    pub async fn drained(&self) {
+        let mut rx = self.inner.generation.subscribe();
+        while !self.inner.is_empty() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Withdraws every drop (on shutdown). Receivers are not told; their fetches find nothing.
+    pub fn withdraw_all(&self) -> Vec<Token> {
+        self.inner.mutate(|s| s.withdraw_all())
+    }
+}
+
+/// Why a drop could not be offered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfferError {
+    #[error(
+        "the message is {len} bytes; messages are limited to 1 MiB (send larger text as a file)"
+    )]
+    MessageTooLong { len: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let permits = Arc::new(Semaphore::new(inner.opts.max_connections));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "connection from {addr} closed: {} connections already",
+                inner.opts.max_connections
+            );
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            handle_connection(&inner, stream, addr).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let allowed = inner
+        .limiter
+        .lock()
+        .expect("limiter lock")
+        .try_start(addr.ip(), Instant::now());
+    if !allowed {
+        tracing::debug!("connection from {addr} closed: too many failed handshakes");
+        return;
+    }
+    let t = inner.opts.timeouts;
+    let session = match transport::read_client_hello(&mut stream, t.handshake).await {
+        Ok(hello) => transport::accept(stream, &hello, &inner.pass, inner.id, t).await,
+        Err(e) => Err(e),
+    };
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("handshake with {addr} failed: {e}");
+            if e.is_rejection() {
+                (inner.events)(Event::Rejected {
+                    address: addr.to_string(),
+                });
+            }
+            return;
+        }
+    };
+    inner
+        .limiter
+        .lock()
+        .expect("limiter lock")
+        .succeeded(addr.ip());
+    let mut conn = Conn {
+        inner,
+        addr,
+        peer: session.peer(),
+        name: String::new(),
+        reserved: None,
+    };
+    if let Err(e) = conn.serve(&mut session).await {
+        tracing::debug!("session with {addr} ended: {e}");
+    }
+    if let Some(token) = conn.reserved.take() {
+        conn.release(token);
+    }
+}
+
+/// One room member's session with this holder.
+struct Conn<'a> {
+    inner: &'a Inner,
+    addr: SocketAddr,
+    peer: PeerId,
+    name: String,
+    /// A fetch sent but not yet acknowledged: released if the session ends first.
+    reserved: Option<Token>,
+}
+
+impl Conn<'_> {
+    async fn serve(&mut self, s: &mut Session<TcpStream>) -> Result<(), SessionError> {
+        while let Some(req) = s.recv_request().await? {
+            match req {
+                Request::Hello { name } => {
+                    self.name = name;
+                    let name = self.inner.opts.name.clone();
+                    s.send_reply(&Reply::Hello { name }).await?;
+                }
+                Request::List => {
+                    let list = self
+                        .inner
+                        .store
+                        .lock()
+                        .expect("store lock")
+                        .list(self.peer, Instant::now());
+                    s.send_reply(&Reply::Listing(list)).await?;
+                }
+                Request::Fetch { token, offset } => {
+                    if let Some(t) = self.reserved.take() {
+                        self.release(t);
+                    }
+                    let granted = self
+                        .inner
+                        .mutate(|st| st.begin(token, self.peer, Instant::now()));
+                    match granted {
+                        Err(reason) => s.send_reply(&Reply::Refused { token, reason }).await?,
+                        Ok(grant) if offset > grant.info.size => {
+                            self.release(token);
+                            let reason = Refusal::Unavailable;
+                            s.send_reply(&Reply::Refused { token, reason }).await?;
+                        }
+                        Ok(grant) => {
+                            self.reserved = Some(token);
+                            send_content(s, &grant, offset).await?;
+                        }
+                    }
+                }
+                Request::Ack { token } => {
+                    if self.reserved == Some(token) {
+                        self.reserved = None;
+                        self.complete(token);
+                        s.send_reply(&Reply::Acked { token }).await?;
+                    } else {
+                        let reason = Refusal::NotFound;
+                        s.send_reply(&Reply::Refused { token, reason }).await?;
+                    }
+                }
+                Request::Bye => break,
+                Request::Unknown(kind) => s.send_reply(&Reply::Unsupported { kind }).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&self, token: Token) {
+        let removed = self
+            .inner
+            .mutate(|st| st.release(token, self.peer, Instant::now()));
+        if let Some(r) = removed {
+            (self.inner.events)(Event::Expired {
+                token: r.token,
+                delivered: r.delivered,
+            });
+        }
+    }
+
+    fn complete(&self, token: Token) {
+        let done = self
+            .inner
+            .mutate(|st| st.complete(token, self.peer, Instant::now()));
+        let Ok(c) = done else { return };
+        let inner = self.inner;
+        (inner.events)(Event::Fetched {
+            token,
+            by: self.name.clone(),
+            address: self.addr.to_string(),
+            delivered: c.delivered,
+        });
+        match c.gone {
+            Some(Gone::UsedUp) => (inner.events)(Event::UsedUp {
+                token,
+                delivered: c.delivered,
+            }),
+            Some(Gone::Expired) => (inner.events)(Event::Expired {
+                token,
+                delivered: c.delivered,
+            }),
+            None => {}
+        }
+    }
+}
+
+async fn send_content(
+    s: &mut Session<TcpStream>,
+    grant: &Grant<Content>,
+    offset: u64,
+) -> Result<(), SessionError> {
+    s.send_reply(&Reply::Start {
+        info: grant.info.clone(),
+        offset,
+    })
+    .await?;
+    match &grant.content {
+        Content::Bytes { data, hash } => {
+            for chunk in data[offset as usize..].chunks(DATA_CHUNK) {
+                s.data_buffer().extend_from_slice(chunk);
+                s.send_data().await?;
+            }
+            s.send_reply(&Reply::End { hash: *hash }).await
+        }
+    }
+}
+
+async fn announce_loop(inner: Arc<Inner>, discovery: Arc<Discovery>) {
+    let mut rx = inner.generation.subscribe();
+    let port = inner.address.port();
+    loop {
+        let generation = *rx.borrow_and_update();
+        let mut delays = ANNOUNCE_BURST
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(ANNOUNCE_EVERY));
+        loop {
+            let delay = delays.next().expect("endless");
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() { return; }
+                    break;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if !inner.is_empty() {
+                let beacon = Beacon::Announce {
+                    id: inner.id,
+                    port,
+                    generation,
+                };
+                if discovery.send_all(&beacon).await == 0 {
+                    tracing::warn!("no discovery target is reachable");
+                }
+            }
+        }
+    }
+}
+
+async fn answer_queries(inner: Arc<Inner>, discovery: Arc<Discovery>) {
+    let port = inner.address.port();
+    let mut window = Instant::now();
+    let mut answered = 0u32;
+    loop {
+        let (beacon, src) = discovery.recv().await;
+        let Beacon::Query { id } = beacon else {
+            continue;
+        };
+        if id == inner.id || inner.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        if now.duration_since(window) >= Duration::from_secs(1) {
+            window = now;
+            answered = 0;
+        }
+        if answered >= QUERY_ANSWERS_PER_SECOND {
+            continue;
+        }
+        answered += 1;
+        let generation = *inner.generation.borrow();
+        let beacon = Beacon::Announce {
+            id: inner.id,
+            port,
+            generation,
+        };
+        if let Err(e) = discovery.send_to(&beacon, src).await {
+            tracing::debug!("answer to {src} failed: {e}");
+        }
+    }
+}
+
+async fn expire_loop(inner: Arc<Inner>) {
+    let mut rx = inner.generation.subscribe();
+    loop {
+        let next = inner.store.lock().expect("store lock").next_deadline();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = sleep => {
+                for r in inner.mutate(|s| s.expire(Instant::now())) {
+                    (inner.events)(Event::Expired { token: r.token, delivered: r.delivered });
+                }
+            }
+        }
+    }
+}

@@ -101,6 +101,12 @@ impl Inner {
     fn is_empty(&self) -> bool {
         self.store.lock().expect("store lock").is_empty()
     }
+
+    /// Whether a fetcher gains anything by finding us: drops, or used-up drops to say "taken" of.
+    fn worth_finding(&self) -> bool {
+        let store = self.store.lock().expect("store lock");
+        !store.is_empty() || store.has_burned()
+    }
 }
 
 /// A running holder. Dropping it stops every task.
@@ -485,7 +491,7 @@ async fn answer_queries(inner: Arc<Inner>, discovery: Arc<Discovery>) {
         let Beacon::Query { id } = beacon else {
             continue;
         };
-        if id == inner.id || inner.is_empty() {
+        if id == inner.id || !inner.worth_finding() {
             continue;
         }
         let now = Instant::now();

@@ -128,6 +128,8 @@ pub enum StoreError {
 pub struct DropStore<C> {
     drops: HashMap<Token, Entry<C>>,
     deadlines: BTreeSet<(Instant, Token)>,
+    /// Used-up drops, until their deadline: a late fetcher hears "taken", not "no such drop".
+    burned: HashMap<Token, Instant>,
     generation: u64,
 }
 
@@ -142,6 +144,7 @@ impl<C: Clone> DropStore<C> {
         Self {
             drops: HashMap::new(),
             deadlines: BTreeSet::new(),
+            burned: HashMap::new(),
             // A random start, so the counter does not tell how many changes a holder has seen.
             generation: u64::from_be_bytes(random_array()),
         }
@@ -215,6 +218,13 @@ impl<C: Clone> DropStore<C> {
 
     /// Reserves one fetch of `token` for `who`.
     pub fn begin(&mut self, token: Token, who: PeerId, now: Instant) -> Result<Grant<C>, Refusal> {
+        if self
+            .burned
+            .get(&token)
+            .is_some_and(|deadline| *deadline > now)
+        {
+            return Err(Refusal::Taken);
+        }
         let e = self.drops.get_mut(&token).ok_or(Refusal::NotFound)?;
         if e.deadline <= now {
             return Err(Refusal::NotFound);
@@ -260,6 +270,11 @@ impl<C: Clone> DropStore<C> {
         let used_up = e.used_up();
         self.bump();
         let gone = if used_up {
+            if let Some(e) = self.drops.get(&token)
+                && self.burned.len() < MAX_DROPS
+            {
+                self.burned.insert(token, e.deadline);
+            }
             self.remove(token);
             Some(Gone::UsedUp)
         } else {
@@ -273,9 +288,15 @@ impl<C: Clone> DropStore<C> {
         self.deadlines.first().map(|(d, _)| *d)
     }
 
+    /// Whether used-up drops are still remembered (to answer "taken").
+    pub fn has_burned(&self) -> bool {
+        !self.burned.is_empty()
+    }
+
     /// Removes every drop whose deadline has passed and that no transfer is using. Drops still
     /// being transferred stop being offered and are removed when their transfer ends.
     pub fn expire(&mut self, now: Instant) -> Vec<Removed> {
+        self.burned.retain(|_, deadline| *deadline > now);
         let due: Vec<Token> = self
             .deadlines
             .iter()
@@ -373,7 +394,15 @@ mod tests {
             }
         );
         assert!(s.is_empty());
-        assert_eq!(s.begin(t, p[1], now).unwrap_err(), Refusal::NotFound);
+        assert_eq!(
+            s.begin(t, p[1], now).unwrap_err(),
+            Refusal::Taken,
+            "late fetchers hear taken"
+        );
+        let after_ttl = now + Duration::from_secs(12);
+        s.expire(after_ttl);
+        assert!(!s.has_burned());
+        assert_eq!(s.begin(t, p[1], after_ttl).unwrap_err(), Refusal::NotFound);
     }
 
     #[test]

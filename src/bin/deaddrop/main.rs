@@ -32,6 +32,9 @@ const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
 const EXIT_NO_ROOM: u8 = 6;
 const EXIT_INTERRUPTED: u8 = 130;
+/// After its last drop is used up, a sender keeps answering for this long, so that fetchers
+/// racing for a one-time drop hear "already taken" rather than "no such drop".
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -241,10 +244,14 @@ async fn wait_for_end(
 ) -> Result<u8> {
     let mut left: Vec<Token> = tokens.to_vec();
     let mut unfetched_expiry = false;
+    let mut used_up = false;
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Some(Event::UsedUp { token, .. }) => left.retain(|t| *t != token),
+                Some(Event::UsedUp { token, .. }) => {
+                    left.retain(|t| *t != token);
+                    used_up = true;
+                }
                 Some(Event::Expired { token, delivered }) => {
                     left.retain(|t| *t != token);
                     unfetched_expiry |= delivered == 0;
@@ -259,6 +266,12 @@ async fn wait_for_end(
             }
         }
         if left.is_empty() {
+            if used_up {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
             return Ok(if unfetched_expiry { EXIT_EXPIRED } else { 0 });
         }
     }

@@ -1,0 +1,448 @@
+//! Real processes over loopback: every command, as a user runs it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Proc, Room, bin, json};
+
+const T: Duration = Duration::from_secs(10);
+
+fn receiver(room: &Room, name: &str) -> Proc {
+    let mut p = Proc::spawn(room.cmd(&["run", "--json", "--name", name]));
+    p.wait_event(T, "listening")
+        .expect("receiver starts listening");
+    p
+}
+
+/// Starts a sender and returns it with the drop's token (from its JSON `offered` event).
+fn sender(room: &Room, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["send-msg", "--json", "--name", "alice"];
+    all.extend_from_slice(args);
+    let mut p = Proc::spawn(room.cmd(&all));
+    let offered = p.wait_event(T, "offered").expect("sender offers the drop");
+    let token = offered["token"].as_str().unwrap().to_owned();
+    (p, token)
+}
+
+#[test]
+fn a_message_appears_on_a_running_receiver() {
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, "bob");
+    let (mut s, token) = sender(&room, &["Hello, team!"]);
+    let msg = r.wait_event(T, "message").expect("message shown");
+    assert_eq!(msg["text"], "Hello, team!");
+    assert_eq!(msg["from"], "alice");
+    assert_eq!(msg["token"], token);
+    let fetched = s
+        .wait_event(T, "fetched")
+        .expect("sender reports the fetch");
+    assert_eq!(fetched["by"], "bob");
+    assert!(s.wait_event(T, "used_up").is_some());
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn human_output_shows_sender_and_text_and_the_token() {
+    let room = Room::new("secret123");
+    let mut r = Proc::spawn(room.cmd(&["run", "--name", "bob"]));
+    let mut s = Proc::spawn(room.cmd(&["send-msg", "--name", "alice", "--ttl", "10s", "hi there"]));
+    let token = s.wait_line(T, |_| true).expect("token line");
+    assert!(
+        token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let line = r
+        .wait_line(T, |l| l.contains("hi there"))
+        .expect("message line");
+    assert!(line.contains("alice: hi there"), "{line}");
+    assert_eq!(s.wait(T).code(), Some(0));
+    assert!(s.stderr().contains("Fetched by bob"), "{}", s.stderr());
+}
+
+#[test]
+fn a_receiver_in_another_room_sees_nothing_and_burns_nothing() {
+    let room = Room::new("secret123");
+    let mut outsider = receiver(&room.other("another-room"), "eve");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "for members only"]);
+    // The outsider hears the announcement and tries the handshake, which fails.
+    assert!(
+        outsider.wait_event(T, "rejected").is_some(),
+        "outsider saw a holder it cannot join"
+    );
+    let lines = outsider.drain(Duration::from_secs(2));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("for members only") || l.contains("\"message\"")),
+        "{lines:?}"
+    );
+    // The drop is still there for a member.
+    let out = room.cmd(&["fetch", &token]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"for members only");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn an_unfetched_drop_expires_with_exit_code_3() {
+    let room = Room::new("secret123");
+    let start = Instant::now();
+    let mut s = Proc::spawn(room.cmd(&["send-msg", "--ttl", "1s", "nobody listens"]));
+    let status = s.wait(T);
+    assert_eq!(status.code(), Some(3), "{}", s.stderr());
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(s.stderr().contains("nobody fetched"), "{}", s.stderr());
+}
+
+#[test]
+fn exactly_one_of_five_concurrent_fetchers_wins_a_one_time_drop() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "30s", "only once"]);
+    let fetchers: Vec<_> = (0..5)
+        .map(|_| {
+            room.cmd(&["fetch", "--wait", "5s", &token])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = fetchers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let winners: Vec<_> = outputs
+        .iter()
+        .filter(|o| o.status.code() == Some(0))
+        .collect();
+    assert_eq!(winners.len(), 1, "{outputs:?}");
+    assert_eq!(winners[0].stdout, b"only once");
+    for o in outputs.iter().filter(|o| o.status.code() != Some(0)) {
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("already taken"));
+        assert!(o.stdout.is_empty());
+    }
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn everyone_reaches_three_receivers() {
+    let room = Room::new("secret123");
+    let mut receivers: Vec<_> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| receiver(&room, n))
+        .collect();
+    let (mut s, _) = sender(&room, &["--everyone", "--ttl", "3s", "for all"]);
+    for r in &mut receivers {
+        let msg = r.wait_event(T, "message").expect("every receiver gets it");
+        assert_eq!(msg["text"], "for all");
+    }
+    let mut by = Vec::new();
+    for _ in 0..3 {
+        by.push(
+            s.wait_event(T, "fetched").unwrap()["by"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    by.sort();
+    assert_eq!(by, ["r1", "r2", "r3"]);
+    // Nobody gets it twice, however often it is announced until the TTL.
+    let expired = s.wait_event(T, "expired").unwrap();
+    assert_eq!(expired["delivered"], 3);
+    assert_eq!(s.wait(T).code(), Some(0));
+    for r in &mut receivers {
+        let again = r.drain(Duration::from_millis(500));
+        assert_eq!(
+            again.iter().filter(|l| l.contains("\"message\"")).count(),
+            1,
+            "{again:?}"
+        );
+    }
+}
+
+#[test]
+fn max_fetches_two_reaches_two_of_three_receivers() {
+    let room = Room::new("secret123");
+    let mut receivers: Vec<_> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| receiver(&room, n))
+        .collect();
+    let (mut s, _) = sender(&room, &["--max-fetches", "2", "--ttl", "20s", "two only"]);
+    assert_eq!(s.wait(T).code(), Some(0), "{}", s.stderr());
+    let got = receivers
+        .iter_mut()
+        .map(|r| r.drain(Duration::from_millis(700)))
+        .filter(|lines| lines.iter().any(|l| l.contains("two only")))
+        .count();
+    assert_eq!(got, 2);
+}
+
+#[test]
+fn a_late_receiver_fetches_a_drop_made_before_it_started() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "made earlier"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut r = receiver(&room, "late");
+    let msg = r
+        .wait_event(Duration::from_secs(3), "message")
+        .expect("found through its start-up query");
+    assert_eq!(msg["token"], token);
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn list_shows_drops_without_fetching_them() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(
+        &room,
+        &["--ttl", "20s", "--max-fetches", "3", "look, don't touch"],
+    );
+    let out = room.cmd(&["list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&token))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.contains("message") && row.contains("alice") && row.contains("17 B"),
+        "{row}"
+    );
+    assert!(row.trim_end().ends_with('3'), "fetches left: {row}");
+    let out = room.cmd(&["list", "--json"]).output().unwrap();
+    let v = json(String::from_utf8_lossy(&out.stdout).lines().next().unwrap());
+    assert_eq!(v["token"], token);
+    assert_eq!(v["size"], 17);
+    assert_eq!(v["fetches_left"], 3);
+    assert!(v["ttl_left_ms"].as_u64().unwrap() > 10_000);
+    // Listing burned nothing.
+    assert!(s.child.try_wait().unwrap().is_none());
+    s.interrupt();
+    assert_eq!(s.wait(T).code(), Some(130));
+}
+
+#[test]
+fn fetch_by_token_then_it_is_gone() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "by token"]);
+    let out = room.cmd(&["fetch", &token]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"by token");
+    assert_eq!(s.wait(T).code(), Some(0));
+    let again = room
+        .cmd(&["fetch", "--wait", "1s", &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn fetch_with_a_wrong_passphrase_says_so_and_burns_nothing() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "guarded"]);
+    let out = room
+        .other("guess")
+        .cmd(&["fetch", "--wait", "1s", &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase, or someone interfered")
+    );
+    assert!(
+        s.wait_event(T, "rejected").is_some(),
+        "the sender sees the failed attempt"
+    );
+    let out = room.cmd(&["fetch", &token]).output().unwrap();
+    assert_eq!(out.stdout, b"guarded");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn fetch_out_writes_a_new_file_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "to a file"]);
+    let existing = dir.path().join("exists.txt");
+    std::fs::write(&existing, "keep me").unwrap();
+    let out = room
+        .cmd(&["fetch", &token, "--out", existing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+    let target = dir.path().join("new.txt");
+    let out = room
+        .cmd(&["fetch", &token, "--out", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "to a file");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn a_message_from_stdin() {
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, "bob");
+    let mut child = room
+        .cmd(&["send-msg", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("line one\nline two ✓\n".as_bytes())
+        .unwrap();
+    let msg = r.wait_event(T, "message").unwrap();
+    assert_eq!(msg["text"], "line one\nline two ✓\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn ctrl_c_withdraws_the_drop() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "60s", "changed my mind"]);
+    s.interrupt();
+    assert_eq!(s.wait(T).code(), Some(130));
+    let out = room
+        .cmd(&["fetch", "--wait", "1s", &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn the_passphrase_never_appears_in_output_or_logs() {
+    let room = Room::new("correct horse battery staple");
+    let mut r = Proc::spawn(room.cmd(&["run", "--json", "-vv"]));
+    r.wait_event(T, "listening").unwrap();
+    let mut s = Proc::spawn(room.cmd(&["send-msg", "--json", "-vv", "x"]));
+    r.wait_event(T, "message").unwrap();
+    s.wait(T);
+    let help = Command::new(bin())
+        .args(["run", "--help"])
+        .env("DEADDROP_ROOM", &room.pass)
+        .output()
+        .unwrap();
+    r.interrupt();
+    r.wait(T);
+    for text in [
+        r.stderr(),
+        s.stderr(),
+        r.seen.join("\n"),
+        s.drain(Duration::ZERO).join("\n"),
+        String::from_utf8_lossy(&help.stdout).into_owned(),
+    ] {
+        assert!(!text.contains("horse"), "passphrase leaked: {text}");
+    }
+}
+
+#[test]
+fn help_documents_the_exit_codes_and_the_defaults() {
+    let out = Command::new(bin())
+        .args(["send-msg", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Exit codes",
+        "3    send: the time-to-live ran out",
+        "--max-fetches",
+        "--everyone",
+        "[default: 12s]",
+        "DEADDROP_ROOM",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_usage_error_with_a_clear_message() {
+    let room = Room::new("secret123");
+    for (args, needle) in [
+        (vec!["send-msg", "--ttl", "soon", "x"], "not a duration"),
+        (vec!["fetch", "xyz"], "32 hexadecimal digits"),
+        (vec!["send-msg", "--max-fetches", "0", "x"], "--max-fetches"),
+        (
+            vec!["send-msg", "--everyone", "--max-fetches", "2", "x"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = room.cmd(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(bin())
+        .args(["run", "--interface", "nosuch0", "--port", "1"])
+        .env("DEADDROP_ROOM", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0"));
+}
+
+#[test]
+fn no_passphrase_and_no_terminal_is_a_clear_error() {
+    let out = Command::new(bin())
+        .args(["list", "--interface", "127.0.0.1", "--port", "1"])
+        .env_remove("DEADDROP_ROOM")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEADDROP_ROOM"));
+}
+
+#[test]
+fn several_senders_and_receivers_share_one_host() {
+    let room = Room::new("secret123");
+    let mut receivers: Vec<_> = ["r1", "r2"].iter().map(|n| receiver(&room, n)).collect();
+    let senders: Vec<_> = (0..4)
+        .map(|i| sender(&room, &["--everyone", "--ttl", "3s", &format!("note {i}")]))
+        .collect();
+    for r in &mut receivers {
+        let mut texts: Vec<String> = (0..4)
+            .map(|_| {
+                r.wait_event(T, "message").expect("all four notes")["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        texts.sort();
+        assert_eq!(texts, ["note 0", "note 1", "note 2", "note 3"]);
+    }
+    for (mut s, _) in senders {
+        assert_eq!(s.wait(T).code(), Some(0));
+    }
+}

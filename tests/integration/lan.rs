@@ -1,0 +1,1 @@
+//! Multi-host tests on a LAN of network namespaces (added below).

@@ -1,0 +1,6 @@
+//! End-to-end tests with the real `deaddrop` binary: processes on loopback (`cli`) and on a LAN
+//! of network-namespace hosts (`lan`). One test binary, to keep builds short.
+
+mod cli;
+mod lan;
+mod util;

@@ -16,7 +16,7 @@ use crate::beacon::Beacon;
 use crate::client::{ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink};
 use crate::discovery::Discovery;
 use crate::event::{Event, Events};
-use crate::holder::MAX_MESSAGE;
+use crate::holder::{ANNOUNCE_EVERY, MAX_MESSAGE};
 use crate::id::{PeerId, Token};
 use crate::message::{DropInfo, DropKind, Refusal};
 
@@ -301,7 +301,11 @@ pub async fn run(
             }
             _ = sleep_until(next_query.unwrap_or(next_prune)), if next_query.is_some() => {
                 discovery.send_all(&Beacon::Query { id: me }).await;
-                next_query = queries.next().map(|gap| Instant::now() + *gap);
+                // Unicast peers do not hear each other's broadcasts: keep asking them.
+                let gap = queries.next().copied().or_else(|| {
+                    (!discovery.scope().peers.is_empty()).then_some(ANNOUNCE_EVERY)
+                });
+                next_query = gap.map(|gap| Instant::now() + gap);
             }
             _ = sleep_until(next_prune) => {
                 let now = Instant::now();

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Fills `buf` from the operating system's CSPRNG (through aws-lc).
+/// Fills `buf` from the operating system's CSPRNG. (Not aws-lc's: its first use seeds a
+/// jitter-entropy pool, which costs ~40 ms of CPU at every process start.)
 pub fn random_bytes(buf: &mut [u8]) {
-    aws_lc_rs::rand::fill(buf).expect("the system random number generator failed");
+    getrandom::getrandom(buf).expect("the system random number generator failed");
 }
 
 pub fn random_array<const N: usize>() -> [u8; N] {

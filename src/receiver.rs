@@ -72,11 +72,18 @@ impl PeerTable {
     /// An announcement arrived. Returns the generation to sync now, if any.
     pub fn on_announce(&mut self, key: PeerKey, generation: u64, now: Instant) -> Option<u64> {
         if !self.peers.contains_key(&key) {
-            let on_address = self.per_address.get(&key.1.ip()).copied().unwrap_or(0);
-            if self.peers.len() >= MAX_PEERS || on_address >= MAX_PEERS_PER_ADDRESS {
+            let ip = key.1.ip();
+            // Full: make room by forgetting the holder heard from least recently (holders that
+            // exited stop announcing). A flood of fake ids from one address only churns that
+            // address's own slots.
+            let on_address = self.per_address.get(&ip).copied().unwrap_or(0);
+            if on_address >= MAX_PEERS_PER_ADDRESS && !self.evict_oldest(|k| k.1.ip() == ip) {
                 return None;
             }
-            *self.per_address.entry(key.1.ip()).or_default() += 1;
+            if self.peers.len() >= MAX_PEERS && !self.evict_oldest(|_| true) {
+                return None;
+            }
+            *self.per_address.entry(ip).or_default() += 1;
             self.peers.insert(
                 key,
                 PeerState {
@@ -142,19 +149,41 @@ impl PeerTable {
         Some(wanted)
     }
 
+    /// Forgets the least recently heard idle holder that `which` selects. False if none.
+    fn evict_oldest(&mut self, which: impl Fn(&PeerKey) -> bool) -> bool {
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|(k, st)| !st.busy && which(k))
+            .min_by_key(|(_, st)| st.last_heard)
+            .map(|(k, _)| *k);
+        let Some(key) = oldest else { return false };
+        self.peers.remove(&key);
+        self.forget_address(key.1.ip());
+        true
+    }
+
+    fn forget_address(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
+
     /// Forgets holders that have gone quiet.
     pub fn prune(&mut self, now: Instant) {
-        let per_address = &mut self.per_address;
-        self.peers.retain(|key, st| {
-            let keep = st.busy || now.duration_since(st.last_heard) < PEER_SILENCE;
-            if !keep && let Some(n) = per_address.get_mut(&key.1.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    per_address.remove(&key.1.ip());
-                }
-            }
-            keep
-        });
+        let quiet: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| !st.busy && now.duration_since(st.last_heard) >= PEER_SILENCE)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in quiet {
+            self.peers.remove(&key);
+            self.forget_address(key.1.ip());
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -490,6 +519,42 @@ mod tests {
         }
         assert_eq!(t.len(), MAX_PEERS_PER_ADDRESS);
         assert!(t.on_announce(key(9, "10.0.0.7"), 1, now).is_some());
+    }
+
+    #[test]
+    fn regression_a_17th_sender_from_one_host_is_not_ignored() {
+        // Sixteen send-msg processes from one host, each synced and gone, filled that host's
+        // slots for a minute and the seventeenth message was never fetched.
+        let start = Instant::now();
+        let mut t = PeerTable::default();
+        for i in 0..40u8 {
+            let now = start + Duration::from_secs(u64::from(i));
+            let k = key(i, "10.77.0.1");
+            assert_eq!(t.on_announce(k, 1, now), Some(1), "sender {i}");
+            t.on_sync_done(k, 1, SyncOutcome::Complete, now);
+        }
+        assert!(t.len() <= MAX_PEERS_PER_ADDRESS);
+    }
+
+    #[test]
+    fn eviction_never_drops_a_busy_holder() {
+        let now = Instant::now();
+        let mut t = PeerTable::default();
+        for i in 0..MAX_PEERS_PER_ADDRESS as u8 {
+            assert!(
+                t.on_announce(key(i, "10.0.0.1"), 1, now).is_some()
+                    || i >= MAX_PARALLEL_SYNCS as u8
+            );
+        }
+        // Eight are busy syncing, eight idle: newcomers evict only idle ones.
+        for i in 100..120u8 {
+            t.on_announce(key(i, "10.0.0.1"), 1, now + Duration::from_secs(1));
+        }
+        assert_eq!(t.busy, MAX_PARALLEL_SYNCS);
+        assert_eq!(
+            t.peers.values().filter(|s| s.busy).count(),
+            MAX_PARALLEL_SYNCS
+        );
     }
 
     #[test]

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Message latency: from `deaddrop send-msg` process start to the text shown by a running
+`deaddrop run`, N times, on the namespace LAN (sender and receiver on different hosts) and on
+loopback. Prints median and spread; record the figures in BENCHMARKS.md.
+
+    sudo python3 bench/latency.py [--sends 20] [--bin target/release/deaddrop]
+"""
+import argparse
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netlan import Lan  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reader(proc):
+    """Receiver stdout lines on a queue, each stamped with the time it was read."""
+    q = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            q.put((time.perf_counter(), line))
+        q.put((time.perf_counter(), None))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def wait_event(q, kind, text=None, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stamp, line = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"no {kind} event within {timeout}s") from None
+        if line is None:
+            raise RuntimeError("receiver exited")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == kind and (text is None or event.get("text") == text):
+            return stamp
+
+
+def measure(binary, sends, recv_prefix, send_prefix, extra):
+    env = dict(os.environ, DEADDROP_ROOM="bench-room")
+    receiver = subprocess.Popen(recv_prefix + [binary, "run", "--json", *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    lines = reader(receiver)
+    try:
+        wait_event(lines, "listening")
+        samples = []
+        for i in range(sends):
+            text = f"bench message {i}"
+            t0 = time.perf_counter()
+            sender = subprocess.Popen(send_prefix + [binary, "send-msg", "--ttl", "10s", *extra, text],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                shown = wait_event(lines, "message", text)
+            except RuntimeError:
+                sender.kill()
+                raise RuntimeError(f"send {i} not shown; sender said: {sender.communicate()[1]}")
+            samples.append((shown - t0) * 1000)
+            sender.wait(timeout=15)
+        return samples
+    finally:
+        receiver.terminate()
+        receiver.wait()
+
+
+def spawn_overhead(prefix, runs=20):
+    """How long starting a trivial process through the same prefix takes (included above)."""
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(prefix + ["true"], check=True)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def report(name, samples, overhead):
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=10)
+    print(f"{name}: n={len(s)} median={statistics.median(s):.1f} ms  p10={q[0]:.1f}  p90={q[-1]:.1f}  "
+          f"min={s[0]:.1f}  max={s[-1]:.1f} ms  (process-spawn overhead included: {overhead:.1f} ms)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sends", type=int, default=20)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "deaddrop"))
+    args = ap.parse_args()
+    if args.bin.endswith(os.path.join("release", "deaddrop")):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    with Lan(2) as lan:
+        lan_samples = measure(args.bin, args.sends, lan.prefix(2), lan.prefix(1), [])
+        lan_overhead = spawn_overhead(lan.prefix(1))
+    port = "47901"
+    loop_samples = measure(args.bin, args.sends, [], [], ["--interface", "127.0.0.1", "--port", port])
+    report("namespace LAN (host 1 -> host 2)", lan_samples, lan_overhead)
+    report("loopback", loop_samples, spawn_overhead([]))
+
+
+if __name__ == "__main__":
+    main()

@@ -74,6 +74,8 @@ pub enum Event {
     Rejected { address: String },
     /// A non-fatal problem worth telling the user about.
     Warning { message: String },
+    /// A problem that ended the command.
+    Error { message: String },
 }
 
 /// Where events go: a callback, called from whichever task produced the event.

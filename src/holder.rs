@@ -1,7 +1,8 @@
 //! The holder: keeps drops, announces them, and serves them to room members over authenticated
 //! sessions. A drop lives in this process only; nothing is written anywhere.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,6 +64,8 @@ pub struct HolderOptions {
     pub timeouts: Timeouts,
     /// Connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// Connections served at once from one address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for HolderOptions {
@@ -70,7 +73,8 @@ impl Default for HolderOptions {
         Self {
             name: "deaddrop".into(),
             timeouts: Timeouts::default(),
-            max_connections: 64,
+            max_connections: 256,
+            max_connections_per_source: 16,
         }
     }
 }
@@ -253,6 +257,7 @@ pub enum OfferError {
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(inner.opts.max_connections));
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -270,16 +275,66 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             );
             continue;
         };
+        let Some(slot) = SourceSlot::take(
+            &per_source,
+            addr.ip(),
+            inner.opts.max_connections_per_source,
+        ) else {
+            tracing::debug!("connection from {addr} closed: too many from that address");
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
             handle_connection(&inner, stream, addr).await;
-            drop(permit);
+            drop((permit, slot));
         });
+    }
+}
+
+/// One connection's place in the per-address count; given back on drop.
+struct SourceSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut c = counts.lock().expect("source counts lock");
+        let n = c.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("source counts lock");
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
 async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let t = inner.opts.timeouts;
+    let hello = match transport::read_client_hello(&mut stream, t.handshake).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            tracing::debug!("no hello from {addr}: {e}");
+            return;
+        }
+    };
+    // Every PAKE attempt costs the source a token, refunded on success.
     let allowed = inner
         .limiter
         .lock()
@@ -289,11 +344,7 @@ async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAdd
         tracing::debug!("connection from {addr} closed: too many failed handshakes");
         return;
     }
-    let t = inner.opts.timeouts;
-    let session = match transport::read_client_hello(&mut stream, t.handshake).await {
-        Ok(hello) => transport::accept(stream, &hello, &inner.pass, inner.id, t).await,
-        Err(e) => Err(e),
-    };
+    let session = transport::accept(stream, &hello, &inner.pass, inner.id, t).await;
     let mut session = match session {
         Ok(s) => s,
         Err(e) => {
@@ -533,5 +584,103 @@ async fn expire_loop(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{DiscoveryConfig, resolve};
+    use crate::event::ignore;
+    use crate::handshake;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn holder() -> Holder {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let scope = resolve(&DiscoveryConfig {
+            port,
+            interface: Some("127.0.0.1".into()),
+            peers: vec![],
+        })
+        .await
+        .unwrap();
+        let pass = Passphrase::new("secret123".into()).unwrap();
+        let h = Holder::start(
+            pass,
+            HolderOptions::default(),
+            Discovery::bind(scope).unwrap(),
+            ignore(),
+        )
+        .await
+        .unwrap();
+        h.offer_message("x", Duration::from_secs(60), FetchLimit::Max(1))
+            .unwrap();
+        h
+    }
+
+    /// Sends a ClientHello with `guess`; true if the holder answered with a ServerHello.
+    async fn guess(addr: SocketAddr, guess: &str) -> bool {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let pass = Passphrase::new(guess.into()).unwrap();
+        let (_, hello) = handshake::Client::start(&pass, PeerId::random(), None);
+        let mut frame = (hello.len() as u16).to_be_bytes().to_vec();
+        frame.extend(hello);
+        s.write_all(&frame).await.unwrap();
+        s.read_u16().await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn wrong_passphrase_guesses_are_held_to_the_rate_per_source() {
+        let h = holder().await;
+        let mut answered = 0;
+        for _ in 0..15 {
+            if guess(h.local_addr(), "guess").await {
+                answered += 1;
+            }
+        }
+        // The burst, plus at most what refilled while the loop ran.
+        assert!((10..=11).contains(&answered), "{answered} guesses answered");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            guess(h.local_addr(), "guess").await,
+            "one more guess after a second"
+        );
+        assert_eq!(h.len(), 1, "guessing burned nothing");
+    }
+
+    async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn silent_connections_cost_no_guesses_and_are_capped_per_source() {
+        let h = holder().await;
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            silent.push(connect_from("127.0.0.2", h.local_addr()).await);
+        }
+        // Past the per-address cap, further connections from there are closed at once...
+        let mut extra = connect_from("127.0.0.2", h.local_addr()).await;
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        // ...while another address is served normally.
+        assert!(guess(h.local_addr(), "secret123").await);
+        // The silent ones used no guesses: once they go, that address may guess its burst.
+        drop(silent);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut s = connect_from("127.0.0.2", h.local_addr()).await;
+        let pass = Passphrase::new("guess".into()).unwrap();
+        let (_, hello) = handshake::Client::start(&pass, PeerId::random(), None);
+        let mut frame = (hello.len() as u16).to_be_bytes().to_vec();
+        frame.extend(hello);
+        s.write_all(&frame).await.unwrap();
+        assert!(s.read_u16().await.is_ok());
     }
 }

@@ -129,14 +129,7 @@ impl Proc {
 
     /// Every stdout line that arrives within `timeout`.
     pub fn drain(&mut self, timeout: Duration) -> Vec<String> {
-        while self.wait_line(timeout, |_| false).is_some() {}
-        let deadline = Instant::now() + timeout;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
+        let _ = self.wait_line(timeout, |_| false);
         self.seen.clone()
     }
 

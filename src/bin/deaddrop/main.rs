@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         | Command::List { common, .. } => common,
     };
     init_logging(common.verbose);
+    let json = common.json;
     let result = passphrase(common).and_then(|pass| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -55,12 +56,22 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            stderr_line(&format!("error: {e:#}"));
+            report_error(json, &format!("{e:#}"));
             if let Some(hint) = hint(&e) {
                 stderr_line(&format!("hint: {hint}"));
             }
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// A fatal error: on stderr for people, and as an `error` event for `--json` readers.
+fn report_error(json: bool, message: &str) {
+    stderr_line(&format!("error: {message}"));
+    if json {
+        stdout_line(&output::json_line(&Event::Error {
+            message: message.to_owned(),
+        }));
     }
 }
 
@@ -298,7 +309,7 @@ async fn fetch(
     let (info, holder) = match client::fetch_token(&ctx, &discovery, token, wait, &mut sink).await {
         Ok(found) => found,
         Err(e) => {
-            stderr_line(&format!("error: {e}"));
+            report_error(common.json, &e.to_string());
             return Ok(match e {
                 FindError::NotFound { .. } => EXIT_NOT_FOUND,
                 FindError::NoRoom { .. } => EXIT_NO_ROOM,
@@ -386,9 +397,12 @@ async fn list(pass: Passphrase, wait: std::time::Duration, common: Common) -> Re
         ));
     }
     if listings.is_empty() && rejected > 0 {
-        stderr_line(&format!(
-            "error: {rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
-        ));
+        report_error(
+            common.json,
+            &format!(
+                "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
+            ),
+        );
         return Ok(EXIT_NO_ROOM);
     }
     Ok(0)

@@ -37,22 +37,57 @@ pub enum FetchError {
     Corrupt,
     #[error("the holder stopped the transfer: {0}")]
     Aborted(Refusal),
+    /// This side declined the drop (too large, wrong kind for the destination...).
     #[error("{0}")]
-    Refused(String),
+    Declined(String),
+    #[error("not enough disk space: {needed} bytes needed, {available} available")]
+    NoSpace { needed: u64, available: u64 },
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the holder broke the protocol: {0}")]
     Protocol(&'static str),
 }
 
-/// Where fetched content goes. The client verifies the content; the sink stores it and
-/// publishes it in [`Sink::finish`], which is called only for a complete, verified copy.
+impl FetchError {
+    /// Whether the bytes received so far are authentic and worth keeping for a later resume:
+    /// the connection broke, or a record failed to open (everything before it opened fine).
+    pub fn is_resumable(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Session(
+                SessionError::Truncated
+                    | SessionError::Io(_)
+                    | SessionError::Timeout(_)
+                    | SessionError::Record(_)
+                    | SessionError::Closed
+            )
+        )
+    }
+}
+
+/// Where fetched content goes. The sink checks the content against the holder's hash and
+/// publishes it in [`Sink::finish`]; the client checks lengths and drives the protocol.
 pub trait Sink: Send {
-    /// Called when the holder grants the fetch, before any content. An error declines it.
-    fn begin(&mut self, info: &DropInfo) -> impl Future<Output = Result<(), FetchError>> + Send;
+    /// Content bytes already held from an interrupted fetch of this drop, to resume after.
+    fn offset(&self) -> u64 {
+        0
+    }
+    /// The holder granted the fetch from `offset` (0 when it starts over). An error declines.
+    fn begin(
+        &mut self,
+        info: &DropInfo,
+        offset: u64,
+    ) -> impl Future<Output = Result<(), FetchError>> + Send;
     fn write(&mut self, data: &[u8]) -> impl Future<Output = Result<(), FetchError>> + Send;
-    /// The content is complete and verified: make it visible.
-    fn finish(&mut self, info: &DropInfo) -> impl Future<Output = Result<(), FetchError>> + Send;
+    /// Everything arrived: check it against `hash` (BLAKE3 of the whole content), then make it
+    /// visible. Only a verified copy may be published.
+    fn finish(
+        &mut self,
+        info: &DropInfo,
+        hash: [u8; 32],
+    ) -> impl Future<Output = Result<(), FetchError>> + Send;
+    /// The fetch failed; keep what arrived (out of sight) only if `resumable`.
+    fn abort(&mut self, resumable: bool) -> impl Future<Output = ()> + Send;
 }
 
 /// Collects content in memory, up to a cap (for messages).
@@ -72,9 +107,9 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    async fn begin(&mut self, info: &DropInfo) -> Result<(), FetchError> {
+    async fn begin(&mut self, info: &DropInfo, _offset: u64) -> Result<(), FetchError> {
         if info.size > self.max as u64 {
-            return Err(FetchError::Refused(format!(
+            return Err(FetchError::Declined(format!(
                 "the drop is {} bytes, more than the {} bytes allowed here",
                 info.size, self.max
             )));
@@ -88,8 +123,16 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    async fn finish(&mut self, _: &DropInfo) -> Result<(), FetchError> {
+    async fn finish(&mut self, _: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+        if *blake3::hash(&self.data).as_bytes() != hash {
+            self.data.clear();
+            return Err(FetchError::Corrupt);
+        }
         Ok(())
+    }
+
+    async fn abort(&mut self, _resumable: bool) {
+        self.data.clear();
     }
 }
 
@@ -165,46 +208,69 @@ impl HolderSession {
         }
     }
 
-    /// Fetches `token` into `sink`, verifies it, lets the sink publish it, then acknowledges.
+    /// Fetches `token` into `sink` (resuming after what the sink already holds), lets the sink
+    /// verify and publish it, then acknowledges. `progress(done, total)` follows the content.
+    /// On failure the sink is told whether what arrived is worth keeping for a resume.
     pub async fn fetch<S: Sink>(
         &mut self,
         token: Token,
         sink: &mut S,
+        mut progress: impl FnMut(u64, u64) + Send,
     ) -> Result<FetchOutcome, FetchError> {
+        let result = self.fetch_inner(token, sink, &mut progress).await;
+        if let Err(e) = &result {
+            sink.abort(e.is_resumable()).await;
+        }
+        result
+    }
+
+    async fn fetch_inner<S: Sink>(
+        &mut self,
+        token: Token,
+        sink: &mut S,
+        progress: &mut (impl FnMut(u64, u64) + Send),
+    ) -> Result<FetchOutcome, FetchError> {
+        let want = sink.offset();
         self.session
-            .send_request(&Request::Fetch { token, offset: 0 })
+            .send_request(&Request::Fetch {
+                token,
+                offset: want,
+            })
             .await?;
-        let info = match self.session.recv_reply().await? {
+        let (info, offset) = match self.session.recv_reply().await? {
             Reply::Refused { token: t, reason } if t == token => {
                 return Ok(FetchOutcome::Refused(reason));
             }
-            Reply::Start { info, offset: 0 } if info.token == token => info,
+            Reply::Start { info, offset }
+                if info.token == token && (offset == want || offset == 0) =>
+            {
+                (info, offset)
+            }
             _ => return Err(FetchError::Protocol("expected the start of the drop")),
         };
-        sink.begin(&info).await?;
-        let mut hasher = blake3::Hasher::new();
-        let mut received = 0u64;
-        loop {
+        if offset > info.size {
+            return Err(FetchError::Protocol("resume offset beyond the end"));
+        }
+        sink.begin(&info, offset).await?;
+        let mut received = offset;
+        progress(received, info.size);
+        let hash = loop {
             match self.session.recv_reply().await? {
                 Reply::Data(data) => {
                     received += data.len() as u64;
                     if received > info.size {
                         return Err(FetchError::Corrupt);
                     }
-                    hasher.update(data);
                     sink.write(data).await?;
+                    progress(received, info.size);
                 }
-                Reply::End { hash } => {
-                    if received != info.size || *hasher.finalize().as_bytes() != hash {
-                        return Err(FetchError::Corrupt);
-                    }
-                    break;
-                }
+                Reply::End { hash } if received == info.size => break hash,
+                Reply::End { .. } => return Err(FetchError::Corrupt),
                 Reply::Abort { reason } => return Err(FetchError::Aborted(reason)),
                 _ => return Err(FetchError::Protocol("expected drop content")),
             }
-        }
-        sink.finish(&info).await?;
+        };
+        sink.finish(&info, hash).await?;
         self.session.send_request(&Request::Ack { token }).await?;
         match self.session.recv_reply().await? {
             Reply::Acked { token: t } if t == token => Ok(FetchOutcome::Done(info)),
@@ -291,6 +357,7 @@ pub async fn fetch_token<S: Sink>(
     token: Token,
     wait: Duration,
     sink: &mut S,
+    mut progress: impl FnMut(u64, u64) + Send,
 ) -> Result<(DropInfo, String), FindError> {
     let deadline = Instant::now() + wait;
     let mut finder = Finder::new(discovery, ctx.id);
@@ -312,7 +379,7 @@ pub async fn fetch_token<S: Sink>(
             }
         };
         members += 1;
-        let outcome = hs.fetch(token, sink).await;
+        let outcome = hs.fetch(token, sink, &mut progress).await;
         let name = hs.name.clone();
         hs.close().await;
         match outcome? {

@@ -72,10 +72,65 @@ pub enum Event {
     Refused { token: Token, reason: Refusal },
     /// A peer failed the room handshake: it uses another passphrase, or someone interfered.
     Rejected { address: String },
+    /// A receiver saved a file or folder drop.
+    Received {
+        token: Token,
+        kind: DropKind,
+        /// Where it was saved.
+        path: String,
+        size: u64,
+        from: String,
+        address: String,
+    },
+    /// A transfer is under way (a few per second at most, and one at the end).
+    Progress {
+        token: Token,
+        /// The other end's name.
+        peer: String,
+        /// True on the holder's side.
+        sending: bool,
+        /// Bytes of content done, counting any resumed part.
+        done: u64,
+        total: u64,
+    },
     /// A non-fatal problem worth telling the user about.
     Warning { message: String },
     /// A problem that ended the command.
     Error { message: String },
+}
+
+/// Limits progress events to a few per second.
+#[derive(Debug)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+    pub fn new() -> Self {
+        Self { last: None }
+    }
+
+    /// Whether to report now: the first time, every [`Throttle::EVERY`], and when `finished`.
+    pub fn ready(&mut self, finished: bool) -> bool {
+        let now = std::time::Instant::now();
+        if finished
+            || self
+                .last
+                .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+        {
+            self.last = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Where events go: a callback, called from whichever task produced the event.

@@ -12,11 +12,12 @@ use tokio::task::JoinHandle;
 
 use crate::beacon::Beacon;
 use crate::discovery::Discovery;
-use crate::event::{Event, Events};
+use crate::event::{Event, Events, Throttle};
 use crate::id::{PeerId, Token};
 use crate::limit::GuessLimiter;
 use crate::message::{DropKind, Refusal, Reply, Request};
 use crate::secret::Passphrase;
+use crate::source::{self, Prepared, Produced, Source, SourceError};
 use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError};
 use crate::transport::{self, Session, SessionError, Timeouts};
 
@@ -35,26 +36,8 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(3);
 /// Answers to queries, per second, for all sources together.
 const QUERY_ANSWERS_PER_SECOND: u32 = 100;
 
-/// What a drop's bytes are.
-#[derive(Clone)]
-pub enum Content {
-    /// Held in memory (messages).
-    Bytes { data: Arc<[u8]>, hash: [u8; 32] },
-}
-
-impl Content {
-    pub fn bytes(data: impl Into<Arc<[u8]>>) -> Self {
-        let data = data.into();
-        let hash = *blake3::hash(&data).as_bytes();
-        Content::Bytes { data, hash }
-    }
-
-    fn len(&self) -> u64 {
-        match self {
-            Content::Bytes { data, .. } => data.len() as u64,
-        }
-    }
-}
+/// A drop's content, shared by every transfer of it.
+pub type Content = Arc<Source>;
 
 /// How a holder behaves.
 #[derive(Debug, Clone)]
@@ -214,8 +197,27 @@ impl Holder {
             size: text.len() as u64,
             ttl,
             limit,
+            executable: false,
         };
-        Ok(self.offer(spec, Content::bytes(text.as_bytes()))?)
+        Ok(self.offer(spec, Arc::new(Source::bytes(text.as_bytes())))?)
+    }
+
+    /// Offers a file or directory prepared with [`Source::path`].
+    pub fn offer_path(
+        &self,
+        prepared: &Prepared,
+        ttl: Duration,
+        limit: FetchLimit,
+    ) -> Result<Token, StoreError> {
+        let spec = DropSpec {
+            kind: prepared.kind,
+            name: prepared.name.clone(),
+            size: prepared.source.len(),
+            ttl,
+            limit,
+            executable: prepared.executable,
+        };
+        self.offer(spec, prepared.source.clone())
     }
 
     /// How many drops are on offer.
@@ -414,14 +416,33 @@ impl Conn<'_> {
                         .mutate(|st| st.begin(token, self.peer, Instant::now()));
                     match granted {
                         Err(reason) => s.send_reply(&Reply::Refused { token, reason }).await?,
-                        Ok(grant) if offset > grant.info.size => {
-                            self.release(token);
-                            let reason = Refusal::Unavailable;
-                            s.send_reply(&Reply::Refused { token, reason }).await?;
-                        }
                         Ok(grant) => {
+                            // A partial copy longer than the drop is not a prefix of it: start over.
+                            let offset = if offset > grant.info.size { 0 } else { offset };
                             self.reserved = Some(token);
-                            send_content(s, &grant, offset).await?;
+                            let (events, name) = (&self.inner.events, self.name.clone());
+                            let total = grant.info.size;
+                            let mut throttle = Throttle::new();
+                            let progress = |done, finished| {
+                                if throttle.ready(finished) {
+                                    events(Event::Progress {
+                                        token,
+                                        peer: name.clone(),
+                                        sending: true,
+                                        done,
+                                        total,
+                                    });
+                                }
+                            };
+                            if let Sent::Aborted(e) =
+                                send_content(s, &grant, offset, progress).await?
+                            {
+                                self.reserved = None;
+                                self.release(token);
+                                (self.inner.events)(Event::Warning {
+                                    message: format!("a fetch by {} was stopped: {e}", self.name),
+                                });
+                            }
                         }
                     }
                 }
@@ -480,25 +501,56 @@ impl Conn<'_> {
     }
 }
 
+/// How sending a drop's content ended, when the session itself did not fail.
+enum Sent {
+    Whole,
+    /// The content could not be produced (a file changed or vanished); the fetch was aborted.
+    Aborted(SourceError),
+}
+
 async fn send_content(
     s: &mut Session<TcpStream>,
     grant: &Grant<Content>,
     offset: u64,
-) -> Result<(), SessionError> {
+    mut progress: impl FnMut(u64, bool),
+) -> Result<Sent, SessionError> {
     s.send_reply(&Reply::Start {
         info: grant.info.clone(),
         offset,
     })
     .await?;
-    match &grant.content {
-        Content::Bytes { data, hash } => {
-            for chunk in data[offset as usize..].chunks(DATA_CHUNK) {
-                s.data_buffer().extend_from_slice(chunk);
-                s.send_data().await?;
+    let mut stream = source::stream(
+        grant.content.clone(),
+        offset,
+        DATA_CHUNK,
+        transport::data_frame,
+    );
+    let mut done = offset;
+    progress(done, false);
+    while let Some(produced) = stream.rx.recv().await {
+        match produced {
+            Produced::Data(mut frame) => {
+                let content_len = (frame.len() - transport::DATA_FRAME_OVERHEAD) as u64;
+                s.send_data_frame(&mut frame).await?;
+                stream.recycle(frame);
+                done += content_len;
+                progress(done, false);
             }
-            s.send_reply(&Reply::End { hash: *hash }).await
+            Produced::Done(hash) => {
+                s.send_reply(&Reply::End { hash }).await?;
+                progress(done, true);
+                return Ok(Sent::Whole);
+            }
+            Produced::Failed(e) => {
+                s.send_reply(&Reply::Abort {
+                    reason: Refusal::Unavailable,
+                })
+                .await?;
+                return Ok(Sent::Aborted(e));
+            }
         }
     }
+    Err(SessionError::Protocol("the content reader stopped"))
 }
 
 async fn announce_loop(inner: Arc<Inner>, discovery: Arc<Discovery>) {

@@ -72,7 +72,11 @@ pub struct DropInfo {
     pub ttl_left_ms: u64,
     /// How many more receivers may fetch it, or [`EVERYONE`].
     pub fetches_left: u32,
+    /// A single file that should be executable where it lands.
+    pub executable: bool,
 }
+
+const FLAG_EXECUTABLE: u8 = 0x01;
 
 impl DropInfo {
     fn put(&self, b: &mut Vec<u8>) {
@@ -83,6 +87,7 @@ impl DropInfo {
         b.put_u64(self.created_unix);
         b.put_u64(self.ttl_left_ms);
         b.put_u32(self.fetches_left);
+        b.put_u8(if self.executable { FLAG_EXECUTABLE } else { 0 });
     }
 
     fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -94,6 +99,8 @@ impl DropInfo {
             created_unix: r.u64()?,
             ttl_left_ms: r.u64()?,
             fetches_left: r.u32()?,
+            // Unknown flag bits are for later versions; ignore them.
+            executable: r.u8()? & FLAG_EXECUTABLE != 0,
         })
     }
 }
@@ -340,8 +347,8 @@ impl Reply<'_> {
                         max: MAX_LISTING,
                     });
                 }
-                // Each entry is at least 47 bytes: never reserve more than the input can hold.
-                let mut drops = Vec::with_capacity(n.min(r.remaining() / 47));
+                // Each entry is at least 48 bytes: never reserve more than the input can hold.
+                let mut drops = Vec::with_capacity(n.min(r.remaining() / 48));
                 for _ in 0..n {
                     drops.push(DropInfo::get(&mut r)?);
                 }
@@ -384,6 +391,7 @@ mod tests {
             created_unix: 1_700_000_000,
             ttl_left_ms: 12_000,
             fetches_left: 1,
+            executable: false,
         }
     }
 
@@ -494,6 +502,7 @@ mod tests {
         start.extend(1_700_000_000u64.to_be_bytes());
         start.extend(12_000u64.to_be_bytes());
         start.extend(1u32.to_be_bytes());
+        start.push(0);
         start.extend(5u64.to_be_bytes());
         assert_eq!(
             enc_rep(&Reply::Start {

@@ -425,7 +425,7 @@ async fn handle_drop(
         DropKind::Other(_) => return skip("a kind of drop this version does not know".into()),
     }
     let mut sink = MemorySink::new(shared.opts.max_message);
-    match hs.fetch(info.token, &mut sink).await? {
+    match hs.fetch(info.token, &mut sink, |_, _| {}).await? {
         FetchOutcome::Done(info) => {
             (shared.events)(Event::Message {
                 token: info.token,

@@ -35,6 +35,8 @@ pub struct DropSpec {
     pub size: u64,
     pub ttl: Duration,
     pub limit: FetchLimit,
+    /// A single file that should be executable where it lands.
+    pub executable: bool,
 }
 
 /// The longest time-to-live accepted.
@@ -71,6 +73,7 @@ impl<C> Entry<C> {
             created_unix: self.created_unix,
             ttl_left_ms: self.deadline.saturating_duration_since(now).as_millis() as u64,
             fetches_left: self.fetches_left(),
+            executable: self.spec.executable,
         }
     }
 
@@ -367,6 +370,7 @@ mod tests {
             size: 5,
             ttl: Duration::from_secs(12),
             limit,
+            executable: false,
         }
     }
 

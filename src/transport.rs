@@ -159,6 +159,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Session::new(io, keys, timeouts.idle))
 }
 
+/// Bytes of a data frame that are not content: the record header and the message kind.
+pub const DATA_FRAME_OVERHEAD: usize = HEADER_LEN + 1;
+
+/// Prepares an empty buffer for one data record: header room and the message kind; the caller
+/// appends up to a record's worth of content and hands it to [`Session::send_data_frame`].
+pub fn data_frame(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.resize(HEADER_LEN, 0);
+    buf.push(DATA_KIND);
+}
+
 /// An authenticated, encrypted session.
 pub struct Session<S> {
     io: S,
@@ -209,16 +220,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.write_frame(false).await
     }
 
-    /// A buffer to append one data record's payload to, then [`Session::send_data`]. Lets file
-    /// content be read straight into the record buffer.
-    pub fn data_buffer(&mut self) -> &mut Vec<u8> {
-        let b = self.start_frame();
-        b.push(DATA_KIND);
-        b
-    }
-
-    pub async fn send_data(&mut self) -> Result<(), SessionError> {
-        self.write_frame(false).await
+    /// Seals and sends a data record built in the caller's buffer with [`data_frame`]. Lets
+    /// content be read straight into the buffer that is encrypted in place and sent.
+    pub async fn send_data_frame(&mut self, frame: &mut Vec<u8>) -> Result<(), SessionError> {
+        self.sealer.seal(frame, false)?;
+        with_timeout(self.idle, "send", self.io.write_all(frame)).await
     }
 
     /// Ends the session: sends a final record so the peer can tell it from a cut connection.
@@ -317,12 +323,15 @@ mod tests {
             created_unix: 1,
             ttl_left_ms: 2,
             fetches_left: 1,
+            executable: false,
         };
         s.send_reply(&Reply::Listing(vec![info.clone()]))
             .await
             .unwrap();
-        s.data_buffer().extend_from_slice(b"hi");
-        s.send_data().await.unwrap();
+        let mut frame = Vec::new();
+        data_frame(&mut frame);
+        frame.extend_from_slice(b"hi");
+        s.send_data_frame(&mut frame).await.unwrap();
         assert_eq!(c.recv_reply().await.unwrap(), Reply::Listing(vec![info]));
         assert_eq!(c.recv_reply().await.unwrap(), Reply::Data(b"hi"));
         c.close().await.unwrap();

@@ -306,18 +306,19 @@ async fn fetch(
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
     let mut sink = MemorySink::new(MAX_MESSAGE);
-    let (info, holder) = match client::fetch_token(&ctx, &discovery, token, wait, &mut sink).await {
-        Ok(found) => found,
-        Err(e) => {
-            report_error(common.json, &e.to_string());
-            return Ok(match e {
-                FindError::NotFound { .. } => EXIT_NOT_FOUND,
-                FindError::NoRoom { .. } => EXIT_NO_ROOM,
-                FindError::Refused(Refusal::Taken | Refusal::AlreadyYours) => EXIT_REFUSED,
-                _ => EXIT_ERROR,
-            });
-        }
-    };
+    let (info, holder) =
+        match client::fetch_token(&ctx, &discovery, token, wait, &mut sink, |_, _| {}).await {
+            Ok(found) => found,
+            Err(e) => {
+                report_error(common.json, &e.to_string());
+                return Ok(match e {
+                    FindError::NotFound { .. } => EXIT_NOT_FOUND,
+                    FindError::NoRoom { .. } => EXIT_NO_ROOM,
+                    FindError::Refused(Refusal::Taken | Refusal::AlreadyYours) => EXIT_REFUSED,
+                    _ => EXIT_ERROR,
+                });
+            }
+        };
     if info.kind != DropKind::Message {
         bail!("this version can only fetch messages");
     }

@@ -1,0 +1,750 @@
+//! Receiving files and folders safely. Content goes to a hidden partial file in the target
+//! folder (`.deaddrop-<token>-<expiry>.part`) on a writer thread that hashes as it writes; only a
+//! copy whose BLAKE3 hash matches the holder's is published, under a sanitized name that never
+//! overwrites anything (`report (1).pdf`). A folder drop is unpacked into a hidden folder and
+//! renamed into place. An interrupted fetch leaves the partial file for a resume; partial files
+//! whose drop has expired are swept away.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::{FetchError, MemorySink, Sink};
+use crate::id::Token;
+use crate::message::{DropInfo, DropKind};
+use crate::names;
+use crate::tree;
+
+const PARTIAL_PREFIX: &str = ".deaddrop-";
+const PARTIAL_SUFFIX: &str = ".part";
+const UNPACK_SUFFIX: &str = ".unpack";
+/// Chunks queued for the writer thread.
+const WRITE_AHEAD: usize = 4;
+/// Partial files are kept this long past their drop's expiry.
+const PARTIAL_GRACE_SECS: u64 = 60;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where a fetched file or folder goes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Into this folder, under the drop's sanitized name, never overwriting.
+    Folder(PathBuf),
+    /// Exactly this path, which must not exist yet.
+    Exact(PathBuf),
+    /// A single file, streamed to standard output (not resumable).
+    Stdout,
+}
+
+enum Out {
+    File(File),
+    Stdout(io::Stdout),
+}
+
+impl Out {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Out::File(f) => f.write_all(buf),
+            Out::Stdout(s) => s.write_all(buf),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        match self {
+            // The holder counts the fetch once we acknowledge: the bytes must be on disk by then.
+            Out::File(f) => f.sync_all(),
+            Out::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+/// The writer thread: hashes and writes chunks in order, and gives buffers back.
+struct Writer {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    handle: JoinHandle<io::Result<blake3::Hasher>>,
+}
+
+impl Writer {
+    /// `prefix`: a partial file whose first bytes are already ours; they are hashed first.
+    fn spawn(mut out: Out, prefix: Option<(PathBuf, u64)>) -> Writer {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            if let Some((path, len)) = prefix {
+                let copied = io::copy(&mut File::open(&path)?.take(len), &mut hasher)?;
+                if copied != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the partial file shrank",
+                    ));
+                }
+            }
+            while let Some(buf) = rx.blocking_recv() {
+                out.write_all(&buf)?;
+                hasher.update(&buf);
+                let _ = spare_tx.send(buf);
+            }
+            out.finish()?;
+            Ok(hasher)
+        });
+        Writer {
+            tx: Some(tx),
+            spare,
+            handle,
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let tx = self.tx.as_ref().expect("writer open");
+        if tx.send(buf).await.is_err() {
+            // The thread stopped: its error says why.
+            self.tx = None;
+            return Err(match (&mut self.handle).await {
+                Ok(Err(e)) => FetchError::Io(e),
+                _ => FetchError::Io(io::Error::other("the writer stopped")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for every byte to be written and synced; returns the hash of everything.
+    async fn close(mut self) -> Result<blake3::Hasher, FetchError> {
+        self.tx = None;
+        match self.handle.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(FetchError::Io(io::Error::other(e))),
+        }
+    }
+}
+
+/// Receives a file or folder drop.
+pub struct FileSink {
+    dest: Destination,
+    folder: PathBuf,
+    token: Token,
+    max_size: Option<u64>,
+    partial: Option<PathBuf>,
+    held: u64,
+    writer: Option<Writer>,
+    published: Option<PathBuf>,
+}
+
+fn partial_prefix(token: Token) -> String {
+    format!("{PARTIAL_PREFIX}{token}-")
+}
+
+/// An existing partial file for `token` in `folder`, and its length.
+fn find_partial(folder: &Path, token: Token) -> Option<(PathBuf, u64)> {
+    let prefix = partial_prefix(token);
+    fs::read_dir(folder).ok()?.flatten().find_map(|e| {
+        let name = e.file_name();
+        let name = name.to_str()?;
+        if name.starts_with(&prefix) && name.ends_with(PARTIAL_SUFFIX) {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| (e.path(), meta.len()))
+        } else {
+            None
+        }
+    })
+}
+
+impl FileSink {
+    /// Prepares to receive `token` into `dest`; finds a partial copy from an earlier attempt.
+    /// `max_size` declines larger drops.
+    pub fn new(dest: Destination, token: Token, max_size: Option<u64>) -> io::Result<FileSink> {
+        let folder = match &dest {
+            Destination::Folder(dir) => {
+                fs::create_dir_all(dir)?;
+                dir.clone()
+            }
+            Destination::Exact(path) => match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            },
+            Destination::Stdout => PathBuf::from("."),
+        };
+        let (partial, held) = match dest {
+            Destination::Stdout => (None, 0),
+            _ => find_partial(&folder, token).map_or((None, 0), |(p, n)| (Some(p), n)),
+        };
+        Ok(FileSink {
+            dest,
+            folder,
+            token,
+            max_size,
+            partial,
+            held,
+            writer: None,
+            published: None,
+        })
+    }
+
+    /// Where the drop was saved, once it was.
+    pub fn published(&self) -> Option<&Path> {
+        self.published.as_deref()
+    }
+
+    fn check_space(&self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
+        let mut needed = info.size - offset;
+        if info.kind == DropKind::Directory {
+            needed = needed.saturating_add(info.size);
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        match fs4::available_space(&self.folder) {
+            Ok(available) if available < needed => Err(FetchError::NoSpace { needed, available }),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_partial(&mut self) {
+        if let Some(p) = self.partial.take() {
+            let _ = fs::remove_file(p);
+        }
+        self.held = 0;
+    }
+
+    async fn publish(&mut self, info: &DropInfo) -> Result<PathBuf, FetchError> {
+        let partial = self.partial.clone().expect("a partial file exists");
+        let (folder, name, exact) = match &self.dest {
+            Destination::Folder(dir) => (dir.clone(), names::sanitize_component(&info.name), false),
+            Destination::Exact(path) => (
+                self.folder.clone(),
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| names::FALLBACK.into()),
+                true,
+            ),
+            Destination::Stdout => unreachable!("nothing to publish for stdout"),
+        };
+        let kind = info.kind;
+        let executable = info.executable;
+        let token = self.token;
+        let published = tokio::task::spawn_blocking(move || -> Result<PathBuf, FetchError> {
+            match kind {
+                DropKind::Directory => publish_dir(&partial, &folder, &name, exact, token),
+                _ => {
+                    let target = publish_file(&partial, &folder, &name, exact)?;
+                    tree::set_executable(&target, executable)?;
+                    Ok(target)
+                }
+            }
+        })
+        .await
+        .map_err(|e| FetchError::Io(io::Error::other(e)))??;
+        self.partial = None;
+        Ok(published)
+    }
+}
+
+fn candidates(folder: &Path, name: &str, exact: bool) -> impl Iterator<Item = PathBuf> {
+    let limit = if exact { 1 } else { 10_000 };
+    (0..limit).map(move |n| folder.join(names::numbered(name, n)))
+}
+
+fn already_exists(path: &Path) -> FetchError {
+    FetchError::Declined(format!(
+        "{} already exists; deaddrop never overwrites",
+        path.display()
+    ))
+}
+
+/// Moves the verified partial file to its final name without replacing anything.
+fn publish_file(
+    partial: &Path,
+    folder: &Path,
+    name: &str,
+    exact: bool,
+) -> Result<PathBuf, FetchError> {
+    for target in candidates(folder, name, exact) {
+        // A hard link fails if the target exists: no window in which something could be replaced.
+        match fs::hard_link(partial, &target) {
+            Ok(()) => {
+                fs::remove_file(partial)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if exact {
+                    return Err(already_exists(&target));
+                }
+            }
+            // File systems without hard links (FAT on phones and sticks): check, then rename.
+            Err(_) => {
+                if target.symlink_metadata().is_ok() {
+                    if exact {
+                        return Err(already_exists(&target));
+                    }
+                    continue;
+                }
+                fs::rename(partial, &target)?;
+                return Ok(target);
+            }
+        }
+    }
+    Err(FetchError::Declined(format!(
+        "no free name for {name} in {}",
+        folder.display()
+    )))
+}
+
+/// Unpacks a verified folder stream into a hidden folder, then renames it into place.
+fn publish_dir(
+    partial: &Path,
+    folder: &Path,
+    name: &str,
+    exact: bool,
+    token: Token,
+) -> Result<PathBuf, FetchError> {
+    let tmp = folder.join(format!("{PARTIAL_PREFIX}{token}{UNPACK_SUFFIX}"));
+    if tmp.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir(&tmp)?;
+    let unpacked = File::open(partial)
+        .map_err(tree::TreeError::Io)
+        .and_then(|f| tree::unpack(BufReader::with_capacity(1 << 20, f), &tmp));
+    if let Err(e) = unpacked {
+        let _ = fs::remove_dir_all(&tmp);
+        let _ = fs::remove_file(partial);
+        return Err(FetchError::Declined(format!(
+            "the folder could not be unpacked: {e}"
+        )));
+    }
+    for target in candidates(folder, name, exact) {
+        if target.symlink_metadata().is_ok() {
+            if exact {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(already_exists(&target));
+            }
+            continue;
+        }
+        fs::rename(&tmp, &target)?;
+        fs::remove_file(partial)?;
+        return Ok(target);
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Err(FetchError::Declined(format!(
+        "no free name for {name} in {}",
+        folder.display()
+    )))
+}
+
+impl Sink for FileSink {
+    fn offset(&self) -> u64 {
+        self.held
+    }
+
+    async fn begin(&mut self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
+        if let Some(max) = self.max_size
+            && info.size > max
+        {
+            return Err(FetchError::Declined(format!(
+                "the drop is {} bytes, over the --max-size of {max} bytes",
+                info.size
+            )));
+        }
+        match (info.kind, &self.dest) {
+            (DropKind::File, _)
+            | (DropKind::Directory, Destination::Folder(_) | Destination::Exact(_)) => {}
+            (DropKind::Directory, Destination::Stdout) => {
+                return Err(FetchError::Declined(
+                    "a folder cannot be written to standard output; use --out DIR or --dir".into(),
+                ));
+            }
+            (kind, _) => {
+                return Err(FetchError::Declined(format!(
+                    "cannot save a {} drop as a file",
+                    kind.as_str()
+                )));
+            }
+        }
+        if let Destination::Exact(path) = &self.dest
+            && path.symlink_metadata().is_ok()
+        {
+            return Err(already_exists(path));
+        }
+        if let Destination::Stdout = self.dest {
+            self.writer = Some(Writer::spawn(Out::Stdout(io::stdout()), None));
+            return Ok(());
+        }
+        self.check_space(info, offset)?;
+        let resuming = offset > 0 && offset == self.held && self.partial.is_some();
+        let file = if resuming {
+            OpenOptions::new()
+                .append(true)
+                .open(self.partial.as_ref().expect("checked"))?
+        } else {
+            self.remove_partial();
+            let expires = unix_now() + info.ttl_left_ms / 1000 + 1;
+            let path = self.folder.join(format!(
+                "{}{expires}{PARTIAL_SUFFIX}",
+                partial_prefix(self.token)
+            ));
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            self.partial = Some(path);
+            file
+        };
+        let prefix = resuming.then(|| (self.partial.clone().expect("checked"), offset));
+        self.writer = Some(Writer::spawn(Out::File(file), prefix));
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        self.writer.as_mut().expect("begun").write(data).await
+    }
+
+    async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+        let hasher = self.writer.take().expect("begun").close().await?;
+        if *hasher.finalize().as_bytes() != hash {
+            self.remove_partial();
+            return Err(FetchError::Corrupt);
+        }
+        if !matches!(self.dest, Destination::Stdout) {
+            self.published = Some(self.publish(info).await?);
+        }
+        Ok(())
+    }
+
+    async fn abort(&mut self, resumable: bool) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.close().await;
+        }
+        if !resumable {
+            self.remove_partial();
+        }
+    }
+}
+
+/// Receives any kind of drop: messages in memory, files and folders through a [`FileSink`].
+pub struct DropSink {
+    pub memory: MemorySink,
+    pub file: FileSink,
+    kind: Option<DropKind>,
+}
+
+impl DropSink {
+    pub fn new(file: FileSink, max_message: usize) -> Self {
+        Self {
+            memory: MemorySink::new(max_message),
+            file,
+            kind: None,
+        }
+    }
+
+    /// The kind of drop received, once it began.
+    pub fn kind(&self) -> Option<DropKind> {
+        self.kind
+    }
+}
+
+impl Sink for DropSink {
+    fn offset(&self) -> u64 {
+        self.file.offset()
+    }
+
+    async fn begin(&mut self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
+        self.kind = Some(info.kind);
+        match info.kind {
+            DropKind::Message => self.memory.begin(info, offset).await,
+            _ => self.file.begin(info, offset).await,
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        match self.kind {
+            Some(DropKind::Message) => self.memory.write(data).await,
+            _ => self.file.write(data).await,
+        }
+    }
+
+    async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+        match self.kind {
+            Some(DropKind::Message) => self.memory.finish(info, hash).await,
+            _ => self.file.finish(info, hash).await,
+        }
+    }
+
+    async fn abort(&mut self, resumable: bool) {
+        match self.kind {
+            Some(DropKind::Message) => self.memory.abort(resumable).await,
+            _ => self.file.abort(resumable).await,
+        }
+    }
+}
+
+/// Removes partial files in `folder` whose drop expired (plus a grace minute), and unpack
+/// folders left by a crash. Returns how many were removed.
+pub fn sweep(folder: &Path) -> usize {
+    let now = unix_now();
+    let Ok(entries) = fs::read_dir(folder) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(PARTIAL_PREFIX) else {
+            continue;
+        };
+        if let Some(stem) = rest.strip_suffix(PARTIAL_SUFFIX) {
+            let expired = stem
+                .split_once('-')
+                .filter(|(token, _)| token.parse::<Token>().is_ok())
+                .and_then(|(_, expiry)| expiry.parse::<u64>().ok())
+                .is_some_and(|expiry| expiry + PARTIAL_GRACE_SECS < now);
+            if expired && fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        } else if let Some(token) = rest.strip_suffix(UNPACK_SUFFIX) {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            if token.parse::<Token>().is_ok() && stale && fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kind: DropKind, data: &[u8], name: &str) -> DropInfo {
+        DropInfo {
+            token: Token([7; 16]),
+            kind,
+            size: data.len() as u64,
+            name: name.into(),
+            created_unix: 0,
+            ttl_left_ms: 60_000,
+            fetches_left: 1,
+            executable: false,
+        }
+    }
+
+    async fn receive(
+        sink: &mut FileSink,
+        info: &DropInfo,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(), FetchError> {
+        sink.begin(info, offset).await?;
+        for chunk in data[offset as usize..].chunks(1000) {
+            sink.write(chunk).await?;
+        }
+        sink.finish(info, *blake3::hash(data).as_bytes()).await
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_file_is_published_under_its_name_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("report.pdf"), b"mine").unwrap();
+        let data = vec![5u8; 10_000];
+        let i = info(DropKind::File, &data, "report.pdf");
+        let mut sink =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        receive(&mut sink, &i, &data, 0).await.unwrap();
+        assert_eq!(sink.published().unwrap(), dir.path().join("report (1).pdf"));
+        assert_eq!(fs::read(dir.path().join("report.pdf")).unwrap(), b"mine");
+        assert_eq!(fs::read(dir.path().join("report (1).pdf")).unwrap(), data);
+        assert_eq!(
+            listing(dir.path()),
+            ["report (1).pdf", "report.pdf"],
+            "no partial left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hostile_name_lands_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("in");
+        let i = info(DropKind::File, b"x", "../../escape\u{202e}.sh");
+        let mut sink = FileSink::new(Destination::Folder(inner.clone()), i.token, None).unwrap();
+        receive(&mut sink, &i, b"x", 0).await.unwrap();
+        assert_eq!(listing(&inner), [".._.._escape_.sh"]);
+        assert_eq!(listing(dir.path()), ["in"]);
+    }
+
+    #[tokio::test]
+    async fn a_bad_hash_publishes_nothing_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"the real content";
+        let i = info(DropKind::File, data, "a.txt");
+        let mut sink =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        sink.begin(&i, 0).await.unwrap();
+        sink.write(data).await.unwrap();
+        let wrong = *blake3::hash(b"something else").as_bytes();
+        assert!(matches!(
+            sink.finish(&i, wrong).await,
+            Err(FetchError::Corrupt)
+        ));
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_fetch_resumes_from_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
+        let i = info(DropKind::File, &data, "big.bin");
+        let mut first =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        first.begin(&i, 0).await.unwrap();
+        first.write(&data[..20_000]).await.unwrap();
+        first.abort(true).await;
+        let hidden = listing(dir.path());
+        assert_eq!(hidden.len(), 1);
+        assert!(
+            hidden[0].starts_with(".deaddrop-") && hidden[0].ends_with(".part"),
+            "{hidden:?}"
+        );
+        let mut second =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        assert_eq!(second.offset(), 20_000);
+        receive(&mut second, &i, &data, 20_000).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("big.bin")).unwrap(), data);
+        assert_eq!(listing(dir.path()), ["big.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_partial_is_caught_by_the_hash_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![1u8; 5000];
+        let i = info(DropKind::File, &data, "f");
+        let mut first =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        first.begin(&i, 0).await.unwrap();
+        first.write(&[9u8; 2000]).await.unwrap();
+        first.abort(true).await;
+        let mut second =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        assert!(matches!(
+            receive(&mut second, &i, &data, 2000).await,
+            Err(FetchError::Corrupt)
+        ));
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn exact_destinations_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        fs::write(&target, b"keep").unwrap();
+        let i = info(DropKind::File, b"new", "x");
+        let mut sink = FileSink::new(Destination::Exact(target.clone()), i.token, None).unwrap();
+        assert!(matches!(
+            receive(&mut sink, &i, b"new", 0).await,
+            Err(FetchError::Declined(_))
+        ));
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[tokio::test]
+    async fn max_size_declines_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let i = info(DropKind::File, &[0u8; 2000], "big");
+        let mut sink =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, Some(1000)).unwrap();
+        assert!(matches!(
+            sink.begin(&i, 0).await,
+            Err(FetchError::Declined(_))
+        ));
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_folder_drop_is_unpacked_and_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = tree::Header::Dir { path: "sub".into() }.encode();
+        stream.extend(
+            tree::Header::File {
+                path: "sub/a.txt".into(),
+                size: 3,
+                executable: false,
+            }
+            .encode(),
+        );
+        stream.extend(b"abc");
+        stream.extend(tree::Header::End.encode());
+        fs::create_dir(dir.path().join("album")).unwrap();
+        let i = info(DropKind::Directory, &stream, "album");
+        let mut sink =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        receive(&mut sink, &i, &stream, 0).await.unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("album (1)/sub/a.txt")).unwrap(),
+            b"abc"
+        );
+        assert_eq!(listing(dir.path()), ["album", "album (1)"]);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_folder_stream_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = tree::Header::File {
+            path: "../x".into(),
+            size: 1,
+            executable: false,
+        }
+        .encode();
+        stream.extend(b"!");
+        stream.extend(tree::Header::End.encode());
+        let i = info(DropKind::Directory, &stream, "evil");
+        let mut sink =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        assert!(receive(&mut sink, &i, &stream, 0).await.is_err());
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn sweep_removes_only_expired_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Token([1; 16]);
+        let old = format!(".deaddrop-{t}-{}.part", unix_now() - 3600);
+        let live = format!(".deaddrop-{t}-{}.part", unix_now() + 3600);
+        for n in [
+            &old,
+            &live,
+            &".deaddrop-notatoken-1.part".to_string(),
+            &"user-file.part".to_string(),
+        ] {
+            fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(sweep(dir.path()), 1);
+        assert!(!dir.path().join(&old).exists());
+        assert_eq!(listing(dir.path()).len(), 3);
+    }
+}

@@ -170,10 +170,9 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
             Header::Dir { path } => {
                 let parts = names::sanitize_relative(&path)?;
                 let parent = parent_dir(&mut dirs, &parts[..parts.len() - 1])?;
-                if !dirs.contains_key(&parts) {
-                    let made =
-                        create_unique(&parent, &parts[parts.len() - 1], |p| fs::create_dir(p))?;
-                    dirs.insert(parts, made);
+                let last = parts[parts.len() - 1].clone();
+                if let std::collections::hash_map::Entry::Vacant(slot) = dirs.entry(parts) {
+                    slot.insert(create_unique(&parent, &last, |p| fs::create_dir(p))?);
                     done.dirs += 1;
                 }
             }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use tokio::time::{Instant, sleep_until};
 use crate::beacon::Beacon;
 use crate::client::{ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink};
 use crate::discovery::Discovery;
-use crate::event::{Event, Events};
+use crate::event::{Event, Events, Throttle};
 use crate::holder::{ANNOUNCE_EVERY, MAX_MESSAGE};
 use crate::id::{PeerId, Token};
 use crate::message::{DropInfo, DropKind, Refusal};
+use crate::sink::{self, Destination, FileSink};
+use crate::units::format_size;
 
 /// Holders tracked at once. Announcements from more are ignored until some go quiet.
 pub const MAX_PEERS: usize = 512;
@@ -244,12 +247,18 @@ impl SeenDrops {
 pub struct ReceiverOptions {
     /// Largest message fetched.
     pub max_message: usize,
+    /// Where file and folder drops are saved; `None` takes messages only.
+    pub files: Option<PathBuf>,
+    /// File and folder drops larger than this are shown but not fetched.
+    pub max_size: Option<u64>,
 }
 
 impl Default for ReceiverOptions {
     fn default() -> Self {
         Self {
             max_message: MAX_MESSAGE,
+            files: Some(PathBuf::from(".")),
+            max_size: None,
         }
     }
 }
@@ -292,6 +301,13 @@ pub async fn run(
         seen: Mutex::new(SeenDrops::default()),
         events,
     });
+    let sweep_partials = |shared: &Shared| {
+        if let Some(dir) = shared.opts.files.clone() {
+            // Partial files of expired drops, from interrupted fetches.
+            tokio::task::spawn_blocking(move || sink::sweep(&dir));
+        }
+    };
+    sweep_partials(&shared);
     let mut table = PeerTable::default();
     let mut syncs = JoinSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -340,7 +356,8 @@ pub async fn run(
                 let now = Instant::now();
                 table.prune(now);
                 shared.seen.lock().expect("seen lock").prune(now);
-                next_prune = now + Duration::from_secs(10);
+                sweep_partials(&shared);
+                next_prune = now + Duration::from_secs(60);
             }
             Some(_) = syncs.join_next(), if !syncs.is_empty() => {}
         }
@@ -379,11 +396,25 @@ async fn sync(shared: &Shared, (id, addr): PeerKey) -> SyncOutcome {
                 .done(info.token, forget_at),
             Ok(false) => shared.seen.lock().expect("seen lock").release(info.token),
             Err(e) => {
-                shared.seen.lock().expect("seen lock").release(info.token);
+                let resumable = e.is_resumable();
+                {
+                    let mut seen = shared.seen.lock().expect("seen lock");
+                    // A broken connection is tried again (resuming); a drop that cannot be
+                    // taken here (no space, corrupt, changed at the source) is not.
+                    if resumable {
+                        seen.release(info.token);
+                    } else {
+                        seen.done(info.token, forget_at);
+                    }
+                }
                 (shared.events)(Event::FetchFailed {
                     token: info.token,
                     from: hs.name.clone(),
-                    reason: e.to_string(),
+                    reason: if resumable {
+                        format!("{e}; the drop is not burned and will be resumed")
+                    } else {
+                        e.to_string()
+                    },
                 });
                 // The session may be unusable now; the rest waits for the next sync.
                 return SyncOutcome::Incomplete;
@@ -420,7 +451,18 @@ async fn handle_drop(
             ));
         }
         DropKind::File | DropKind::Directory => {
-            return skip("files are not fetched automatically; fetch it by token".into());
+            let Some(dir) = &shared.opts.files else {
+                return skip("files are not taken (--no-files); fetch it by token".into());
+            };
+            if let Some(max) = shared.opts.max_size
+                && info.size > max
+            {
+                return skip(format!(
+                    "larger than --max-size {}; fetch it by token",
+                    format_size(max)
+                ));
+            }
+            return fetch_file(shared, hs, info, dir).await;
         }
         DropKind::Other(_) => return skip("a kind of drop this version does not know".into()),
     }
@@ -437,6 +479,55 @@ async fn handle_drop(
             Ok(true)
         }
         // Someone else has it (or it just expired): if it comes back, a new generation says so.
+        FetchOutcome::Refused(Refusal::Taken | Refusal::NotFound) => Ok(false),
+        FetchOutcome::Refused(Refusal::AlreadyYours) => Ok(true),
+        FetchOutcome::Refused(reason) => {
+            (shared.events)(Event::Refused {
+                token: info.token,
+                reason,
+            });
+            Ok(false)
+        }
+    }
+}
+
+/// Fetches a file or folder drop into `dir`, resuming a partial copy if there is one.
+async fn fetch_file(
+    shared: &Shared,
+    hs: &mut HolderSession,
+    info: &DropInfo,
+    dir: &std::path::Path,
+) -> Result<bool, FetchError> {
+    let dest = Destination::Folder(dir.to_owned());
+    let mut sink = FileSink::new(dest, info.token, shared.opts.max_size)?;
+    let (events, token, peer) = (&shared.events, info.token, hs.name.clone());
+    let mut throttle = Throttle::new();
+    let progress = |done: u64, total: u64| {
+        if throttle.ready(done == total) {
+            events(Event::Progress {
+                token,
+                peer: peer.clone(),
+                sending: false,
+                done,
+                total,
+            });
+        }
+    };
+    match hs.fetch(info.token, &mut sink, progress).await? {
+        FetchOutcome::Done(info) => {
+            (shared.events)(Event::Received {
+                token: info.token,
+                kind: info.kind,
+                path: sink
+                    .published()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                size: info.size,
+                from: hs.name.clone(),
+                address: hs.addr.to_string(),
+            });
+            Ok(true)
+        }
         FetchOutcome::Refused(Refusal::Taken | Refusal::NotFound) => Ok(false),
         FetchOutcome::Refused(Refusal::AlreadyYours) => Ok(true),
         FetchOutcome::Refused(reason) => {

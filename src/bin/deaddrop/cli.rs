@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use deaddrop::beacon::DEFAULT_PORT;
-use deaddrop::duration::parse_duration;
 use deaddrop::id::Token;
+use deaddrop::units::{parse_duration, parse_size};
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    success (send: the drop was fetched; run: stopped by Ctrl-C)
+  0    success (send-*: the drop was fetched; run: stopped by Ctrl-C)
   1    error (network, file system, bad input)
   2    usage error
-  3    send: the time-to-live ran out before anyone fetched the drop
+  3    send-*: the time-to-live ran out before anyone fetched the drop
   4    fetch: no holder in the room offers that token
   5    fetch: the drop exists but was refused (already taken, or already fetched by you)
   6    fetch/list: holders answered but none accepted the passphrase
@@ -26,7 +26,8 @@ Exit codes:
     about = "A peer-to-peer dead drop for your local network.",
     long_about = "A peer-to-peer dead drop for your local network.\n\n\
         Devices on one LAN join a room by a shared passphrase. A receiver left running \
-        (`deaddrop run`) picks up every new drop in the room; a drop (a message) is end-to-end \
+        (`deaddrop run`) picks up every new drop in the room; a drop (a message, a file or a \
+        folder) is end-to-end \
         encrypted, stays with its sender, and is gone once fetched or when its time-to-live runs \
         out. Room membership is proven with a PAKE, so nothing on the wire lets an eavesdropper \
         test passphrase guesses.",
@@ -39,9 +40,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Join the room and show every new drop as it appears (until Ctrl-C).
+    /// Join the room and take every new drop as it appears: show messages, save files and
+    /// folders (until Ctrl-C).
     #[command(after_help = EXIT_CODES)]
     Run {
+        /// Save files and folders here (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Show larger file and folder drops without fetching them (e.g. 500M, 2G); fetch them
+        /// by token if you want them.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Take messages only; file and folder drops are shown, not fetched.
+        #[arg(long)]
+        no_files: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -50,19 +62,41 @@ pub enum Command {
     SendMsg {
         /// The message; `-` reads it from standard input.
         text: String,
+        /// How long the drop is on offer: 30, 30s, 5m, 2h.
+        #[arg(long, default_value = "12s", value_parser = parse_duration)]
+        ttl: Duration,
         #[command(flatten)]
-        offer: Offer,
+        limit: Limit,
         #[command(flatten)]
         common: Common,
     },
-    /// Fetch one drop by its token.
+    /// Offer a file or a folder (as one drop, its tree kept) and wait until it is fetched or
+    /// expires. The content is read from disk as it is sent; a file that changes meanwhile
+    /// stops that fetch.
+    #[command(after_help = EXIT_CODES)]
+    SendFile {
+        /// The file or folder to offer.
+        path: PathBuf,
+        /// How long the drop is on offer: 30, 30s, 5m, 2h.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        limit: Limit,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fetch one drop by its token: a message to standard output, a file or folder into --dir.
+    /// An interrupted file fetch resumes where it stopped when run again.
     #[command(after_help = EXIT_CODES)]
     Fetch {
-        /// The drop's token, as printed by send-msg or list.
+        /// The drop's token, as printed by send-msg, send-file or list.
         token: Token,
-        /// Write the content here instead of standard output (never overwrites a file).
+        /// Save to exactly this path (never overwritten); `-` writes a file to standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
+        /// Save files and folders here, under the drop's name (never overwriting: "name (1)").
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
         /// How long to look for the drop's holder.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         wait: Duration,
@@ -80,12 +114,9 @@ pub enum Command {
     },
 }
 
-/// How long and how often a drop may be fetched.
+/// How often a drop may be fetched.
 #[derive(Debug, Args)]
-pub struct Offer {
-    /// How long the drop is on offer: 30, 30s, 5m, 2h.
-    #[arg(long, default_value = "12s", value_parser = parse_duration)]
-    pub ttl: Duration,
+pub struct Limit {
     /// Deliver to at most N distinct receivers, then burn it.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_fetches: u32,

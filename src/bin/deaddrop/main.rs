@@ -4,27 +4,31 @@
 mod cli;
 mod output;
 
-use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use deaddrop::client::{self, ClientContext, FindError, MemorySink};
+use deaddrop::client::{self, ClientContext, FindError};
 use deaddrop::discovery::{self, Discovery, DiscoveryConfig};
-use deaddrop::event::{Event, Events};
+use deaddrop::event::{Event, Events, Throttle};
 use deaddrop::holder::{Holder, HolderOptions, MAX_MESSAGE};
 use deaddrop::id::{PeerId, Token};
 use deaddrop::message::{DropKind, Refusal};
 use deaddrop::receiver::{self, ReceiverOptions};
 use deaddrop::secret::Passphrase;
+use deaddrop::sink::{self, Destination, DropSink, FileSink};
+use deaddrop::source::Source;
 use deaddrop::store::FetchLimit;
 use deaddrop::transport::Timeouts;
+use deaddrop::units::{format_duration, format_size};
 use tokio::sync::mpsc;
 
-use cli::{Cli, Command, Common, Offer};
-use output::{stderr_line, stdout_line};
+use cli::{Cli, Command, Common, Limit};
+use output::{Ui, stderr_line};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_EXPIRED: u8 = 3;
@@ -34,31 +38,32 @@ const EXIT_NO_ROOM: u8 = 6;
 const EXIT_INTERRUPTED: u8 = 130;
 /// After its last drop is used up, a sender keeps answering for this long, so that fetchers
 /// racing for a one-time drop hear "already taken" rather than "no such drop".
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
-        Command::Run { common }
+        Command::Run { common, .. }
         | Command::SendMsg { common, .. }
+        | Command::SendFile { common, .. }
         | Command::Fetch { common, .. }
         | Command::List { common, .. } => common,
     };
     init_logging(common.verbose);
-    let json = common.json;
+    let ui = Ui::new(common.json);
     let result = passphrase(common).and_then(|pass| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(dispatch(cli.command, pass))
+            .block_on(dispatch(cli.command, pass, ui.clone()))
     });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            report_error(json, &format!("{e:#}"));
+            report_error(&ui, &format!("{e:#}"));
             if let Some(hint) = hint(&e) {
-                stderr_line(&format!("hint: {hint}"));
+                ui.err(&format!("hint: {hint}"));
             }
             ExitCode::from(EXIT_ERROR)
         }
@@ -66,12 +71,12 @@ fn main() -> ExitCode {
 }
 
 /// A fatal error: on stderr for people, and as an `error` event for `--json` readers.
-fn report_error(json: bool, message: &str) {
-    stderr_line(&format!("error: {message}"));
-    if json {
-        stdout_line(&output::json_line(&Event::Error {
+fn report_error(ui: &Ui, message: &str) {
+    ui.err(&format!("error: {message}"));
+    if ui.json() {
+        ui.event(&Event::Error {
             message: message.to_owned(),
-        }));
+        });
     }
 }
 
@@ -145,56 +150,68 @@ fn client_context(pass: Passphrase, common: &Common, discovery: &Discovery) -> C
     }
 }
 
-/// Prints events as text or JSON; forwards them to `tap` too, if given.
-fn printer(json: bool, tap: Option<mpsc::UnboundedSender<Event>>) -> Events {
+/// Renders events; forwards them to `tap` too, if given.
+fn printer(ui: Arc<Ui>, tap: Option<mpsc::UnboundedSender<Event>>) -> Events {
     Arc::new(move |event: Event| {
-        if json {
-            stdout_line(&output::json_line(&event));
-        } else if let Some((line, to_stdout)) = output::human(&event) {
-            if to_stdout {
-                stdout_line(&line);
-            } else {
-                stderr_line(&line);
-            }
-        }
+        ui.event(&event);
         if let Some(tap) = &tap {
             let _ = tap.send(event);
         }
     })
 }
 
-async fn dispatch(command: Command, pass: Passphrase) -> Result<u8> {
+async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8> {
     match command {
-        Command::Run { common } => run(pass, common).await,
+        Command::Run {
+            dir,
+            max_size,
+            no_files,
+            common,
+        } => {
+            let opts = ReceiverOptions {
+                files: (!no_files).then_some(dir),
+                max_size,
+                ..ReceiverOptions::default()
+            };
+            run(pass, opts, common, ui).await
+        }
         Command::SendMsg {
             text,
-            offer,
+            ttl,
+            limit,
             common,
-        } => send_msg(pass, text, offer, common).await,
+        } => {
+            let text = read_message(text)?;
+            let offer = Offer::Message(text);
+            send(pass, offer, ttl, limit, common, ui).await
+        }
+        Command::SendFile {
+            path,
+            ttl,
+            limit,
+            common,
+        } => send(pass, Offer::Path(path), ttl, limit, common, ui).await,
         Command::Fetch {
             token,
             out,
+            dir,
             wait,
             common,
-        } => fetch(pass, token, out.as_deref(), wait, common).await,
-        Command::List { wait, common } => list(pass, wait, common).await,
+        } => fetch(pass, token, out, dir, wait, common, ui).await,
+        Command::List { wait, common } => list(pass, wait, common, ui).await,
     }
 }
 
-async fn run(pass: Passphrase, common: Common) -> Result<u8> {
+async fn run(pass: Passphrase, opts: ReceiverOptions, common: Common, ui: Arc<Ui>) -> Result<u8> {
+    if let Some(dir) = &opts.files {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    receiver::run(
-        ctx,
-        ReceiverOptions::default(),
-        discovery,
-        printer(common.json, None),
-        shutdown,
-    )
-    .await;
+    receiver::run(ctx, opts, discovery, printer(ui, None), shutdown).await;
     Ok(0)
 }
 
@@ -213,30 +230,72 @@ fn read_message(text: String) -> Result<String> {
     String::from_utf8(buf).context("the message on standard input is not UTF-8 text")
 }
 
-async fn send_msg(pass: Passphrase, text: String, offer: Offer, common: Common) -> Result<u8> {
-    let text = read_message(text)?;
+enum Offer {
+    Message(String),
+    Path(PathBuf),
+}
+
+async fn send(
+    pass: Passphrase,
+    offer: Offer,
+    ttl: Duration,
+    limit: Limit,
+    common: Common,
+    ui: Arc<Ui>,
+) -> Result<u8> {
+    let prepared = match &offer {
+        Offer::Path(path) => {
+            let path = path.clone();
+            let prepared = tokio::task::spawn_blocking(move || Source::path(&path)).await??;
+            for skipped in &prepared.skipped {
+                ui.err(&format!(
+                    "warning: left out {} (not a regular file or folder)",
+                    skipped.display()
+                ));
+            }
+            Some(prepared)
+        }
+        Offer::Message(_) => None,
+    };
     let discovery = open_discovery(&common).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = HolderOptions {
         name: display_name(&common),
         ..HolderOptions::default()
     };
-    let holder = Holder::start(pass, opts, discovery, printer(common.json, Some(tx)))
+    let holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
         .await
         .context("cannot start serving")?;
-    let limit = if offer.everyone {
+    let limit = if limit.everyone {
         FetchLimit::Everyone
     } else {
-        FetchLimit::Max(offer.max_fetches)
+        FetchLimit::Max(limit.max_fetches)
     };
-    let token = holder.offer_message(&text, offer.ttl, limit)?;
-    if !common.json {
-        stdout_line(&token.to_string());
-        stderr_line(&format!(
-            "Holding a message ({} bytes) at {} for {}, {}. Ctrl-C withdraws it.",
-            text.len(),
+    let (token, what) = match (&offer, &prepared) {
+        (Offer::Message(text), _) => (
+            holder.offer_message(text, ttl, limit)?,
+            format!("a message ({} bytes)", text.len()),
+        ),
+        (Offer::Path(_), Some(p)) => (
+            holder.offer_path(p, ttl, limit)?,
+            match p.kind {
+                DropKind::Directory => format!(
+                    "folder {:?} ({} files, {})",
+                    p.name,
+                    p.files,
+                    format_size(p.source.len())
+                ),
+                _ => format!("file {:?} ({})", p.name, format_size(p.source.len())),
+            },
+        ),
+        (Offer::Path(_), None) => unreachable!("prepared above"),
+    };
+    if !ui.json() {
+        ui.out(&token.to_string());
+        ui.err(&format!(
+            "Holding {what} at {} for {}, {}. Ctrl-C withdraws it.",
             holder.local_addr(),
-            deaddrop::duration::format_duration(offer.ttl),
+            format_duration(ttl),
             match limit {
                 FetchLimit::Everyone => "for everyone in the room".to_string(),
                 FetchLimit::Max(1) => "for one receiver".to_string(),
@@ -244,7 +303,7 @@ async fn send_msg(pass: Passphrase, text: String, offer: Offer, common: Common) 
             }
         ));
     }
-    wait_for_end(&holder, &mut rx, &[token]).await
+    wait_for_end(&holder, &mut rx, &[token], &ui).await
 }
 
 /// Waits until every one of `tokens` is used up or expired, or Ctrl-C.
@@ -252,6 +311,7 @@ async fn wait_for_end(
     holder: &Holder,
     rx: &mut mpsc::UnboundedReceiver<Event>,
     tokens: &[Token],
+    ui: &Ui,
 ) -> Result<u8> {
     let mut left: Vec<Token> = tokens.to_vec();
     let mut unfetched_expiry = false;
@@ -272,7 +332,7 @@ async fn wait_for_end(
             },
             _ = tokio::signal::ctrl_c() => {
                 holder.withdraw_all();
-                stderr_line("Interrupted: the drop is withdrawn.");
+                ui.err("Interrupted: the drop is withdrawn.");
                 return Ok(EXIT_INTERRUPTED);
             }
         }
@@ -288,29 +348,66 @@ async fn wait_for_end(
     }
 }
 
+fn destination(out: Option<PathBuf>, dir: PathBuf) -> Destination {
+    match out {
+        Some(p) if p == Path::new("-") => Destination::Stdout,
+        Some(p) => Destination::Exact(p),
+        None => Destination::Folder(dir),
+    }
+}
+
 async fn fetch(
     pass: Passphrase,
     token: Token,
-    out: Option<&Path>,
-    wait: std::time::Duration,
+    out: Option<PathBuf>,
+    dir: PathBuf,
+    wait: Duration,
     common: Common,
+    ui: Arc<Ui>,
 ) -> Result<u8> {
-    if let Some(path) = out
-        && path.exists()
+    if let Some(path) = &out
+        && path != Path::new("-")
+        && path.symlink_metadata().is_ok()
     {
         bail!(
             "{} already exists; deaddrop never overwrites",
             path.display()
         );
     }
+    let dest = destination(out.clone(), dir);
+    if let Destination::Folder(dir) = &dest {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || sink::sweep(&dir));
+    }
+    let file = FileSink::new(dest, token, None).context("cannot prepare the destination")?;
+    let mut sink = DropSink::new(file, MAX_MESSAGE);
+    let resuming = sink_offset(&sink);
+    if resuming > 0 && !ui.json() {
+        ui.err(&format!(
+            "Resuming: {} already here.",
+            format_size(resuming)
+        ));
+    }
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
-    let mut sink = MemorySink::new(MAX_MESSAGE);
+    let mut throttle = Throttle::new();
+    let progress_ui = ui.clone();
+    let progress = move |done: u64, total: u64| {
+        if throttle.ready(done == total) {
+            progress_ui.event(&Event::Progress {
+                token,
+                peer: String::new(),
+                sending: false,
+                done,
+                total,
+            });
+        }
+    };
     let (info, holder) =
-        match client::fetch_token(&ctx, &discovery, token, wait, &mut sink, |_, _| {}).await {
+        match client::fetch_token(&ctx, &discovery, token, wait, &mut sink, progress).await {
             Ok(found) => found,
             Err(e) => {
-                report_error(common.json, &e.to_string());
+                report_error(&ui, &e.to_string());
                 return Ok(match e {
                     FindError::NotFound { .. } => EXIT_NOT_FOUND,
                     FindError::NoRoom { .. } => EXIT_NO_ROOM,
@@ -319,55 +416,73 @@ async fn fetch(
                 });
             }
         };
-    if info.kind != DropKind::Message {
-        bail!("this version can only fetch messages");
-    }
-    match out {
-        Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(&sink.data)?;
-            f.sync_all()?;
-        }
-        None if common.json => {}
-        None if std::io::stdout().is_terminal() => {
-            stdout_line(&output::sanitize(
-                &String::from_utf8_lossy(&sink.data),
-                true,
-            ));
-        }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(&sink.data).and_then(|_| stdout.flush()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-                _ => {}
+    match info.kind {
+        DropKind::Message => {
+            let text = &sink.memory.data;
+            match &out {
+                Some(path) if path != Path::new("-") => {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    std::io::Write::write_all(&mut f, text)?;
+                    f.sync_all()?;
+                }
+                _ if ui.json() => ui.event(&Event::Message {
+                    token,
+                    from: holder,
+                    address: String::new(),
+                    text: String::from_utf8_lossy(text).into_owned(),
+                    sent_unix: info.created_unix,
+                }),
+                _ if std::io::stdout().is_terminal() => {
+                    ui.out(&output::sanitize(&String::from_utf8_lossy(text), true));
+                }
+                _ => write_stdout(text)?,
             }
         }
-    }
-    if common.json {
-        stdout_line(&output::json_line(&Event::Message {
-            token,
-            from: holder,
-            address: String::new(),
-            text: String::from_utf8_lossy(&sink.data).into_owned(),
-            sent_unix: info.created_unix,
-        }));
+        _ => {
+            // Nothing was published when the file went to standard output.
+            if let Some(path) = sink.file.published() {
+                ui.event(&Event::Received {
+                    token,
+                    kind: info.kind,
+                    path: path.display().to_string(),
+                    size: info.size,
+                    from: holder,
+                    address: String::new(),
+                });
+            }
+        }
     }
     Ok(0)
 }
 
-async fn list(pass: Passphrase, wait: std::time::Duration, common: Common) -> Result<u8> {
+fn sink_offset(sink: &DropSink) -> u64 {
+    use deaddrop::client::Sink;
+    sink.offset()
+}
+
+/// Raw bytes to a pipe; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> Result<u8> {
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
     let (listings, rejected) = client::list_room(&ctx, &discovery, wait).await;
     let total: usize = listings.iter().map(|l| l.drops.len()).sum();
-    if common.json {
+    if ui.json() {
         for l in &listings {
             for d in &l.drops {
-                stdout_line(
+                ui.out(
                     &serde_json::json!({
                         "event": "drop",
                         "token": d.token,
@@ -384,22 +499,22 @@ async fn list(pass: Passphrase, wait: std::time::Duration, common: Common) -> Re
             }
         }
     } else if total > 0 {
-        stdout_line(output::LISTING_HEADER);
+        ui.out(output::LISTING_HEADER);
         for l in &listings {
             for d in &l.drops {
-                stdout_line(&output::listing_row(d, &l.holder));
+                ui.out(&output::listing_row(d, &l.holder));
             }
         }
     } else {
         stderr_line(&format!(
             "No drops on offer ({} holder(s) in the room answered within {}).",
             listings.len(),
-            deaddrop::duration::format_duration(wait)
+            format_duration(wait)
         ));
     }
     if listings.is_empty() && rejected > 0 {
         report_error(
-            common.json,
+            &ui,
             &format!(
                 "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
             ),

@@ -1,13 +1,17 @@
 //! Rendering events for people (text) or programs (JSON lines), and making peer-supplied text
 //! safe to show on a terminal.
 
-use std::io::{self, Write};
+use std::collections::HashMap;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Local, SecondsFormat, TimeZone, Utc};
-use deaddrop::duration::format_duration;
 use deaddrop::event::Event;
+use deaddrop::id::Token;
 use deaddrop::message::{DropInfo, EVERYONE};
+use deaddrop::units::{format_duration, format_size};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Replaces control, escape and bidirectional-override characters, so text from a peer cannot
 /// move the cursor, recolour the terminal or reorder what is shown. Newlines and tabs are kept
@@ -55,19 +59,8 @@ fn clock(unix: Option<u64>) -> String {
     t.format("%H:%M:%S").to_string()
 }
 
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+fn size(bytes: u64) -> String {
+    format_size(bytes)
 }
 
 /// Human text for an event: (line, goes to stdout).
@@ -107,7 +100,24 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             ),
             false,
         ),
-        Event::Offered { .. } => return None,
+        Event::Offered { .. } | Event::Progress { .. } => return None,
+        Event::Received {
+            kind,
+            path,
+            size: bytes,
+            from,
+            ..
+        } => (
+            format!(
+                "[{}] {}: saved {} {} ({})",
+                clock(None),
+                sanitize(from, false),
+                kind.as_str(),
+                sanitize(path, false),
+                size(*bytes)
+            ),
+            true,
+        ),
         Event::Fetched { by, address, .. } => (
             format!("Fetched by {} ({address}).", sanitize(by, false)),
             false,
@@ -161,6 +171,102 @@ pub fn listing_row(d: &DropInfo, holder: &str) -> String {
 
 pub const LISTING_HEADER: &str = "TOKEN                             KIND            SIZE  NAME                 SENDER           TIME-LEFT  FETCHES-LEFT";
 
+/// Where the program's output goes: JSON lines, or text with progress bars on a terminal.
+pub struct Ui {
+    json: bool,
+    bars: Option<Bars>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    active: Mutex<HashMap<(Token, String, bool), ProgressBar>>,
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Arc<Ui> {
+        let bars = (!json && io::stderr().is_terminal()).then(|| Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)),
+            active: Mutex::new(HashMap::new()),
+        });
+        Arc::new(Ui { json, bars })
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// A line on standard output, drawn above any progress bars.
+    pub fn out(&self, line: &str) {
+        match &self.bars {
+            Some(b) => b.multi.suspend(|| stdout_line(line)),
+            None => stdout_line(line),
+        }
+    }
+
+    /// A line on standard error, drawn above any progress bars.
+    pub fn err(&self, line: &str) {
+        match &self.bars {
+            Some(b) => b.multi.suspend(|| stderr_line(line)),
+            None => stderr_line(line),
+        }
+    }
+
+    /// Renders one event.
+    pub fn event(&self, event: &Event) {
+        if self.json {
+            stdout_line(&json_line(event));
+            return;
+        }
+        if let Event::Progress {
+            token,
+            peer,
+            sending,
+            done,
+            total,
+        } = event
+        {
+            self.progress(*token, peer, *sending, *done, *total);
+            return;
+        }
+        if let Some((line, to_stdout)) = human(event) {
+            if to_stdout {
+                self.out(&line);
+            } else {
+                self.err(&line);
+            }
+        }
+    }
+
+    /// Moves the bar of one transfer; removes it when the transfer is complete.
+    pub fn progress(&self, token: Token, peer: &str, sending: bool, done: u64, total: u64) {
+        let Some(b) = &self.bars else { return };
+        let mut active = b.active.lock().expect("bars lock");
+        let key = (token, peer.to_owned(), sending);
+        let bar = active.entry(key.clone()).or_insert_with(|| {
+            let bar = b.multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            let arrow = if sending { "to" } else { "from" };
+            bar.set_prefix(format!(
+                "{arrow} {}",
+                sanitize(deaddrop::codec::truncate_utf8(peer, 16), false)
+            ));
+            bar
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            b.multi.remove(bar);
+            active.remove(&key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,9 +282,20 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(size(0), "0 B");
-        assert_eq!(size(1536), "1.5 KiB");
-        assert_eq!(size(5 << 30), "5.0 GiB");
+    fn human_lines_for_received_files_are_sanitized() {
+        let (line, to_stdout) = human(&Event::Received {
+            token: Token([0; 16]),
+            kind: deaddrop::message::DropKind::File,
+            path: "./a\x1b[2Jb.txt".into(),
+            size: 2048,
+            from: "alice".into(),
+            address: String::new(),
+        })
+        .unwrap();
+        assert!(to_stdout);
+        assert!(
+            line.contains("alice: saved file ./a\u{fffd}[2Jb.txt (2.0 KiB)"),
+            "{line}"
+        );
     }
 }

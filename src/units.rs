@@ -1,4 +1,5 @@
-//! Durations as users type them: `30` (seconds), `30s`, `500ms`, `5m`, `2h`, `1d`.
+//! Durations and sizes as users type them: `30` (seconds), `30s`, `500ms`, `5m`, `2h`, `1d`;
+//! `1024` (bytes), `500K`, `2G`, `1.5GiB`.
 
 use std::time::Duration;
 
@@ -38,9 +39,71 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a size: use a number with an optional unit, like 1024, 500K, 20M or 2G")]
+pub struct BadSize(pub String);
+
+/// Parses a byte count; units are binary (K = 1024) and may end in `B` or `iB`.
+pub fn parse_size(text: &str) -> Result<u64, BadSize> {
+    let bad = || BadSize(text.to_owned());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// Short human form: `512 B`, `1.5 KiB`, `4.0 GiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("500K"), Ok(500 * 1024));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("20 M"), Ok(20 << 20));
+        for bad in ["", "G", "-1", "5X", "1e999"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(5 << 30), "5.0 GiB");
+    }
 
     #[test]
     fn accepted_forms() {

@@ -65,6 +65,32 @@ impl FetchError {
     }
 }
 
+/// Content bytes that arrived in one record, in a buffer the sink may keep (no copy).
+#[derive(Debug)]
+pub struct Chunk {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl Chunk {
+    pub fn new(buf: Vec<u8>, range: std::ops::Range<usize>) -> Self {
+        assert!(range.end <= buf.len());
+        Chunk { buf, range }
+    }
+
+    /// The buffer and where the content is in it.
+    pub fn into_parts(self) -> (Vec<u8>, std::ops::Range<usize>) {
+        (self.buf, self.range)
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
 /// Where fetched content goes. The sink checks the content against the holder's hash and
 /// publishes it in [`Sink::finish`]; the client checks lengths and drives the protocol.
 pub trait Sink: Send {
@@ -78,7 +104,12 @@ pub trait Sink: Send {
         info: &DropInfo,
         offset: u64,
     ) -> impl Future<Output = Result<(), FetchError>> + Send;
-    fn write(&mut self, data: &[u8]) -> impl Future<Output = Result<(), FetchError>> + Send;
+    fn write(&mut self, chunk: Chunk) -> impl Future<Output = Result<(), FetchError>> + Send;
+    /// A buffer to receive the next record into (one given back by an earlier write), so
+    /// buffers circulate instead of being allocated per record.
+    fn spare(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
     /// Everything arrived: check it against `hash` (BLAKE3 of the whole content), then make it
     /// visible. Only a verified copy may be published.
     fn finish(
@@ -118,9 +149,13 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
-        self.data.extend_from_slice(data);
+    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
+        self.data.extend_from_slice(&chunk);
         Ok(())
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        Vec::new()
     }
 
     async fn finish(&mut self, _: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
@@ -255,20 +290,21 @@ impl HolderSession {
         let mut received = offset;
         progress(received, info.size);
         let hash = loop {
-            match self.session.recv_reply().await? {
-                Reply::Data(data) => {
-                    received += data.len() as u64;
-                    if received > info.size {
-                        return Err(FetchError::Corrupt);
-                    }
-                    sink.write(data).await?;
-                    progress(received, info.size);
-                }
+            let len = match self.session.recv_reply().await? {
+                Reply::Data(data) => data.len(),
                 Reply::End { hash } if received == info.size => break hash,
                 Reply::End { .. } => return Err(FetchError::Corrupt),
                 Reply::Abort { reason } => return Err(FetchError::Aborted(reason)),
                 _ => return Err(FetchError::Protocol("expected drop content")),
+            };
+            received += len as u64;
+            if received > info.size {
+                return Err(FetchError::Corrupt);
             }
+            // The record's buffer goes to the sink as it is: [kind][content].
+            let record = self.session.take_record(sink.spare());
+            sink.write(Chunk::new(record, 1..1 + len)).await?;
+            progress(received, info.size);
         };
         sink.finish(&info, hash).await?;
         self.session.send_request(&Request::Ack { token }).await?;

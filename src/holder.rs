@@ -22,7 +22,7 @@ use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError};
 use crate::transport::{self, Session, SessionError, Timeouts};
 
 /// Content bytes per data record.
-pub const DATA_CHUNK: usize = 256 * 1024;
+pub const DATA_CHUNK: usize = (1 << 20) - 16;
 /// The longest message accepted, in bytes; larger text belongs in a file drop.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Announcements after a change go out at these delays, then every [`ANNOUNCE_EVERY`].
@@ -523,6 +523,7 @@ async fn send_content(
         grant.content.clone(),
         offset,
         DATA_CHUNK,
+        transport::DATA_FRAME_OVERHEAD,
         transport::data_frame,
     );
     let mut done = offset;

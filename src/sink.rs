@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::{FetchError, MemorySink, Sink};
+use crate::client::{Chunk, FetchError, MemorySink, Sink};
 use crate::id::Token;
 use crate::message::{DropInfo, DropKind};
 use crate::names;
@@ -69,7 +69,7 @@ impl Out {
 
 /// The writer thread: hashes and writes chunks in order, and gives buffers back.
 struct Writer {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tx: Option<mpsc::Sender<Chunk>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     handle: JoinHandle<io::Result<blake3::Hasher>>,
 }
@@ -77,7 +77,7 @@ struct Writer {
 impl Writer {
     /// `prefix`: a partial file whose first bytes are already ours; they are hashed first.
     fn spawn(mut out: Out, prefix: Option<(PathBuf, u64)>) -> Writer {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
+        let (tx, mut rx) = mpsc::channel::<Chunk>(WRITE_AHEAD);
         let (spare_tx, spare) = std::sync::mpsc::channel();
         let handle = tokio::task::spawn_blocking(move || {
             let mut hasher = blake3::Hasher::new();
@@ -90,10 +90,10 @@ impl Writer {
                     ));
                 }
             }
-            while let Some(buf) = rx.blocking_recv() {
-                out.write_all(&buf)?;
-                hasher.update(&buf);
-                let _ = spare_tx.send(buf);
+            while let Some(chunk) = rx.blocking_recv() {
+                out.write_all(&chunk)?;
+                hasher.update(&chunk);
+                let _ = spare_tx.send(chunk.into_parts().0);
             }
             out.finish()?;
             Ok(hasher)
@@ -105,12 +105,13 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
-        let mut buf = self.spare.try_recv().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
+    fn spare(&mut self) -> Vec<u8> {
+        self.spare.try_recv().unwrap_or_default()
+    }
+
+    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
         let tx = self.tx.as_ref().expect("writer open");
-        if tx.send(buf).await.is_err() {
+        if tx.send(chunk).await.is_err() {
             // The thread stopped: its error says why.
             self.tx = None;
             return Err(match (&mut self.handle).await {
@@ -408,8 +409,12 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
-        self.writer.as_mut().expect("begun").write(data).await
+    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
+        self.writer.as_mut().expect("begun").write(chunk).await
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        self.writer.as_mut().map(Writer::spare).unwrap_or_default()
     }
 
     async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
@@ -469,10 +474,17 @@ impl Sink for DropSink {
         }
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), FetchError> {
+    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
         match self.kind {
-            Some(DropKind::Message) => self.memory.write(data).await,
-            _ => self.file.write(data).await,
+            Some(DropKind::Message) => self.memory.write(chunk).await,
+            _ => self.file.write(chunk).await,
+        }
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        match self.kind {
+            Some(DropKind::Message) => Vec::new(),
+            _ => self.file.spare(),
         }
     }
 
@@ -554,9 +566,13 @@ mod tests {
     ) -> Result<(), FetchError> {
         sink.begin(info, offset).await?;
         for chunk in data[offset as usize..].chunks(1000) {
-            sink.write(chunk).await?;
+            sink.write(piece(chunk)).await?;
         }
         sink.finish(info, *blake3::hash(data).as_bytes()).await
+    }
+
+    fn piece(bytes: &[u8]) -> Chunk {
+        Chunk::new(bytes.to_vec(), 0..bytes.len())
     }
 
     fn listing(dir: &Path) -> Vec<String> {
@@ -606,7 +622,7 @@ mod tests {
         let mut sink =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         sink.begin(&i, 0).await.unwrap();
-        sink.write(data).await.unwrap();
+        sink.write(piece(data)).await.unwrap();
         let wrong = *blake3::hash(b"something else").as_bytes();
         assert!(matches!(
             sink.finish(&i, wrong).await,
@@ -623,7 +639,7 @@ mod tests {
         let mut first =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         first.begin(&i, 0).await.unwrap();
-        first.write(&data[..20_000]).await.unwrap();
+        first.write(piece(&data[..20_000])).await.unwrap();
         first.abort(true).await;
         let hidden = listing(dir.path());
         assert_eq!(hidden.len(), 1);
@@ -647,7 +663,7 @@ mod tests {
         let mut first =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         first.begin(&i, 0).await.unwrap();
-        first.write(&[9u8; 2000]).await.unwrap();
+        first.write(piece(&[9u8; 2000])).await.unwrap();
         first.abort(true).await;
         let mut second =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
@@ -727,6 +743,28 @@ mod tests {
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         assert!(receive(&mut sink, &i, &stream, 0).await.is_err());
         assert!(listing(dir.path()).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_full_disk_is_an_error_not_a_silent_loss() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let mut w = Writer::spawn(Out::File(full), None);
+        let mut result = Ok(());
+        for _ in 0..20 {
+            result = w.write(piece(&[0u8; 65536])).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = match result {
+            Err(e) => e,
+            Ok(()) => w.close().await.unwrap_err(),
+        };
+        assert!(
+            matches!(err, FetchError::Io(ref e) if e.kind() == io::ErrorKind::StorageFull),
+            "{err:?}"
+        );
     }
 
     #[test]

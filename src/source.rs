@@ -1,6 +1,10 @@
 //! What a holder sends: a drop's content as a list of segments (bytes in memory, files on disk),
-//! produced from any offset on a blocking thread that reads ahead, hashes everything from byte 0,
-//! and notices files that change while they are being sent.
+//! hashed once when it is offered, then produced from any offset on a blocking thread that reads
+//! ahead and notices files that change while they are being sent.
+//!
+//! Hashing at offer time costs one read of the content before the token is shown (about 0.3 s
+//! per GiB here), and saves a hash pass in every transfer: one for each receiver with
+//! `--everyone`, and the whole prefix again on every resume.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -51,6 +55,8 @@ impl Segment {
 pub struct Source {
     segments: Vec<Segment>,
     total: u64,
+    /// BLAKE3 of the whole content.
+    hash: [u8; 32],
 }
 
 /// A path made ready to offer.
@@ -91,8 +97,14 @@ impl Source {
         let data = data.into();
         Source {
             total: data.len() as u64,
+            hash: *blake3::hash(&data).as_bytes(),
             segments: vec![Segment::Bytes(data)],
         }
+    }
+
+    /// BLAKE3 of the whole content.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
     }
 
     /// The content length in bytes.
@@ -104,13 +116,39 @@ impl Source {
         self.total == 0
     }
 
-    fn from_segments(segments: Vec<Segment>) -> Source {
+    /// Builds a source and hashes its content (blocking: reads every file once).
+    /// `progress(done, total)` follows the hashing.
+    fn from_segments(
+        segments: Vec<Segment>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Source, SourceError> {
         let total = segments.iter().map(Segment::len).sum();
-        Source { segments, total }
+        let mut source = Source {
+            segments,
+            total,
+            hash: [0; 32],
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut cursor = Cursor::new(&source);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0;
+        progress(0, total);
+        loop {
+            let n = cursor.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            done += n as u64;
+            progress(done, total);
+        }
+        source.hash = *hasher.finalize().as_bytes();
+        Ok(source)
     }
 
-    /// Prepares a file or a directory (blocking: walks the tree).
-    pub fn path(path: &Path) -> Result<Prepared, SourceError> {
+    /// Prepares a file or a directory (blocking: walks the tree and hashes the content).
+    /// `progress(done, total)` follows the hashing.
+    pub fn path(path: &Path, mut progress: impl FnMut(u64, u64)) -> Result<Prepared, SourceError> {
         let meta = fs::metadata(path).map_err(io_err(path))?;
         let name = path
             .canonicalize()
@@ -122,10 +160,13 @@ impl Source {
                 kind: DropKind::File,
                 name,
                 executable: tree::is_executable(&meta),
-                source: Arc::new(Source::from_segments(vec![Segment::File {
-                    path: path.to_owned(),
-                    stamp: Stamp::of(&meta),
-                }])),
+                source: Arc::new(Source::from_segments(
+                    vec![Segment::File {
+                        path: path.to_owned(),
+                        stamp: Stamp::of(&meta),
+                    }],
+                    &mut progress,
+                )?),
                 skipped: Vec::new(),
                 files: 1,
             });
@@ -141,7 +182,7 @@ impl Source {
             kind: DropKind::Directory,
             name,
             executable: false,
-            source: Arc::new(Source::from_segments(walk.segments)),
+            source: Arc::new(Source::from_segments(walk.segments, &mut progress)?),
             skipped: walk.skipped,
             files: walk.files,
         })
@@ -229,17 +270,23 @@ impl Stream {
 /// Chunks read ahead of the network.
 const READ_AHEAD: usize = 4;
 
-/// Starts reading `source` from `offset` on a blocking thread, `chunk` content bytes per buffer.
-/// `frame` prepares each empty buffer (the record header room and message kind).
-pub fn stream(source: Arc<Source>, offset: u64, chunk: usize, frame: fn(&mut Vec<u8>)) -> Stream {
+/// Starts reading `source` from `offset` on a blocking thread, `chunk` content bytes per buffer,
+/// each after a `prefix` of bytes that `frame` fills in (the record header room and kind).
+pub fn stream(
+    source: Arc<Source>,
+    offset: u64,
+    chunk: usize,
+    prefix: usize,
+    frame: fn(&mut [u8]),
+) -> Stream {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     tokio::task::spawn_blocking(move || {
         let mut cursor = Cursor::new(&source);
-        let result = produce(&mut cursor, offset, chunk, frame, &tx, &recycled);
+        let result = produce(&mut cursor, offset, (chunk, prefix, frame), &tx, &recycled);
         let last = match result {
-            Ok(Some(hash)) => Produced::Done(hash),
-            Ok(None) => return, // the sender went away
+            Ok(true) => Produced::Done(source.hash),
+            Ok(false) => return, // the sender went away
             Err(e) => Produced::Failed(e),
         };
         let _ = tx.blocking_send(last);
@@ -247,41 +294,30 @@ pub fn stream(source: Arc<Source>, offset: u64, chunk: usize, frame: fn(&mut Vec
     Stream { rx, recycle }
 }
 
+/// Produces content from `offset` to the end. False if the sender went away.
 fn produce(
     cursor: &mut Cursor<'_>,
     offset: u64,
-    chunk: usize,
-    frame: fn(&mut Vec<u8>),
+    (chunk, prefix, frame): (usize, usize, fn(&mut [u8])),
     tx: &mpsc::Sender<Produced>,
     recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<Option<[u8; 32]>, SourceError> {
-    let mut hasher = blake3::Hasher::new();
-    // A resumed fetch still needs the hash of everything: read the prefix too.
-    let mut scratch = vec![0u8; chunk];
-    let mut left = offset.min(cursor.source.total);
-    while left > 0 {
-        let want = (left as usize).min(chunk);
-        let n = cursor.read(&mut scratch[..want])?;
-        hasher.update(&scratch[..n]);
-        left -= n as u64;
-    }
-    drop(scratch);
+) -> Result<bool, SourceError> {
+    cursor.seek(offset.min(cursor.source.total));
     while cursor.pos < cursor.source.total {
         let mut buf = recycled
             .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(chunk + 64));
-        frame(&mut buf);
-        let start = buf.len();
+            .unwrap_or_else(|_| Vec::with_capacity(prefix + chunk + 64));
         let want = ((cursor.source.total - cursor.pos) as usize).min(chunk);
-        buf.resize(start + want, 0);
-        let n = cursor.read(&mut buf[start..])?;
-        buf.truncate(start + n);
-        hasher.update(&buf[start..]);
+        // Recycled buffers are already this long: only a new buffer is zeroed, once.
+        buf.resize(prefix + want, 0);
+        frame(&mut buf[..prefix]);
+        let n = cursor.read(&mut buf[prefix..])?;
+        buf.truncate(prefix + n);
         if tx.blocking_send(Produced::Data(buf)).is_err() {
-            return Ok(None);
+            return Ok(false);
         }
     }
-    Ok(Some(*hasher.finalize().as_bytes()))
+    Ok(true)
 }
 
 /// Sequential reads across segments, checking each file against its stamp when it is opened
@@ -304,6 +340,24 @@ impl<'a> Cursor<'a> {
             inner: 0,
             open: None,
         }
+    }
+
+    /// Moves to `pos` (at most the end) without reading.
+    fn seek(&mut self, pos: u64) {
+        self.pos = 0;
+        self.segment = 0;
+        self.inner = 0;
+        self.open = None;
+        let mut left = pos;
+        while let Some(seg) = self.source.segments.get(self.segment) {
+            if left < seg.len() {
+                break;
+            }
+            left -= seg.len();
+            self.segment += 1;
+        }
+        self.inner = left;
+        self.pos = pos;
     }
 
     /// Fills `buf` completely unless the content ends first; returns the bytes read.
@@ -374,9 +428,8 @@ fn check_unchanged(path: &Path, stamp: &Stamp) -> Result<(), SourceError> {
 mod tests {
     use super::*;
 
-    fn frame(buf: &mut Vec<u8>) {
-        buf.clear();
-        buf.push(0xAA);
+    fn frame(prefix: &mut [u8]) {
+        prefix[0] = 0xAA;
     }
 
     async fn collect(
@@ -384,7 +437,7 @@ mod tests {
         offset: u64,
         chunk: usize,
     ) -> Result<(Vec<u8>, [u8; 32]), SourceError> {
-        let mut s = stream(source, offset, chunk, frame);
+        let mut s = stream(source, offset, chunk, 1, frame);
         let mut out = Vec::new();
         while let Some(p) = s.rx.recv().await {
             match p {
@@ -407,7 +460,7 @@ mod tests {
         let path = dir.path().join("data.bin");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         fs::write(&path, &data).unwrap();
-        let p = Source::path(&path).unwrap();
+        let p = Source::path(&path, |_, _| {}).unwrap();
         assert_eq!(p.kind, DropKind::File);
         assert_eq!(p.name, "data.bin");
         let whole = *blake3::hash(&data).as_bytes();
@@ -428,7 +481,7 @@ mod tests {
         fs::write(root.join("readme.txt"), b"hi").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let p = Source::path(&root).unwrap();
+        let p = Source::path(&root, |_, _| {}).unwrap();
         assert_eq!(
             (p.kind, p.name.as_str(), p.files),
             (DropKind::Directory, "photos", 2)
@@ -459,7 +512,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.txt");
         fs::write(&path, vec![1u8; 10_000]).unwrap();
-        let p = Source::path(&path).unwrap();
+        let p = Source::path(&path, |_, _| {}).unwrap();
         fs::write(&path, vec![2u8; 10_001]).unwrap();
         assert!(matches!(
             collect(p.source, 0, 4096).await,
@@ -472,8 +525,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shrinking");
         fs::write(&path, vec![1u8; 1 << 20]).unwrap();
-        let p = Source::path(&path).unwrap();
-        let mut s = stream(p.source, 0, 4096, frame);
+        let p = Source::path(&path, |_, _| {}).unwrap();
+        let mut s = stream(p.source, 0, 4096, 1, frame);
         // Let the reader get going, then cut the file short.
         let first = s.rx.recv().await.unwrap();
         assert!(matches!(first, Produced::Data(_)));
@@ -506,7 +559,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         fs::write(&empty, b"").unwrap();
-        let p = Source::path(&empty).unwrap();
+        let p = Source::path(&empty, |_, _| {}).unwrap();
         let (got, hash) = collect(p.source, 0, 4096).await.unwrap();
         assert!(got.is_empty());
         assert_eq!(hash, *blake3::hash(b"").as_bytes());

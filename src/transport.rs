@@ -162,12 +162,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 /// Bytes of a data frame that are not content: the record header and the message kind.
 pub const DATA_FRAME_OVERHEAD: usize = HEADER_LEN + 1;
 
-/// Prepares an empty buffer for one data record: header room and the message kind; the caller
-/// appends up to a record's worth of content and hands it to [`Session::send_data_frame`].
-pub fn data_frame(buf: &mut Vec<u8>) {
-    buf.clear();
-    buf.resize(HEADER_LEN, 0);
-    buf.push(DATA_KIND);
+/// Writes the first [`DATA_FRAME_OVERHEAD`] bytes of a data record: header room and the message
+/// kind. The content follows them in the same buffer, which goes to [`Session::send_data_frame`].
+pub fn data_frame(prefix: &mut [u8]) {
+    prefix[..HEADER_LEN].fill(0);
+    prefix[HEADER_LEN] = DATA_KIND;
 }
 
 /// An authenticated, encrypted session.
@@ -235,6 +234,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.send_request(&Request::Bye).await?;
         let _ = self.io.shutdown().await;
         Ok(())
+    }
+
+    /// Hands over the buffer holding the last record received (its plaintext first), taking
+    /// `replacement` for the next one: lets data be written out without copying it.
+    pub fn take_record(&mut self, replacement: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.rbuf, replacement)
     }
 
     /// Reads and opens one record; its plaintext is `self.rbuf[..n]`.
@@ -328,7 +333,7 @@ mod tests {
         s.send_reply(&Reply::Listing(vec![info.clone()]))
             .await
             .unwrap();
-        let mut frame = Vec::new();
+        let mut frame = vec![0; DATA_FRAME_OVERHEAD];
         data_frame(&mut frame);
         frame.extend_from_slice(b"hi");
         s.send_data_frame(&mut frame).await.unwrap();

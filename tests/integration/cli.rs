@@ -381,7 +381,7 @@ fn help_documents_the_exit_codes_and_the_defaults() {
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "Exit codes",
-        "3    send: the time-to-live ran out",
+        "3    send-*: the time-to-live ran out",
         "--max-fetches",
         "--everyone",
         "[default: 12s]",

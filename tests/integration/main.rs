@@ -2,5 +2,7 @@
 //! of network-namespace hosts (`lan`). One test binary, to keep builds short.
 
 mod cli;
+mod files;
 mod lan;
+mod relay;
 mod util;

@@ -246,7 +246,16 @@ async fn send(
     let prepared = match &offer {
         Offer::Path(path) => {
             let path = path.clone();
-            let prepared = tokio::task::spawn_blocking(move || Source::path(&path)).await??;
+            let hashing = ui.clone();
+            let mut throttle = Throttle::new();
+            let prepared = tokio::task::spawn_blocking(move || {
+                Source::path(&path, |done, total| {
+                    if throttle.ready(done == total) {
+                        hashing.progress("hashing", "hashing", done, total);
+                    }
+                })
+            })
+            .await??;
             for skipped in &prepared.skipped {
                 ui.err(&format!(
                     "warning: left out {} (not a regular file or folder)",

@@ -179,7 +179,7 @@ pub struct Ui {
 
 struct Bars {
     multi: MultiProgress,
-    active: Mutex<HashMap<(Token, String, bool), ProgressBar>>,
+    active: Mutex<HashMap<String, ProgressBar>>,
 }
 
 impl Ui {
@@ -225,7 +225,14 @@ impl Ui {
             total,
         } = event
         {
-            self.progress(*token, peer, *sending, *done, *total);
+            let arrow = if *sending { "to" } else { "from" };
+            let peer = sanitize(deaddrop::codec::truncate_utf8(peer, 16), false);
+            self.progress(
+                &transfer_key(*token, &peer, *sending),
+                &format!("{arrow} {peer}"),
+                *done,
+                *total,
+            );
             return;
         }
         if let Some((line, to_stdout)) = human(event) {
@@ -237,12 +244,11 @@ impl Ui {
         }
     }
 
-    /// Moves the bar of one transfer; removes it when the transfer is complete.
-    pub fn progress(&self, token: Token, peer: &str, sending: bool, done: u64, total: u64) {
+    /// Moves the bar named `key` (shown as `label`); removes it when `done` reaches `total`.
+    pub fn progress(&self, key: &str, label: &str, done: u64, total: u64) {
         let Some(b) = &self.bars else { return };
         let mut active = b.active.lock().expect("bars lock");
-        let key = (token, peer.to_owned(), sending);
-        let bar = active.entry(key.clone()).or_insert_with(|| {
+        let bar = active.entry(key.to_owned()).or_insert_with(|| {
             let bar = b.multi.add(ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -251,20 +257,20 @@ impl Ui {
                 .expect("valid template")
                 .progress_chars("=> "),
             );
-            let arrow = if sending { "to" } else { "from" };
-            bar.set_prefix(format!(
-                "{arrow} {}",
-                sanitize(deaddrop::codec::truncate_utf8(peer, 16), false)
-            ));
+            bar.set_prefix(label.to_owned());
             bar
         });
         bar.set_position(done);
         if done >= total {
             bar.finish_and_clear();
             b.multi.remove(bar);
-            active.remove(&key);
+            active.remove(key);
         }
     }
+}
+
+fn transfer_key(token: Token, peer: &str, sending: bool) -> String {
+    format!("{token}/{peer}/{sending}")
 }
 
 #[cfg(test)]

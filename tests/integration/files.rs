@@ -1,0 +1,484 @@
+//! Files and folders end to end over loopback: round trips, safe receiving, resume and faults.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::relay::{Mode, Relay};
+use crate::util::{Proc, Room, free_port};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Deterministic bytes that do not compress.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn send(room: &Room, path: &Path, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["send-file", "--json", "--name", "alice"];
+    all.extend_from_slice(args);
+    all.push(path.to_str().unwrap());
+    let mut p = Proc::spawn(room.cmd(&all));
+    let offered = p
+        .wait_event(T, "offered")
+        .unwrap_or_else(|| panic!("no offer: {}", p.stderr()));
+    (p, offered["token"].as_str().unwrap().to_owned())
+}
+
+fn receiver(room: &Room, dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "run",
+        "--json",
+        "--name",
+        "bob",
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(room.cmd(&args));
+    p.wait_event(T, "listening").unwrap();
+    p
+}
+
+/// Visible entries of a folder, sorted (hidden partial files start with a dot).
+fn visible(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".deaddrop-")
+        })
+        .collect()
+}
+
+/// Every file and folder under `root`: (relative path, contents or None for folders, executable).
+fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>, bool)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>, bool)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                out.push((rel, None, false));
+                walk(root, &e.path(), out);
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                out.push((
+                    rel,
+                    Some(fs::read(e.path()).unwrap()),
+                    meta.permissions().mode() & 0o100 != 0,
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn files_of_every_size_arrive_byte_identical() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, dst.path(), &[]);
+    for (name, len) in [
+        ("empty.bin", 0usize),
+        ("one byte", 1),
+        ("big file ✓.bin", 100 << 20),
+    ] {
+        let path = src.path().join(name);
+        let bytes = data(len, len as u64);
+        fs::write(&path, &bytes).unwrap();
+        let (mut s, token) = send(&room, &path, &[]);
+        let got = r
+            .wait_event(T, "received")
+            .unwrap_or_else(|| panic!("{name} not received: {}", r.stderr()));
+        assert_eq!(got["token"], token);
+        assert_eq!(got["size"], len);
+        assert_eq!(got["from"], "alice");
+        let saved = PathBuf::from(got["path"].as_str().unwrap());
+        assert_eq!(saved, dst.path().join(name));
+        assert!(fs::read(&saved).unwrap() == bytes, "{name} differs");
+        assert_eq!(s.wait(T).code(), Some(0), "{}", s.stderr());
+    }
+    assert!(partials(dst.path()).is_empty());
+}
+
+#[test]
+fn a_folder_tree_arrives_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let root = src.path().join("Project files ✓");
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::create_dir_all(root.join("empty folder")).unwrap();
+    fs::write(root.join("a/b/c/deep.txt"), b"deep").unwrap();
+    fs::write(root.join("a/one MiB.bin"), data(1 << 20, 3)).unwrap();
+    fs::write(root.join("naïve résumé.txt"), b"unicode").unwrap();
+    fs::write(root.join("empty.txt"), b"").unwrap();
+    fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, dst.path(), &[]);
+    let (mut s, _) = send(&room, &root, &[]);
+    let got = r.wait_event(T, "received").expect("folder received");
+    assert_eq!(got["kind"], "directory");
+    let saved = dst.path().join("Project files ✓");
+    assert_eq!(PathBuf::from(got["path"].as_str().unwrap()), saved);
+    assert_eq!(tree(&saved), tree(&root));
+    assert!(
+        tree(&saved)
+            .iter()
+            .any(|(p, _, exec)| p == "run.sh" && *exec)
+    );
+    assert!(saved.join("empty folder").is_dir());
+    assert_eq!(s.wait(T).code(), Some(0));
+    assert_eq!(visible(dst.path()), ["Project files ✓"]);
+    assert!(partials(dst.path()).is_empty());
+}
+
+#[test]
+fn fetch_by_token_into_a_folder_an_exact_path_and_stdout() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let path = src.path().join("notes.txt");
+    let bytes = data(300_000, 9);
+    fs::write(&path, &bytes).unwrap();
+    let (mut s, token) = send(&room, &path, &["--max-fetches", "3"]);
+    let out = room
+        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(dst.path().join("notes.txt")).unwrap(), bytes);
+    // A second process is another receiver; an exact path never overwrites.
+    let exact = dst.path().join("copy.txt");
+    let out = room
+        .cmd(&["fetch", "--out", exact.to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&exact).unwrap(), bytes);
+    let out = room
+        .cmd(&["fetch", "--out", "-", &token])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == bytes, "stdout differs");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn an_existing_file_is_never_overwritten() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fs::write(dst.path().join("report.pdf"), b"my own report").unwrap();
+    let path = src.path().join("report.pdf");
+    fs::write(&path, b"their report").unwrap();
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, dst.path(), &[]);
+    let (mut s, _) = send(&room, &path, &[]);
+    let got = r.wait_event(T, "received").unwrap();
+    assert_eq!(
+        PathBuf::from(got["path"].as_str().unwrap()),
+        dst.path().join("report (1).pdf")
+    );
+    assert_eq!(
+        fs::read(dst.path().join("report.pdf")).unwrap(),
+        b"my own report"
+    );
+    assert_eq!(
+        fs::read(dst.path().join("report (1).pdf")).unwrap(),
+        b"their report"
+    );
+    s.wait(T);
+}
+
+#[test]
+fn hostile_names_are_made_safe_on_arrival() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, dst.path(), &[]);
+    for (name, want) in [
+        ("evil\x1b[2J\u{202e}txt.exe", "evil_[2J_txt.exe"),
+        ("CON", "_CON"),
+        ("line\nbreak", "line_break"),
+        ("trailing dot.", "trailing dot"),
+    ] {
+        let path = src.path().join(name);
+        fs::write(&path, name).unwrap();
+        let (mut s, _) = send(&room, &path, &[]);
+        let got = r.wait_event(T, "received").unwrap();
+        assert_eq!(
+            PathBuf::from(got["path"].as_str().unwrap()),
+            dst.path().join(want),
+            "{name:?}"
+        );
+        s.wait(T);
+    }
+}
+
+#[test]
+fn max_size_and_no_files_show_drops_without_fetching_them() {
+    let (src, small, none) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let room = Room::new("secret123");
+    let mut capped = receiver(&room, small.path(), &["--max-size", "1K"]);
+    let mut messages_only = receiver(&room, none.path(), &["--no-files"]);
+    let path = src.path().join("two-k.bin");
+    fs::write(&path, data(2048, 1)).unwrap();
+    let (mut s, token) = send(&room, &path, &["--ttl", "20s"]);
+    for r in [&mut capped, &mut messages_only] {
+        let skipped = r.wait_event(T, "skipped").expect("shown");
+        assert_eq!(skipped["token"], token);
+        assert_eq!(skipped["size"], 2048);
+    }
+    assert!(
+        capped.seen.iter().any(|l| l.contains("max-size")),
+        "{:?}",
+        capped.seen
+    );
+    assert!(
+        messages_only.seen.iter().any(|l| l.contains("no-files")),
+        "{:?}",
+        messages_only.seen
+    );
+    // Messages still arrive on the --no-files receiver.
+    let mut m = Proc::spawn(room.cmd(&["send-msg", "--everyone", "--ttl", "3s", "just text"]));
+    assert_eq!(
+        messages_only.wait_event(T, "message").unwrap()["text"],
+        "just text"
+    );
+    m.wait(T);
+    assert!(visible(small.path()).is_empty() && visible(none.path()).is_empty());
+    // Nothing was burned: it can still be fetched by token.
+    let out = room
+        .cmd(&["fetch", "--dir", small.path().to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(visible(small.path()), ["two-k.bin"]);
+    s.wait(T);
+}
+
+/// Waits until a hidden partial file in `dir` holds at least `bytes`.
+fn wait_partial(dir: &Path, bytes: u64) -> u64 {
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Some(len) = partials(dir)
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .max()
+            && len >= bytes
+        {
+            return len;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no partial file of {bytes} bytes in {}", dir.display());
+}
+
+#[test]
+fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let slow = Room {
+        pass: room.pass.clone(),
+        port: free_port(),
+    };
+    let _relay = Relay::start(room.port, slow.port, Mode::Throttle(8 << 20));
+    let path = src.path().join("movie.bin");
+    let bytes = data(24 << 20, 5);
+    fs::write(&path, &bytes).unwrap();
+    let (mut s, token) = send(&room, &path, &["--ttl", "60s"]);
+    let dir = dst.path().to_str().unwrap();
+    let mut first = Proc::spawn(slow.cmd(&["fetch", "--json", "--dir", dir, &token]));
+    let held = wait_partial(dst.path(), 4 << 20);
+    first.child.kill().unwrap();
+    first.wait(T);
+    assert!(visible(dst.path()).is_empty(), "nothing under a final name");
+    // Progress events came at most a few per second.
+    let progress = first
+        .drain(Duration::ZERO)
+        .iter()
+        .filter(|l| l.contains("\"progress\""))
+        .count();
+    assert!(
+        (1..=8).contains(&progress),
+        "{progress} progress events in under 2 s"
+    );
+    // The drop was not burned, and the next fetch continues where the first stopped.
+    let mut second = Proc::spawn(room.cmd(&["fetch", "--json", "--dir", dir, &token]));
+    let p = second.wait_event(T, "progress").expect("progress");
+    assert!(
+        p["done"].as_u64().unwrap() >= held,
+        "resumed from {} with {held} held",
+        p["done"]
+    );
+    assert_eq!(second.wait(T).code(), Some(0), "{}", second.stderr());
+    assert!(
+        fs::read(dst.path().join("movie.bin")).unwrap() == bytes,
+        "resumed copy differs"
+    );
+    assert!(partials(dst.path()).is_empty());
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn a_sender_killed_mid_transfer_leaves_no_file_under_a_final_name() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let slow = Room {
+        pass: room.pass.clone(),
+        port: free_port(),
+    };
+    let _relay = Relay::start(room.port, slow.port, Mode::Throttle(8 << 20));
+    let path = src.path().join("doomed.bin");
+    fs::write(&path, data(24 << 20, 6)).unwrap();
+    let (mut s, token) = send(&room, &path, &[]);
+    let mut r = Proc::spawn(slow.cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token]));
+    wait_partial(dst.path(), 2 << 20);
+    s.child.kill().unwrap();
+    let status = r.wait(T);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        r.stderr().contains("cut before the peer finished"),
+        "{}",
+        r.stderr()
+    );
+    assert!(visible(dst.path()).is_empty());
+}
+
+#[test]
+fn a_flipped_byte_publishes_nothing_and_burns_nothing() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let evil = Room {
+        pass: room.pass.clone(),
+        port: free_port(),
+    };
+    let _relay = Relay::start(room.port, evil.port, Mode::FlipAt(3 << 20));
+    let path = src.path().join("precious.bin");
+    let bytes = data(8 << 20, 7);
+    fs::write(&path, &bytes).unwrap();
+    let (mut s, token) = send(&room, &path, &[]);
+    let out = evil
+        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed authentication"),
+        "{out:?}"
+    );
+    assert!(visible(dst.path()).is_empty());
+    // Not burned: a clean fetch gets it, whole and identical.
+    let out = room
+        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read(dst.path().join("precious.bin")).unwrap() == bytes);
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn a_file_changed_after_the_offer_is_not_sent_as_a_mix() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let room = Room::new("secret123");
+    let path = src.path().join("log.txt");
+    fs::write(&path, data(1 << 20, 8)).unwrap();
+    let (mut s, token) = send(&room, &path, &["--ttl", "20s"]);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at_end(b"more");
+    let out = room
+        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not read"),
+        "{out:?}"
+    );
+    assert!(visible(dst.path()).is_empty() && partials(dst.path()).is_empty());
+    let warning = s.wait_event(T, "warning").expect("the sender says why");
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed while it was being sent"),
+        "{warning}"
+    );
+    s.interrupt();
+    s.wait(T);
+}
+
+trait AppendExt {
+    fn write_all_at_end(self, bytes: &[u8]);
+}
+
+impl AppendExt for fs::File {
+    fn write_all_at_end(mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self, bytes).unwrap();
+    }
+}

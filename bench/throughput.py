@@ -96,6 +96,8 @@ def measure(name, binary, sizes, runs, send_prefix, recv_prefix, host, extra, po
         for _ in range(runs):
             socat.append(socat_copy(src, send_prefix, recv_prefix, host, port))
             ours.append(deaddrop_copy(binary, src, send_prefix, recv_prefix, extra))
+            print(f"  {name} {size} GiB: socat {socat[-1][0]:.2f} s, deaddrop {ours[-1][0]:.2f} s",
+                  file=sys.stderr, flush=True)
         mb = (size << 30) / 1e6
         s_med = statistics.median(t for t, _, _ in socat)
         o_med = statistics.median(t for t, _, _ in ours)

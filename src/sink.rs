@@ -71,7 +71,8 @@ impl Out {
 struct Writer {
     tx: Option<mpsc::Sender<Chunk>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    handle: JoinHandle<io::Result<blake3::Hasher>>,
+    /// Taken when the thread's result is collected, which happens once.
+    handle: Option<JoinHandle<io::Result<blake3::Hasher>>>,
 }
 
 impl Writer {
@@ -101,7 +102,7 @@ impl Writer {
         Writer {
             tx: Some(tx),
             spare,
-            handle,
+            handle: Some(handle),
         }
     }
 
@@ -110,25 +111,37 @@ impl Writer {
     }
 
     async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
-        let tx = self.tx.as_ref().expect("writer open");
-        if tx.send(chunk).await.is_err() {
-            // The thread stopped: its error says why.
-            self.tx = None;
-            return Err(match (&mut self.handle).await {
-                Ok(Err(e)) => FetchError::Io(e),
-                _ => FetchError::Io(io::Error::other("the writer stopped")),
-            });
+        let sent = match &self.tx {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
         }
-        Ok(())
+        // The thread stopped: its error says why.
+        match self.join().await {
+            Ok(_) => Err(FetchError::Io(io::Error::other("the writer stopped"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the queue and collects the thread's result (once; later calls get an error).
+    async fn join(&mut self) -> Result<blake3::Hasher, FetchError> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(handle) => match handle.await {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(FetchError::Io(io::Error::other(e))),
+            },
+            None => Err(FetchError::Io(io::Error::other(
+                "the writer already stopped",
+            ))),
+        }
     }
 
     /// Waits for every byte to be written and synced; returns the hash of everything.
     async fn close(mut self) -> Result<blake3::Hasher, FetchError> {
-        self.tx = None;
-        match self.handle.await {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(FetchError::Io(io::Error::other(e))),
-        }
+        self.join().await
     }
 }
 
@@ -750,6 +763,7 @@ mod tests {
     async fn a_full_disk_is_an_error_not_a_silent_loss() {
         let full = File::options().write(true).open("/dev/full").unwrap();
         let mut w = Writer::spawn(Out::File(full), None);
+        assert!(w.handle.is_some());
         let mut result = Ok(());
         for _ in 0..20 {
             result = w.write(piece(&[0u8; 65536])).await;
@@ -759,8 +773,10 @@ mod tests {
         }
         let err = match result {
             Err(e) => e,
-            Ok(()) => w.close().await.unwrap_err(),
+            Ok(()) => w.join().await.unwrap_err(),
         };
+        // Regression: closing after the failure panicked ("JoinHandle polled after completion").
+        assert!(w.close().await.is_err());
         assert!(
             matches!(err, FetchError::Io(ref e) if e.kind() == io::ErrorKind::StorageFull),
             "{err:?}"

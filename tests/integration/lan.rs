@@ -379,25 +379,51 @@ fn peer_reaches_a_holder_where_broadcast_does_not() {
 #[test]
 fn a_256_mib_file_reaches_two_hosts_with_everyone() {
     let Some(lan) = Lan::new(3) else { return };
-    let (src, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let path = src.path().join("big.bin");
     let bytes = crate::files::data(256 << 20, 42);
     std::fs::write(&path, &bytes).unwrap();
     let mut receivers: Vec<Proc> = [(2, &d2), (3, &d3)]
         .iter()
         .map(|(host, dir)| {
-            let mut p = Proc::spawn(lan.cmd(*host, "secret123", &["run", "--json", "--dir", dir.path().to_str().unwrap()]));
+            let mut p = Proc::spawn(lan.cmd(
+                *host,
+                "secret123",
+                &["run", "--json", "--dir", dir.path().to_str().unwrap()],
+            ));
             p.wait_event(T, "listening").unwrap();
             p
         })
         .collect();
-    let mut s = Proc::spawn(lan.cmd(1, "secret123", &["send-file", "--json", "--everyone", "--ttl", "40s", path.to_str().unwrap()]));
+    let mut s = Proc::spawn(lan.cmd(
+        1,
+        "secret123",
+        &[
+            "send-file",
+            "--json",
+            "--everyone",
+            "--ttl",
+            "40s",
+            path.to_str().unwrap(),
+        ],
+    ));
     for (r, dir) in receivers.iter_mut().zip([&d2, &d3]) {
-        let got = r.wait_event(Duration::from_secs(60), "received").unwrap_or_else(|| panic!("{}", r.stderr()));
+        let got = r
+            .wait_event(Duration::from_secs(60), "received")
+            .unwrap_or_else(|| panic!("{}", r.stderr()));
         assert_eq!(got["size"], 256 << 20);
-        assert!(std::fs::read(dir.path().join("big.bin")).unwrap() == bytes, "copy differs");
+        assert!(
+            std::fs::read(dir.path().join("big.bin")).unwrap() == bytes,
+            "copy differs"
+        );
     }
-    let fetched: Vec<_> = (0..2).map(|_| s.wait_event(T, "fetched").unwrap()).collect();
+    let fetched: Vec<_> = (0..2)
+        .map(|_| s.wait_event(T, "fetched").unwrap())
+        .collect();
     assert_eq!(fetched.len(), 2);
     s.interrupt();
     s.wait(T);
@@ -409,8 +435,21 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("too-big.bin");
     std::fs::write(&path, crate::files::data(8 << 20, 1)).unwrap();
-    let mut s = Proc::spawn(lan.cmd(1, "secret123", &["send-file", "--json", "--ttl", "30s", path.to_str().unwrap()]));
-    let token = s.wait_event(T, "offered").unwrap()["token"].as_str().unwrap().to_owned();
+    let mut s = Proc::spawn(lan.cmd(
+        1,
+        "secret123",
+        &[
+            "send-file",
+            "--json",
+            "--ttl",
+            "30s",
+            path.to_str().unwrap(),
+        ],
+    ));
+    let token = s.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // A 4 MiB tmpfs, mounted in the mount namespace that `ip netns exec` gives host 2.
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path().to_str().unwrap();
@@ -427,12 +466,98 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.lines().any(|l| l == "exit=1"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("not enough disk space") || stderr.contains("No space left"), "{stderr}");
+    assert!(
+        stderr.contains("not enough disk space") || stderr.contains("No space left"),
+        "{stderr}"
+    );
     // Nothing at all is left in the full file system: no file, no partial.
-    assert_eq!(stdout.lines().filter(|l| !l.starts_with("exit=")).count(), 0, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| !l.starts_with("exit=")).count(),
+        0,
+        "{stdout}"
+    );
     // And the drop was not burned.
     let dst = tempfile::tempdir().unwrap();
-    let out = lan.cmd(2, "secret123", &["fetch", "--dir", dst.path().to_str().unwrap(), &token]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lan
+        .cmd(
+            2,
+            "secret123",
+            &["fetch", "--dir", dst.path().to_str().unwrap(), &token],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn a_disk_that_fills_up_mid_transfer_leaves_no_partial_file() {
+    let Some(lan) = Lan::new(2) else { return };
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("eight.bin");
+    std::fs::write(&path, crate::files::data(8 << 20, 2)).unwrap();
+    // About 5 MB/s out of host 1, so the disk can fill while the transfer runs.
+    let tc = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.names[0],
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+            "root",
+        ])
+        .args(["tbf", "rate", "40mbit", "burst", "64kb", "latency", "400ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let mut s = Proc::spawn(lan.cmd(
+        1,
+        "secret123",
+        &[
+            "send-file",
+            "--json",
+            "--ttl",
+            "60s",
+            path.to_str().unwrap(),
+        ],
+    ));
+    let token = s.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    // Room for the drop when the fetch starts; then something else takes the space.
+    let script = format!(
+        "mount -t tmpfs -o size=12m deaddrop-test {m} || exit 9; \
+         {bin} fetch --dir {m} {token} & pid=$!; \
+         for i in $(seq 100); do ls -A {m} | grep -q part && break; sleep 0.05; done; \
+         head -c 20M /dev/zero > {m}/filler 2>/dev/null; \
+         wait $pid; echo \"exit=$?\"; rm -f {m}/filler; ls -A {m}; umount {m}",
+        bin = bin()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.names[1], "sh", "-c", &script])
+        .env("DEADDROP_ROOM", "secret123")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.lines().any(|l| l == "exit=1"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| !l.starts_with("exit=")).count(),
+        0,
+        "left behind: {stdout}"
+    );
+    s.interrupt();
+    assert_eq!(s.wait(T).code(), Some(130), "the drop was still there");
 }

@@ -13,7 +13,7 @@
 //! messages are uniformly random group elements, and the confirmation tags are keyed by the PAKE
 //! output, which depends on the guess. Every failure looks the same ([`HandshakeError::Rejected`]).
 
-use aws_lc_rs::{digest, hkdf, hmac};
+use ring::{digest, hkdf, hmac};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use zeroize::Zeroizing;
 

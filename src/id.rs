@@ -4,8 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Fills `buf` from the operating system's CSPRNG. (Not aws-lc's: its first use seeds a
-/// jitter-entropy pool, which costs ~40 ms of CPU at every process start.)
+/// Fills `buf` from the operating system's CSPRNG. (A library DRBG that seeds itself on first
+/// use can cost tens of milliseconds at every process start: aws-lc's took 38 ms.)
 pub fn random_bytes(buf: &mut [u8]) {
     getrandom::getrandom(buf).expect("the system random number generator failed");
 }

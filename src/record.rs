@@ -10,7 +10,7 @@
 //! The receiver accepts only the next counter, so reordered, replayed or dropped records fail to
 //! open; the final flag is in the nonce, so an attacker cannot set or clear it.
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use crate::handshake::{RecvKey, SendKey};
 

@@ -478,15 +478,20 @@ async fn handle_drop(
             });
             Ok(true)
         }
+        FetchOutcome::Refused(reason) => Ok(settle_refusal(shared, info.token, reason)),
+    }
+}
+
+/// What a refusal means for this receiver: true if the drop is settled (we have it), false if it
+/// may be tried again when it is offered anew.
+fn settle_refusal(shared: &Shared, token: Token, reason: Refusal) -> bool {
+    match reason {
         // Someone else has it (or it just expired): if it comes back, a new generation says so.
-        FetchOutcome::Refused(Refusal::Taken | Refusal::NotFound) => Ok(false),
-        FetchOutcome::Refused(Refusal::AlreadyYours) => Ok(true),
-        FetchOutcome::Refused(reason) => {
-            (shared.events)(Event::Refused {
-                token: info.token,
-                reason,
-            });
-            Ok(false)
+        Refusal::Taken | Refusal::NotFound => false,
+        Refusal::AlreadyYours => true,
+        reason => {
+            (shared.events)(Event::Refused { token, reason });
+            false
         }
     }
 }
@@ -528,15 +533,7 @@ async fn fetch_file(
             });
             Ok(true)
         }
-        FetchOutcome::Refused(Refusal::Taken | Refusal::NotFound) => Ok(false),
-        FetchOutcome::Refused(Refusal::AlreadyYours) => Ok(true),
-        FetchOutcome::Refused(reason) => {
-            (shared.events)(Event::Refused {
-                token: info.token,
-                reason,
-            });
-            Ok(false)
-        }
+        FetchOutcome::Refused(reason) => Ok(settle_refusal(shared, info.token, reason)),
     }
 }
 

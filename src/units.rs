@@ -9,15 +9,20 @@ use std::time::Duration;
 )]
 pub struct BadDuration(pub String);
 
-pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
-    let bad = || BadDuration(text.to_owned());
+/// "12.5 MiB" → (12.5, "MiB"): a non-negative decimal number and the unit after it.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
+    let bad = || BadDuration(text.to_owned());
+    let (value, unit) = number_and_unit(text).ok_or_else(bad)?;
+    let seconds = match unit {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
         "m" | "min" | "mins" => 60.0,
@@ -46,13 +51,8 @@ pub struct BadSize(pub String);
 /// Parses a byte count; units are binary (K = 1024) and may end in `B` or `iB`.
 pub fn parse_size(text: &str) -> Result<u64, BadSize> {
     let bad = || BadSize(text.to_owned());
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let unit = unit.trim().to_ascii_uppercase();
+    let (value, unit) = number_and_unit(text).ok_or_else(bad)?;
+    let unit = unit.to_ascii_uppercase();
     let unit = unit.trim_end_matches("IB").trim_end_matches('B');
     let scale: u64 = match unit {
         "" => 1,

@@ -330,25 +330,59 @@ fn wait_partial(dir: &Path, bytes: u64) -> u64 {
     panic!("no partial file of {bytes} bytes in {}", dir.display());
 }
 
-#[test]
-fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
+/// A sender offering one file in `room`, and `via`: the same room reached only through a relay.
+struct Relayed {
+    dst: tempfile::TempDir,
+    room: Room,
+    via: Room,
+    bytes: Vec<u8>,
+    sender: Proc,
+    token: String,
+    _src: tempfile::TempDir,
+    _relay: Relay,
+}
+
+fn relayed(mode: Mode, name: &str, len: usize, send_args: &[&str]) -> Relayed {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let room = Room::new("secret123");
-    let slow = Room {
+    let via = Room {
         pass: room.pass.clone(),
         port: free_port(),
     };
-    let _relay = Relay::start(room.port, slow.port, Mode::Throttle(8 << 20));
-    let path = src.path().join("movie.bin");
-    let bytes = data(24 << 20, 5);
+    let relay = Relay::start(room.port, via.port, mode);
+    let path = src.path().join(name);
+    let bytes = data(len, len as u64);
     fs::write(&path, &bytes).unwrap();
-    let (mut s, token) = send(&room, &path, &["--ttl", "60s"]);
-    let dir = dst.path().to_str().unwrap();
-    let mut first = Proc::spawn(slow.cmd(&["fetch", "--json", "--dir", dir, &token]));
-    let held = wait_partial(dst.path(), 4 << 20);
+    let (sender, token) = send(&room, &path, send_args);
+    Relayed {
+        dst,
+        room,
+        via,
+        bytes,
+        sender,
+        token,
+        _src: src,
+        _relay: relay,
+    }
+}
+
+#[test]
+fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
+    let mut t = relayed(
+        Mode::Throttle(8 << 20),
+        "movie.bin",
+        24 << 20,
+        &["--ttl", "60s"],
+    );
+    let dir = t.dst.path().to_str().unwrap();
+    let mut first = Proc::spawn(t.via.cmd(&["fetch", "--json", "--dir", dir, &t.token]));
+    let held = wait_partial(t.dst.path(), 4 << 20);
     first.child.kill().unwrap();
     first.wait(T);
-    assert!(visible(dst.path()).is_empty(), "nothing under a final name");
+    assert!(
+        visible(t.dst.path()).is_empty(),
+        "nothing under a final name"
+    );
     // Progress events came at most a few per second.
     let progress = first
         .drain(Duration::ZERO)
@@ -360,7 +394,7 @@ fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
         "{progress} progress events in under 2 s"
     );
     // The drop was not burned, and the next fetch continues where the first stopped.
-    let mut second = Proc::spawn(room.cmd(&["fetch", "--json", "--dir", dir, &token]));
+    let mut second = Proc::spawn(t.room.cmd(&["fetch", "--json", "--dir", dir, &t.token]));
     let p = second.wait_event(T, "progress").expect("progress");
     assert!(
         p["done"].as_u64().unwrap() >= held,
@@ -369,53 +403,36 @@ fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
     );
     assert_eq!(second.wait(T).code(), Some(0), "{}", second.stderr());
     assert!(
-        fs::read(dst.path().join("movie.bin")).unwrap() == bytes,
+        fs::read(t.dst.path().join("movie.bin")).unwrap() == t.bytes,
         "resumed copy differs"
     );
-    assert!(partials(dst.path()).is_empty());
-    assert_eq!(s.wait(T).code(), Some(0));
+    assert!(partials(t.dst.path()).is_empty());
+    assert_eq!(t.sender.wait(T).code(), Some(0));
 }
 
 #[test]
 fn a_sender_killed_mid_transfer_leaves_no_file_under_a_final_name() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let room = Room::new("secret123");
-    let slow = Room {
-        pass: room.pass.clone(),
-        port: free_port(),
-    };
-    let _relay = Relay::start(room.port, slow.port, Mode::Throttle(8 << 20));
-    let path = src.path().join("doomed.bin");
-    fs::write(&path, data(24 << 20, 6)).unwrap();
-    let (mut s, token) = send(&room, &path, &[]);
-    let mut r = Proc::spawn(slow.cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token]));
-    wait_partial(dst.path(), 2 << 20);
-    s.child.kill().unwrap();
-    let status = r.wait(T);
-    assert_eq!(status.code(), Some(1));
+    let mut t = relayed(Mode::Throttle(8 << 20), "doomed.bin", 24 << 20, &[]);
+    let dir = t.dst.path().to_str().unwrap();
+    let mut r = Proc::spawn(t.via.cmd(&["fetch", "--dir", dir, &t.token]));
+    wait_partial(t.dst.path(), 2 << 20);
+    t.sender.child.kill().unwrap();
+    assert_eq!(r.wait(T).code(), Some(1));
     assert!(
         r.stderr().contains("cut before the peer finished"),
         "{}",
         r.stderr()
     );
-    assert!(visible(dst.path()).is_empty());
+    assert!(visible(t.dst.path()).is_empty());
 }
 
 #[test]
 fn a_flipped_byte_publishes_nothing_and_burns_nothing() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let room = Room::new("secret123");
-    let evil = Room {
-        pass: room.pass.clone(),
-        port: free_port(),
-    };
-    let _relay = Relay::start(room.port, evil.port, Mode::FlipAt(3 << 20));
-    let path = src.path().join("precious.bin");
-    let bytes = data(8 << 20, 7);
-    fs::write(&path, &bytes).unwrap();
-    let (mut s, token) = send(&room, &path, &[]);
-    let out = evil
-        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+    let mut t = relayed(Mode::FlipAt(3 << 20), "precious.bin", 8 << 20, &[]);
+    let dir = t.dst.path().to_str().unwrap();
+    let out = t
+        .via
+        .cmd(&["fetch", "--dir", dir, &t.token])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -423,10 +440,11 @@ fn a_flipped_byte_publishes_nothing_and_burns_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("failed authentication"),
         "{out:?}"
     );
-    assert!(visible(dst.path()).is_empty());
+    assert!(visible(t.dst.path()).is_empty());
     // Not burned: a clean fetch gets it, whole and identical.
-    let out = room
-        .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
+    let out = t
+        .room
+        .cmd(&["fetch", "--dir", dir, &t.token])
         .output()
         .unwrap();
     assert_eq!(
@@ -435,8 +453,8 @@ fn a_flipped_byte_publishes_nothing_and_burns_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(fs::read(dst.path().join("precious.bin")).unwrap() == bytes);
-    assert_eq!(s.wait(T).code(), Some(0));
+    assert!(fs::read(t.dst.path().join("precious.bin")).unwrap() == t.bytes);
+    assert_eq!(t.sender.wait(T).code(), Some(0));
 }
 
 #[test]

@@ -405,7 +405,7 @@ async fn fetch(
         if throttle.ready(done == total) {
             progress_ui.event(&Event::Progress {
                 token,
-                peer: String::new(),
+                peer: "holder".into(),
                 sending: false,
                 done,
                 total,

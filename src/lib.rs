@@ -35,6 +35,7 @@ pub mod event;
 pub mod handshake;
 pub mod holder;
 pub mod id;
+pub mod legacy;
 pub mod limit;
 pub mod message;
 pub mod names;

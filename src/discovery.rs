@@ -151,7 +151,8 @@ impl Scope {
     }
 }
 
-fn udp_socket(addr: SocketAddrV4, shared: bool) -> io::Result<UdpSocket> {
+/// A UDP socket with broadcast on; `shared` lets several processes bind the same port.
+pub(crate) fn udp_socket(addr: SocketAddrV4, shared: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if shared {
         s.set_reuse_address(true)?;

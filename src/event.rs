@@ -8,6 +8,41 @@ use serde::Serialize;
 use crate::id::Token;
 use crate::message::{DropKind, Refusal};
 
+/// Which drop an event is about: a native token, or a token of the original script's protocol
+/// (`--legacy`), which is any string. Serialized as text either way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DropId {
+    Native(Token),
+    Legacy(String),
+}
+
+impl From<Token> for DropId {
+    fn from(t: Token) -> Self {
+        DropId::Native(t)
+    }
+}
+
+impl PartialEq<Token> for DropId {
+    fn eq(&self, other: &Token) -> bool {
+        matches!(self, DropId::Native(t) if t == other)
+    }
+}
+
+impl std::fmt::Display for DropId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropId::Native(t) => t.fmt(f),
+            DropId::Legacy(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Serialize for DropId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Something that happened. Serialized with an `"event"` tag, e.g.
 /// `{"event":"message","token":"…","from":"laptop","text":"Hello"}`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -22,7 +57,7 @@ pub enum Event {
     },
     /// A holder is offering a drop.
     Offered {
-        token: Token,
+        token: DropId,
         kind: DropKind,
         name: String,
         size: u64,
@@ -34,7 +69,7 @@ pub enum Event {
     },
     /// A receiver got a message.
     Message {
-        token: Token,
+        token: DropId,
         from: String,
         address: String,
         text: String,
@@ -43,7 +78,7 @@ pub enum Event {
     },
     /// A receiver saw a drop it does not fetch automatically.
     Skipped {
-        token: Token,
+        token: DropId,
         kind: DropKind,
         name: String,
         size: u64,
@@ -52,29 +87,29 @@ pub enum Event {
     },
     /// A holder's drop was fetched and acknowledged.
     Fetched {
-        token: Token,
+        token: DropId,
         by: String,
         address: String,
         /// Receivers that have it now.
         delivered: u32,
     },
     /// A holder's drop reached its fetch limit and is gone.
-    UsedUp { token: Token, delivered: u32 },
+    UsedUp { token: DropId, delivered: u32 },
     /// A holder's drop ran out of time and is gone.
-    Expired { token: Token, delivered: u32 },
+    Expired { token: DropId, delivered: u32 },
     /// A receiver's fetch did not happen (the drop is not burned).
     FetchFailed {
-        token: Token,
+        token: DropId,
         from: String,
         reason: String,
     },
     /// A fetch was refused by the holder.
-    Refused { token: Token, reason: Refusal },
+    Refused { token: DropId, reason: Refusal },
     /// A peer failed the room handshake: it uses another passphrase, or someone interfered.
     Rejected { address: String },
     /// A receiver saved a file or folder drop.
     Received {
-        token: Token,
+        token: DropId,
         kind: DropKind,
         /// Where it was saved.
         path: String,
@@ -84,7 +119,7 @@ pub enum Event {
     },
     /// A transfer is under way (a few per second at most, and one at the end).
     Progress {
-        token: Token,
+        token: DropId,
         /// The other end's name.
         peer: String,
         /// True on the holder's side.
@@ -148,7 +183,7 @@ mod tests {
     #[test]
     fn json_shape() {
         let e = Event::Message {
-            token: Token([0xab; 16]),
+            token: Token([0xab; 16]).into(),
             from: "laptop".into(),
             address: "10.0.0.2:4000".into(),
             text: "Hello, team!".into(),
@@ -159,7 +194,7 @@ mod tests {
         assert_eq!(v["token"], "ab".repeat(16));
         assert_eq!(v["text"], "Hello, team!");
         let v = serde_json::to_value(Event::Offered {
-            token: Token([0; 16]),
+            token: Token([0; 16]).into(),
             kind: DropKind::Message,
             name: "message".into(),
             size: 1,
@@ -171,7 +206,7 @@ mod tests {
         assert_eq!(v["kind"], "message");
         assert!(v["max_fetches"].is_null());
         let v = serde_json::to_value(Event::Refused {
-            token: Token([0; 16]),
+            token: Token([0; 16]).into(),
             reason: Refusal::Taken,
         })
         .unwrap();

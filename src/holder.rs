@@ -177,7 +177,7 @@ impl Holder {
         let token = self
             .inner
             .mutate(|s| s.insert(spec.clone(), content, Instant::now(), unix_now()))?;
-        (self.inner.events)(event(token));
+        (self.inner.events)(event(token.into()));
         Ok(token)
     }
 
@@ -426,7 +426,7 @@ impl Conn<'_> {
                             let progress = |done, finished| {
                                 if throttle.ready(finished) {
                                     events(Event::Progress {
-                                        token,
+                                        token: token.into(),
                                         peer: name.clone(),
                                         sending: true,
                                         done,
@@ -469,7 +469,7 @@ impl Conn<'_> {
             .mutate(|st| st.release(token, self.peer, Instant::now()));
         if let Some(r) = removed {
             (self.inner.events)(Event::Expired {
-                token: r.token,
+                token: r.token.into(),
                 delivered: r.delivered,
             });
         }
@@ -482,18 +482,18 @@ impl Conn<'_> {
         let Ok(c) = done else { return };
         let inner = self.inner;
         (inner.events)(Event::Fetched {
-            token,
+            token: token.into(),
             by: self.name.clone(),
             address: self.addr.to_string(),
             delivered: c.delivered,
         });
         match c.gone {
             Some(Gone::UsedUp) => (inner.events)(Event::UsedUp {
-                token,
+                token: token.into(),
                 delivered: c.delivered,
             }),
             Some(Gone::Expired) => (inner.events)(Event::Expired {
-                token,
+                token: token.into(),
                 delivered: c.delivered,
             }),
             None => {}
@@ -633,7 +633,7 @@ async fn expire_loop(inner: Arc<Inner>) {
             changed = rx.changed() => if changed.is_err() { return },
             _ = sleep => {
                 for r in inner.mutate(|s| s.expire(Instant::now())) {
-                    (inner.events)(Event::Expired { token: r.token, delivered: r.delivered });
+                    (inner.events)(Event::Expired { token: r.token.into(), delivered: r.delivered });
                 }
             }
         }

@@ -408,7 +408,7 @@ async fn sync(shared: &Shared, (id, addr): PeerKey) -> SyncOutcome {
                     }
                 }
                 (shared.events)(Event::FetchFailed {
-                    token: info.token,
+                    token: info.token.into(),
                     from: hs.name.clone(),
                     reason: if resumable {
                         format!("{e}; the drop is not burned and will be resumed")
@@ -433,7 +433,7 @@ async fn handle_drop(
 ) -> Result<bool, FetchError> {
     let skip = |reason: String| {
         (shared.events)(Event::Skipped {
-            token: info.token,
+            token: info.token.into(),
             kind: info.kind,
             name: info.name.clone(),
             size: info.size,
@@ -470,7 +470,7 @@ async fn handle_drop(
     match hs.fetch(info.token, &mut sink, |_, _| {}).await? {
         FetchOutcome::Done(info) => {
             (shared.events)(Event::Message {
-                token: info.token,
+                token: info.token.into(),
                 from: hs.name.clone(),
                 address: hs.addr.to_string(),
                 text: String::from_utf8_lossy(&sink.data).into_owned(),
@@ -490,7 +490,10 @@ fn settle_refusal(shared: &Shared, token: Token, reason: Refusal) -> bool {
         Refusal::Taken | Refusal::NotFound => false,
         Refusal::AlreadyYours => true,
         reason => {
-            (shared.events)(Event::Refused { token, reason });
+            (shared.events)(Event::Refused {
+                token: token.into(),
+                reason,
+            });
             false
         }
     }
@@ -510,7 +513,7 @@ async fn fetch_file(
     let progress = |done: u64, total: u64| {
         if throttle.ready(done == total) {
             events(Event::Progress {
-                token,
+                token: token.into(),
                 peer: peer.clone(),
                 sending: false,
                 done,
@@ -521,7 +524,7 @@ async fn fetch_file(
     match hs.fetch(info.token, &mut sink, progress).await? {
         FetchOutcome::Done(info) => {
             (shared.events)(Event::Received {
-                token: info.token,
+                token: info.token.into(),
                 kind: info.kind,
                 path: sink
                     .published()

@@ -5,5 +5,9 @@
 //! on the LAN can fetch, and so burn, a drop. See SECURITY.md.
 //!
 //! - [`fernet`]: the payload encryption and key derivation.
+//! - [`wire`]: datagrams, request and reply lines, payloads.
+//! - [`net`]: the sender, the receiver and fetch by token.
 
 pub mod fernet;
+pub mod net;
+pub mod wire;

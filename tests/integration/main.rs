@@ -4,5 +4,6 @@
 mod cli;
 mod files;
 mod lan;
+mod legacy;
 mod relay;
 mod util;

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use deaddrop::beacon::DEFAULT_PORT;
-use deaddrop::id::Token;
 use deaddrop::units::{parse_duration, parse_size};
 
 pub const EXIT_CODES: &str = "\
@@ -89,8 +87,9 @@ pub enum Command {
     /// An interrupted file fetch resumes where it stopped when run again.
     #[command(after_help = EXIT_CODES)]
     Fetch {
-        /// The drop's token, as printed by send-msg, send-file or list.
-        token: Token,
+        /// The drop's token, as printed by send-msg, send-file or list (with --legacy: the
+        /// original script's token).
+        token: String,
         /// Save to exactly this path (never overwritten); `-` writes a file to standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -138,15 +137,22 @@ pub struct Common {
     /// Print one JSON object per line per event instead of text.
     #[arg(long)]
     pub json: bool,
-    /// UDP port for discovery.
-    #[arg(long, env = "DEADDROP_PORT", default_value_t = DEFAULT_PORT)]
-    pub port: u16,
+    /// UDP port for discovery [default: 48557; with --legacy: 48555].
+    #[arg(long, env = "DEADDROP_PORT")]
+    pub port: Option<u16>,
     /// Confine discovery and connections to one interface, by name (eth0) or IPv4 address.
     #[arg(long, env = "DEADDROP_INTERFACE", value_name = "NAME|ADDR")]
     pub interface: Option<String>,
     /// Also reach this peer by unicast, where broadcast does not get through (repeatable).
+    /// PORT is the peer's discovery port; with --legacy, its fetch port (default 48556), and
+    /// only `fetch` uses it.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub peer: Vec<String>,
+    /// Speak the original p2p_dead_drop.py protocol, to exchange drops with people still running
+    /// that script. Much weaker: anyone on the LAN can test passphrase guesses offline against
+    /// its room id, and anyone on the LAN can fetch (and so burn) a drop. One fetch per drop.
+    #[arg(long)]
+    pub legacy: bool,
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -2,6 +2,7 @@
 //! outcomes to exit codes. All protocol work is in the library.
 
 mod cli;
+mod legacy;
 mod output;
 
 use std::io::{IsTerminal, Read};
@@ -31,11 +32,11 @@ use cli::{Cli, Command, Common, Limit};
 use output::{Ui, stderr_line};
 
 const EXIT_ERROR: u8 = 1;
-const EXIT_EXPIRED: u8 = 3;
-const EXIT_NOT_FOUND: u8 = 4;
+pub(crate) const EXIT_EXPIRED: u8 = 3;
+pub(crate) const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
 const EXIT_NO_ROOM: u8 = 6;
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// After its last drop is used up, a sender keeps answering for this long, so that fetchers
 /// racing for a one-time drop hear "already taken" rather than "no such drop".
 const LINGER: Duration = Duration::from_secs(1);
@@ -51,6 +52,11 @@ fn main() -> ExitCode {
     };
     init_logging(common.verbose);
     let ui = Ui::new(common.json);
+    if common.legacy {
+        ui.event(&Event::Warning {
+            message: legacy::WARNING.into(),
+        });
+    }
     let result = passphrase(common).and_then(|pass| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -71,7 +77,7 @@ fn main() -> ExitCode {
 }
 
 /// A fatal error: on stderr for people, and as an `error` event for `--json` readers.
-fn report_error(ui: &Ui, message: &str) {
+pub(crate) fn report_error(ui: &Ui, message: &str) {
     ui.err(&format!("error: {message}"));
     if ui.json() {
         ui.event(&Event::Error {
@@ -132,7 +138,7 @@ fn display_name(common: &Common) -> String {
 
 async fn open_discovery(common: &Common) -> Result<Discovery> {
     let scope = discovery::resolve(&DiscoveryConfig {
-        port: common.port,
+        port: common.port.unwrap_or(deaddrop::beacon::DEFAULT_PORT),
         interface: common.interface.clone(),
         peers: common.peer.clone(),
     })
@@ -151,7 +157,7 @@ fn client_context(pass: Passphrase, common: &Common, discovery: &Discovery) -> C
 }
 
 /// Renders events; forwards them to `tap` too, if given.
-fn printer(ui: Arc<Ui>, tap: Option<mpsc::UnboundedSender<Event>>) -> Events {
+pub(crate) fn printer(ui: Arc<Ui>, tap: Option<mpsc::UnboundedSender<Event>>) -> Events {
     Arc::new(move |event: Event| {
         ui.event(&event);
         if let Some(tap) = &tap {
@@ -167,6 +173,14 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             max_size,
             no_files,
             common,
+        } if common.legacy => {
+            legacy::run(pass, (!no_files).then_some(dir), max_size, common, ui).await
+        }
+        Command::Run {
+            dir,
+            max_size,
+            no_files,
+            common,
         } => {
             let opts = ReceiverOptions {
                 files: (!no_files).then_some(dir),
@@ -174,6 +188,23 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
                 ..ReceiverOptions::default()
             };
             run(pass, opts, common, ui).await
+        }
+        Command::SendMsg {
+            text,
+            ttl,
+            limit,
+            common,
+        } if common.legacy => {
+            let text = read_message(text)?;
+            legacy::send(pass, legacy::What::Message(text), ttl, limit, common, ui).await
+        }
+        Command::SendFile {
+            path,
+            ttl,
+            limit,
+            common,
+        } if common.legacy => {
+            legacy::send(pass, legacy::What::Path(path), ttl, limit, common, ui).await
         }
         Command::SendMsg {
             text,
@@ -197,7 +228,31 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             dir,
             wait,
             common,
-        } => fetch(pass, token, out, dir, wait, common, ui).await,
+        } if common.legacy => legacy::fetch(pass, token, out, dir, wait, common, ui).await,
+        Command::Fetch {
+            token,
+            out,
+            dir,
+            wait,
+            common,
+        } => {
+            let token: Token = match token.parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    use clap::CommandFactory;
+                    Cli::command()
+                        .error(
+                            clap::error::ErrorKind::InvalidValue,
+                            format!("invalid value {token:?} for '<TOKEN>': {e}"),
+                        )
+                        .exit()
+                }
+            };
+            fetch(pass, token, out, dir, wait, common, ui).await
+        }
+        Command::List { common, .. } if common.legacy => {
+            bail!("list is not available with --legacy: the original protocol cannot list drops")
+        }
         Command::List { wait, common } => list(pass, wait, common, ui).await,
     }
 }
@@ -329,11 +384,11 @@ async fn wait_for_end(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(Event::UsedUp { token, .. }) => {
-                    left.retain(|t| *t != token);
+                    left.retain(|t| token != *t);
                     used_up = true;
                 }
                 Some(Event::Expired { token, delivered }) => {
-                    left.retain(|t| *t != token);
+                    left.retain(|t| token != *t);
                     unfetched_expiry |= delivered == 0;
                 }
                 Some(_) => continue,
@@ -357,7 +412,7 @@ async fn wait_for_end(
     }
 }
 
-fn destination(out: Option<PathBuf>, dir: PathBuf) -> Destination {
+pub(crate) fn destination(out: Option<PathBuf>, dir: PathBuf) -> Destination {
     match out {
         Some(p) if p == Path::new("-") => Destination::Stdout,
         Some(p) => Destination::Exact(p),
@@ -404,7 +459,7 @@ async fn fetch(
     let progress = move |done: u64, total: u64| {
         if throttle.ready(done == total) {
             progress_ui.event(&Event::Progress {
-                token,
+                token: token.into(),
                 peer: "holder".into(),
                 sending: false,
                 done,
@@ -439,7 +494,7 @@ async fn fetch(
                     f.sync_all()?;
                 }
                 _ if ui.json() => ui.event(&Event::Message {
-                    token,
+                    token: token.into(),
                     from: holder,
                     address: String::new(),
                     text: String::from_utf8_lossy(text).into_owned(),
@@ -455,7 +510,7 @@ async fn fetch(
             // Nothing was published when the file went to standard output.
             if let Some(path) = sink.file.published() {
                 ui.event(&Event::Received {
-                    token,
+                    token: token.into(),
                     kind: info.kind,
                     path: path.display().to_string(),
                     size: info.size,
@@ -474,7 +529,7 @@ fn sink_offset(sink: &DropSink) -> u64 {
 }
 
 /// Raw bytes to a pipe; a reader that went away (`| head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|_| stdout.flush()) {

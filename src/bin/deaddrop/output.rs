@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Local, SecondsFormat, TimeZone, Utc};
-use deaddrop::event::Event;
-use deaddrop::id::Token;
+use deaddrop::event::{DropId, Event};
 use deaddrop::message::{DropInfo, EVERYONE};
 use deaddrop::units::{format_duration, format_size};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,10 +31,10 @@ pub fn sanitize(text: &str, multiline: bool) -> String {
 /// Writes a line to stdout. A closed pipe (`deaddrop run | head -1`) ends the program quietly.
 pub fn stdout_line(line: &str) {
     let mut out = io::stdout().lock();
-    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush())
+        && e.kind() == io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 
@@ -228,7 +227,7 @@ impl Ui {
             let arrow = if *sending { "to" } else { "from" };
             let peer = sanitize(deaddrop::codec::truncate_utf8(peer, 16), false);
             self.progress(
-                &transfer_key(*token, &peer, *sending),
+                &transfer_key(token, &peer, *sending),
                 &format!("{arrow} {peer}"),
                 *done,
                 *total,
@@ -269,13 +268,14 @@ impl Ui {
     }
 }
 
-fn transfer_key(token: Token, peer: &str, sending: bool) -> String {
+fn transfer_key(token: &DropId, peer: &str, sending: bool) -> String {
     format!("{token}/{peer}/{sending}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deaddrop::id::Token;
 
     #[test]
     fn terminal_escapes_and_bidi_are_neutralised() {
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn human_lines_for_received_files_are_sanitized() {
         let (line, to_stdout) = human(&Event::Received {
-            token: Token([0; 16]),
+            token: Token([0; 16]).into(),
             kind: deaddrop::message::DropKind::File,
             path: "./a\x1b[2Jb.txt".into(),
             size: 2048,

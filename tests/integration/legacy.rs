@@ -423,3 +423,47 @@ fn legacy_and_native_never_mix() {
         );
     }
 }
+
+#[test]
+fn an_oversized_legacy_file_is_refused_before_its_payload_is_read() {
+    let Some(mut serve) = standin(&[]) else {
+        return;
+    };
+    let room = Room::new("secret123");
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = Proc::spawn(ours(
+        &room,
+        &[
+            "run",
+            "--json",
+            "--max-size",
+            "1K",
+            "--dir",
+            dst.path().to_str().unwrap(),
+        ],
+    ));
+    r.wait_event(T, "listening").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.bin");
+    fs::write(&path, data(64 << 10, 14)).unwrap();
+    serve.args([
+        "serve",
+        "--room",
+        "secret123",
+        "--udp-port",
+        &room.port.to_string(),
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+    let mut s = Proc::spawn(serve);
+    let failed = r.wait_event(T, "fetch_failed").expect("refused");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("over the cap"),
+        "{failed}"
+    );
+    assert!(
+        fs::read_dir(dst.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+    s.wait(T);
+}

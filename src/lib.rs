@@ -39,6 +39,8 @@ pub mod legacy;
 pub mod limit;
 pub mod message;
 pub mod names;
+#[cfg(test)]
+mod properties;
 pub mod receiver;
 pub mod record;
 pub mod secret;

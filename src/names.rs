@@ -31,28 +31,27 @@ fn is_forbidden(c: char) -> bool {
 /// Turns a peer's name into one safe path component. Never fails: unusable names become
 /// [`FALLBACK`].
 pub fn sanitize_component(name: &str) -> String {
-    let mut s: String = name
+    let s: String = name
         .chars()
         .map(|c| if is_forbidden(c) { '_' } else { c })
         .collect();
-    // Windows drops trailing dots and spaces, which would let "a.txt." alias "a.txt".
-    while s.ends_with(['.', ' ']) {
-        s.pop();
-    }
-    let s = s.trim_start_matches(' ').to_owned();
-    if s.is_empty() || s.chars().all(|c| c == '.' || c == '_') && s.contains('.') {
+    // One byte kept free for the `_` a reserved name gets.
+    let s = shorten(s.trim_start_matches(' '), MAX_COMPONENT - 1);
+    // Windows drops trailing dots and spaces, which would let "a.txt." alias "a.txt"; this also
+    // turns ".", ".." and "..." into nothing.
+    let s = s.trim_end_matches(['.', ' ']);
+    if s.is_empty() {
         return FALLBACK.to_owned();
     }
     let stem = s.split('.').next().unwrap_or("").trim_end();
-    let s = if WINDOWS_RESERVED
+    if WINDOWS_RESERVED
         .iter()
         .any(|r| r.eq_ignore_ascii_case(stem))
     {
         format!("_{s}")
     } else {
-        s
-    };
-    shorten(&s, MAX_COMPONENT)
+        s.to_owned()
+    }
 }
 
 /// Cuts `name` to at most `max` bytes, keeping a short extension (".pdf") if there is one.
@@ -61,7 +60,9 @@ fn shorten(name: &str, max: usize) -> String {
         return name.to_owned();
     }
     let (stem, ext) = split_ext(name);
-    let ext = if ext.len() <= 16 { ext } else { "" };
+    if ext.len() > 16 || stem.is_empty() {
+        return crate::codec::truncate_utf8(name, max).to_owned();
+    }
     let stem = crate::codec::truncate_utf8(stem, max - ext.len());
     format!("{stem}{ext}")
 }
@@ -175,11 +176,25 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sanitize_component(input), *want, "input {input:?}");
         }
-        assert_eq!(sanitize_component(&long).len(), MAX_COMPONENT);
+        assert_eq!(sanitize_component(&long).len(), MAX_COMPONENT - 1);
         let cut = sanitize_component(&long_pdf);
         assert!(cut.len() <= MAX_COMPONENT && cut.ends_with(".pdf"), "{cut}");
         let multibyte = "é".repeat(200);
         assert!(sanitize_component(&multibyte).len() <= MAX_COMPONENT);
+    }
+
+    #[test]
+    fn regression_fuzz_names_crash_0080b967_long_name_after_two_dots_became_a_dot() {
+        // Found by `fuzz/run.sh` (target names): a long name whose only dots lead it was cut to
+        // its "stem" ".", which names the folder itself.
+        let name = format!("..>lAC||{}", ":".repeat(300));
+        let s = sanitize_component(&name);
+        assert!(s != "." && s != ".." && !s.is_empty(), "{s:?}");
+        assert!(s.len() <= MAX_COMPONENT);
+        assert_eq!(
+            sanitize_component(&format!("..{}", "x".repeat(300))).len(),
+            MAX_COMPONENT - 1
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod files;
+mod hostile;
 mod lan;
 mod legacy;
 mod relay;

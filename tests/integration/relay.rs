@@ -13,12 +13,14 @@ use deaddrop::beacon::Beacon;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// What the relay does to the holder's bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Mode {
     /// Forward at most this many bytes per second.
     Throttle(u64),
     /// Flip the lowest bit of the byte at this offset of each connection.
     FlipAt(u64),
+    /// Forward untouched, and keep a copy of what the receiver sent to the holder.
+    RecordClient(Arc<Mutex<Vec<u8>>>),
 }
 
 pub struct Relay {
@@ -80,6 +82,7 @@ impl Relay {
         });
 
         let (h, s) = (holder, stop.clone());
+        let mode = mode.clone();
         listener.set_nonblocking(true).unwrap();
         thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -95,8 +98,10 @@ impl Relay {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                thread::spawn(move || pipe(c2, s2, None));
-                thread::spawn(move || pipe(server, client, Some(mode)));
+                let up = matches!(mode, Mode::RecordClient(_)).then(|| mode.clone());
+                thread::spawn(move || pipe(c2, s2, up));
+                let down = (!matches!(mode, Mode::RecordClient(_))).then(|| mode.clone());
+                thread::spawn(move || pipe(server, client, down));
             }
         });
         Relay { stop }
@@ -112,12 +117,13 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, mode: Option<Mode>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        match mode {
-            Some(Mode::FlipAt(at)) if (offset..offset + n as u64).contains(&at) => {
-                buf[(at - offset) as usize] ^= 0x01;
+        match &mode {
+            Some(Mode::RecordClient(copy)) => copy.lock().unwrap().extend_from_slice(&buf[..n]),
+            Some(Mode::FlipAt(at)) if (offset..offset + n as u64).contains(at) => {
+                buf[(*at - offset) as usize] ^= 0x01;
             }
             Some(Mode::Throttle(rate)) => {
-                let due = Duration::from_secs_f64((offset + n as u64) as f64 / rate as f64);
+                let due = Duration::from_secs_f64((offset + n as u64) as f64 / *rate as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
                     thread::sleep(wait);
                 }

@@ -18,7 +18,7 @@ use crate::limit::GuessLimiter;
 use crate::message::{DropKind, Refusal, Reply, Request};
 use crate::secret::Passphrase;
 use crate::source::{self, Prepared, Produced, Source, SourceError};
-use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError};
+use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError, Ticket};
 use crate::transport::{self, Session, SessionError, Timeouts};
 
 /// Content bytes per data record.
@@ -374,8 +374,8 @@ async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAdd
     if let Err(e) = conn.serve(&mut session).await {
         tracing::debug!("session with {addr} ended: {e}");
     }
-    if let Some(token) = conn.reserved.take() {
-        conn.release(token);
+    if let Some(reservation) = conn.reserved.take() {
+        conn.release(reservation);
     }
 }
 
@@ -386,7 +386,7 @@ struct Conn<'a> {
     peer: PeerId,
     name: String,
     /// A fetch sent but not yet acknowledged: released if the session ends first.
-    reserved: Option<Token>,
+    reserved: Option<(Token, Ticket)>,
 }
 
 impl Conn<'_> {
@@ -419,7 +419,7 @@ impl Conn<'_> {
                         Ok(grant) => {
                             // A partial copy longer than the drop is not a prefix of it: start over.
                             let offset = if offset > grant.info.size { 0 } else { offset };
-                            self.reserved = Some(token);
+                            self.reserved = Some((token, grant.ticket));
                             let (events, name) = (&self.inner.events, self.name.clone());
                             let total = grant.info.size;
                             let mut throttle = Throttle::new();
@@ -438,7 +438,7 @@ impl Conn<'_> {
                                 send_content(s, &grant, offset, progress).await?
                             {
                                 self.reserved = None;
-                                self.release(token);
+                                self.release((token, grant.ticket));
                                 (self.inner.events)(Event::Warning {
                                     message: format!("a fetch by {} was stopped: {e}", self.name),
                                 });
@@ -447,9 +447,11 @@ impl Conn<'_> {
                     }
                 }
                 Request::Ack { token } => {
-                    if self.reserved == Some(token) {
+                    if let Some((t, ticket)) = self.reserved
+                        && t == token
+                    {
                         self.reserved = None;
-                        self.complete(token);
+                        self.complete(token, ticket);
                         s.send_reply(&Reply::Acked { token }).await?;
                     } else {
                         let reason = Refusal::NotFound;
@@ -463,10 +465,10 @@ impl Conn<'_> {
         Ok(())
     }
 
-    fn release(&self, token: Token) {
+    fn release(&self, (token, ticket): (Token, Ticket)) {
         let removed = self
             .inner
-            .mutate(|st| st.release(token, self.peer, Instant::now()));
+            .mutate(|st| st.release(token, self.peer, ticket, Instant::now()));
         if let Some(r) = removed {
             (self.inner.events)(Event::Expired {
                 token: r.token.into(),
@@ -475,10 +477,10 @@ impl Conn<'_> {
         }
     }
 
-    fn complete(&self, token: Token) {
+    fn complete(&self, token: Token, ticket: Ticket) {
         let done = self
             .inner
-            .mutate(|st| st.complete(token, self.peer, Instant::now()));
+            .mutate(|st| st.complete(token, self.peer, ticket, Instant::now()));
         let Ok(c) = done else { return };
         let inner = self.inner;
         (inner.events)(Event::Fetched {

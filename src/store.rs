@@ -8,6 +8,9 @@
 //!   gets the content.
 //! - Only [`DropStore::complete`] (the receiver acknowledged a verified copy) counts a fetch. An
 //!   interrupted transfer is [`DropStore::release`]d and burns nothing.
+//! - A receiver that asks again while its earlier transfer still holds a reservation (the
+//!   connection died and it reconnected before the holder noticed) takes the reservation over:
+//!   each grant has a [`Ticket`], and only the newest ticket can complete or release it.
 //! - A drop whose limit is reached is removed (burned). At its deadline it stops being offered;
 //!   transfers already under way may still complete, then it is removed.
 //! - Every change to what is on offer bumps the generation, which announcements carry.
@@ -50,7 +53,8 @@ struct Entry<C> {
     created_unix: u64,
     deadline: Instant,
     delivered: HashSet<PeerId>,
-    in_flight: HashSet<PeerId>,
+    /// Reservations, by receiver, with the ticket of the newest grant.
+    in_flight: HashMap<PeerId, Ticket>,
     content: C,
 }
 
@@ -82,11 +86,16 @@ impl<C> Entry<C> {
     }
 }
 
+/// Identifies one grant, so a stale transfer cannot complete or release a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 /// A granted fetch: the drop's description and its content handle.
 #[derive(Debug, Clone)]
 pub struct Grant<C> {
     pub info: DropInfo,
     pub content: C,
+    pub ticket: Ticket,
 }
 
 /// How a drop left the store.
@@ -134,6 +143,7 @@ pub struct DropStore<C> {
     /// Used-up drops, until their deadline: a late fetcher hears "taken", not "no such drop".
     burned: HashMap<Token, Instant>,
     generation: u64,
+    tickets: u64,
 }
 
 impl<C: Clone> Default for DropStore<C> {
@@ -148,6 +158,7 @@ impl<C: Clone> DropStore<C> {
             drops: HashMap::new(),
             deadlines: BTreeSet::new(),
             burned: HashMap::new(),
+            tickets: 0,
             // A random start, so the counter does not tell how many changes a holder has seen.
             generation: u64::from_be_bytes(random_array()),
         }
@@ -196,7 +207,7 @@ impl<C: Clone> DropStore<C> {
                 created_unix,
                 deadline,
                 delivered: HashSet::new(),
-                in_flight: HashSet::new(),
+                in_flight: HashMap::new(),
                 content,
             },
         );
@@ -211,9 +222,10 @@ impl<C: Clone> DropStore<C> {
             .filter(|(deadline, _)| *deadline > now)
             .filter_map(|(_, token)| {
                 let e = &self.drops[token];
-                let offered = e.fetches_left() > 0
-                    && !e.delivered.contains(&who)
-                    && !e.in_flight.contains(&who);
+                // A receiver holding a reservation still sees the drop: it is asking again
+                // because its transfer died, and may take the reservation over.
+                let offered = (e.fetches_left() > 0 || e.in_flight.contains_key(&who))
+                    && !e.delivered.contains(&who);
                 offered.then(|| e.info(*token, now))
             })
             .collect()
@@ -232,42 +244,57 @@ impl<C: Clone> DropStore<C> {
         if e.deadline <= now {
             return Err(Refusal::NotFound);
         }
-        if e.delivered.contains(&who) || e.in_flight.contains(&who) {
+        if e.delivered.contains(&who) {
             return Err(Refusal::AlreadyYours);
         }
-        if e.fetches_left() == 0 {
+        // A receiver with a reservation already is asking again: its transfer died. It takes
+        // its own reservation over; nobody else's.
+        if !e.in_flight.contains_key(&who) && e.fetches_left() == 0 {
             return Err(Refusal::Taken);
         }
-        e.in_flight.insert(who);
+        self.tickets += 1;
+        let ticket = Ticket(self.tickets);
+        e.in_flight.insert(who, ticket);
         let grant = Grant {
             info: e.info(token, now),
             content: e.content.clone(),
+            ticket,
         };
         self.bump();
         Ok(grant)
     }
 
-    /// Gives back a reservation whose transfer did not finish. Burns nothing.
-    pub fn release(&mut self, token: Token, who: PeerId, now: Instant) -> Option<Removed> {
+    /// Gives back a reservation whose transfer did not finish. Burns nothing. A stale ticket
+    /// (the receiver has asked again since) changes nothing.
+    pub fn release(
+        &mut self,
+        token: Token,
+        who: PeerId,
+        ticket: Ticket,
+        now: Instant,
+    ) -> Option<Removed> {
         let e = self.drops.get_mut(&token)?;
-        if !e.in_flight.remove(&who) {
+        if e.in_flight.get(&who) != Some(&ticket) {
             return None;
         }
+        e.in_flight.remove(&who);
         self.bump();
         self.remove_if_expired(token, now)
     }
 
-    /// Counts an acknowledged fetch. Refused unless `who` holds a reservation.
+    /// Counts an acknowledged fetch. Refused unless `ticket` is `who`'s current reservation.
     pub fn complete(
         &mut self,
         token: Token,
         who: PeerId,
+        ticket: Ticket,
         now: Instant,
     ) -> Result<Completion, Refusal> {
         let e = self.drops.get_mut(&token).ok_or(Refusal::NotFound)?;
-        if !e.in_flight.remove(&who) {
+        if e.in_flight.get(&who) != Some(&ticket) {
             return Err(Refusal::NotFound);
         }
+        e.in_flight.remove(&who);
         e.delivered.insert(who);
         let delivered = e.delivered.len() as u32;
         let used_up = e.used_up();
@@ -360,6 +387,34 @@ impl<C: Clone> DropStore<C> {
 }
 
 #[cfg(test)]
+impl<C: Clone> DropStore<C> {
+    /// The ticket of `who`'s reservation of `token`, if any (tests drive the store by peer).
+    pub(crate) fn current_ticket(&self, token: Token, who: PeerId) -> Option<Ticket> {
+        self.drops.get(&token)?.in_flight.get(&who).copied()
+    }
+
+    pub(crate) fn complete_current(
+        &mut self,
+        token: Token,
+        who: PeerId,
+        now: Instant,
+    ) -> Result<Completion, Refusal> {
+        let ticket = self.current_ticket(token, who).unwrap_or(Ticket(0));
+        self.complete(token, who, ticket, now)
+    }
+
+    pub(crate) fn release_current(
+        &mut self,
+        token: Token,
+        who: PeerId,
+        now: Instant,
+    ) -> Option<Removed> {
+        let ticket = self.current_ticket(token, who).unwrap_or(Ticket(0));
+        self.release(token, who, ticket, now)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -389,7 +444,7 @@ mod tests {
         for r in &results[1..] {
             assert_eq!(r.as_ref().unwrap_err(), &Refusal::Taken);
         }
-        let c = s.complete(t, p[0], now).unwrap();
+        let c = s.complete_current(t, p[0], now).unwrap();
         assert_eq!(
             c,
             Completion {
@@ -421,11 +476,14 @@ mod tests {
             "a reserved one-time drop is not on offer"
         );
         let g = s.generation();
-        assert_eq!(s.release(t, p[0], now), None);
+        assert_eq!(s.release_current(t, p[0], now), None);
         assert_ne!(s.generation(), g, "release must be announced");
         assert_eq!(s.list(p[1], now).len(), 1);
         s.begin(t, p[1], now).unwrap();
-        assert_eq!(s.complete(t, p[1], now).unwrap().gone, Some(Gone::UsedUp));
+        assert_eq!(
+            s.complete_current(t, p[1], now).unwrap().gone,
+            Some(Gone::UsedUp)
+        );
     }
 
     #[test]
@@ -433,7 +491,10 @@ mod tests {
         let now = Instant::now();
         let mut s = DropStore::new();
         let t = s.insert(spec(FetchLimit::Max(1)), (), now, 0).unwrap();
-        assert_eq!(s.complete(t, PeerId::random(), now), Err(Refusal::NotFound));
+        assert_eq!(
+            s.complete_current(t, PeerId::random(), now),
+            Err(Refusal::NotFound)
+        );
         assert_eq!(s.len(), 1);
     }
 
@@ -445,7 +506,7 @@ mod tests {
         let p = peers(3);
         s.begin(t, p[0], now).unwrap();
         assert_eq!(
-            s.complete(t, p[0], now).unwrap(),
+            s.complete_current(t, p[0], now).unwrap(),
             Completion {
                 delivered: 1,
                 gone: None
@@ -456,7 +517,10 @@ mod tests {
         assert_eq!(s.list(p[1], now)[0].fetches_left, 1);
         s.begin(t, p[1], now).unwrap();
         assert_eq!(s.begin(t, p[2], now).unwrap_err(), Refusal::Taken);
-        assert_eq!(s.complete(t, p[1], now).unwrap().gone, Some(Gone::UsedUp));
+        assert_eq!(
+            s.complete_current(t, p[1], now).unwrap().gone,
+            Some(Gone::UsedUp)
+        );
     }
 
     #[test]
@@ -466,7 +530,7 @@ mod tests {
         let t = s.insert(spec(FetchLimit::Everyone), (), now, 0).unwrap();
         for who in peers(50) {
             s.begin(t, who, now).unwrap();
-            assert_eq!(s.complete(t, who, now).unwrap().gone, None);
+            assert_eq!(s.complete_current(t, who, now).unwrap().gone, None);
             assert_eq!(s.begin(t, who, now).unwrap_err(), Refusal::AlreadyYours);
         }
         let later = now + Duration::from_secs(12);
@@ -513,7 +577,10 @@ mod tests {
         let late = now + Duration::from_secs(13);
         assert!(s.expire(late).is_empty());
         assert!(s.list(PeerId::random(), late).is_empty());
-        assert_eq!(s.complete(t, who, late).unwrap().gone, Some(Gone::UsedUp));
+        assert_eq!(
+            s.complete_current(t, who, late).unwrap().gone,
+            Some(Gone::UsedUp)
+        );
     }
 
     #[test]
@@ -526,7 +593,7 @@ mod tests {
         let late = now + Duration::from_secs(13);
         assert!(s.expire(late).is_empty());
         assert_eq!(
-            s.release(t, who, late),
+            s.release_current(t, who, late),
             Some(Removed {
                 token: t,
                 delivered: 0,
@@ -548,6 +615,31 @@ mod tests {
         assert_eq!(s.generation(), g1, "listing changes nothing");
         assert!(s.withdraw(t));
         assert_ne!(s.generation(), g1);
+    }
+
+    #[test]
+    fn a_receiver_that_reconnects_takes_its_reservation_over() {
+        let now = Instant::now();
+        let mut s = DropStore::new();
+        let t = s.insert(spec(FetchLimit::Max(1)), (), now, 0).unwrap();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let old = s.begin(t, a, now).unwrap().ticket;
+        assert_eq!(
+            s.list(a, now).len(),
+            1,
+            "still listed for the one who holds it"
+        );
+        assert!(s.list(b, now).is_empty());
+        // Its connection died unnoticed; it asks again and gets the same reservation anew...
+        let new = s.begin(t, a, now).unwrap().ticket;
+        assert_ne!(old, new);
+        // ...while nobody else can take it meanwhile.
+        assert_eq!(s.begin(t, b, now).unwrap_err(), Refusal::Taken);
+        // The dead transfer noticing late neither releases nor completes the new one.
+        assert_eq!(s.release(t, a, old, now), None);
+        assert_eq!(s.complete(t, a, old, now), Err(Refusal::NotFound));
+        assert_eq!(s.begin(t, b, now).unwrap_err(), Refusal::Taken);
+        assert_eq!(s.complete(t, a, new, now).unwrap().gone, Some(Gone::UsedUp));
     }
 
     #[test]

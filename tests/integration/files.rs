@@ -500,3 +500,30 @@ impl AppendExt for fs::File {
         std::io::Write::write_all(&mut self, bytes).unwrap();
     }
 }
+
+#[test]
+fn regression_a_receiver_whose_link_died_unnoticed_resumes_in_the_same_run() {
+    // The holder still held the first transfer's reservation when the same `run` process asked
+    // again, and answered "already yours": the drop was never received.
+    let vanish = Mode::VanishOnceAt(
+        6 << 20,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let t = relayed(vanish, "film.bin", 16 << 20, &["--ttl", "60s"]);
+    let mut r = Proc::spawn(
+        t.via
+            .cmd(&["run", "--json", "--dir", t.dst.path().to_str().unwrap()]),
+    );
+    let failed = r
+        .wait_event(T, "fetch_failed")
+        .expect("the first transfer breaks");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("resumed"),
+        "{failed}"
+    );
+    let got = r
+        .wait_event(T, "received")
+        .expect("the same run resumes and finishes");
+    assert_eq!(got["size"], 16 << 20);
+    assert!(fs::read(t.dst.path().join("film.bin")).unwrap() == t.bytes);
+}

@@ -289,15 +289,34 @@ fn a_token_cannot_be_claimed_or_burned_without_the_passphrase() {
 #[test]
 fn a_recorded_session_replayed_to_the_holder_gets_nothing() {
     let room = Room::new("secret123");
-    let watched = Room { pass: room.pass.clone(), port: free_port() };
+    let watched = Room {
+        pass: room.pass.clone(),
+        port: free_port(),
+    };
     let copy = Arc::new(Mutex::new(Vec::new()));
     let _relay = Relay::start(room.port, watched.port, Mode::RecordClient(copy.clone()));
-    let mut s = Proc::spawn(room.cmd(&["send-msg", "--json", "--max-fetches", "2", "--ttl", "20s", "twice at most"]));
+    let mut s = Proc::spawn(room.cmd(&[
+        "send-msg",
+        "--json",
+        "--max-fetches",
+        "2",
+        "--ttl",
+        "20s",
+        "twice at most",
+    ]));
     let offered = s.wait_event(T, "offered").unwrap();
-    let (to, token) = (offered["address"].as_str().unwrap().to_owned(), offered["token"].as_str().unwrap().to_owned());
+    let (to, token) = (
+        offered["address"].as_str().unwrap().to_owned(),
+        offered["token"].as_str().unwrap().to_owned(),
+    );
     // A member fetches through the eavesdropper, which records every byte it sent.
     let out = watched.cmd(&["fetch", &token]).output().unwrap();
-    assert_eq!(out.stdout, b"twice at most", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.stdout,
+        b"twice at most",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recorded = copy.lock().unwrap().clone();
     assert!(recorded.len() > 100, "recorded {} bytes", recorded.len());
     // The attacker replays the member's bytes to the holder, twice.
@@ -308,12 +327,20 @@ fn a_recorded_session_replayed_to_the_holder_gets_nothing() {
         let mut answer = Vec::new();
         let _ = c.read_to_end(&mut answer);
         // A fresh ServerHello (length-prefixed, 114 bytes) and nothing after it.
-        assert!(answer.len() <= 2 + 114, "the holder said more than its hello: {} bytes", answer.len());
+        assert!(
+            answer.len() <= 2 + 114,
+            "the holder said more than its hello: {} bytes",
+            answer.len()
+        );
     }
     // The replays counted nothing: exactly one fetch so far, and a second member still gets it.
     let out = room.cmd(&["fetch", &token]).output().unwrap();
     assert_eq!(out.stdout, b"twice at most");
     assert_eq!(s.wait(T).code(), Some(0));
-    let fetched = s.drain(Duration::ZERO).iter().filter(|l| l.contains("\"fetched\"")).count();
+    let fetched = s
+        .drain(Duration::ZERO)
+        .iter()
+        .filter(|l| l.contains("\"fetched\""))
+        .count();
     assert_eq!(fetched, 2);
 }

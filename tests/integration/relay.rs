@@ -21,6 +21,9 @@ pub enum Mode {
     FlipAt(u64),
     /// Forward untouched, and keep a copy of what the receiver sent to the holder.
     RecordClient(Arc<Mutex<Vec<u8>>>),
+    /// On the first connection only, at this offset, hang up on the receiver but leave the
+    /// holder's side open and unread, as a dead Wi-Fi link would (the holder does not notice).
+    VanishOnceAt(u64, Arc<AtomicBool>),
 }
 
 pub struct Relay {
@@ -119,6 +122,14 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, mode: Option<Mode>) {
         };
         match &mode {
             Some(Mode::RecordClient(copy)) => copy.lock().unwrap().extend_from_slice(&buf[..n]),
+            Some(Mode::VanishOnceAt(at, done))
+                if offset + n as u64 >= *at && !done.swap(true, Ordering::SeqCst) =>
+            {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                // Keep the holder's connection open and unread until the test ends.
+                thread::sleep(Duration::from_secs(60));
+                return;
+            }
             Some(Mode::FlipAt(at)) if (offset..offset + n as u64).contains(at) => {
                 buf[(*at - offset) as usize] ^= 0x01;
             }

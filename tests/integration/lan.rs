@@ -545,3 +545,129 @@ fn a_disk_that_fills_up_mid_transfer_leaves_no_partial_file() {
     s.interrupt();
     assert_eq!(s.wait(T).code(), Some(130), "the drop was still there");
 }
+
+/// Slows host 1's output to about 5 MB/s, so a transfer takes long enough to break.
+fn throttle_host_1(lan: &Lan) {
+    let tc = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.names[0],
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+            "root",
+        ])
+        .args(["tbf", "rate", "40mbit", "burst", "64kb", "latency", "400ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+}
+
+fn link(lan: &Lan, host: usize, up: bool) {
+    sh(&[
+        "-n",
+        &lan.names[host - 1],
+        "link",
+        "set",
+        "eth0",
+        if up { "up" } else { "down" },
+    ]);
+    if up {
+        // Taking the link down removed the default route with it.
+        let _ = Command::new("ip")
+            .args([
+                "-n",
+                &lan.names[host - 1],
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.77.0.254",
+                "dev",
+                "eth0",
+                "onlink",
+            ])
+            .status();
+    }
+}
+
+fn partial_len(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Host 2's link goes down for `down` in the middle of a file transfer to a running receiver.
+fn link_flap(lan: Lan, down: Duration) -> (Proc, Vec<u8>, tempfile::TempDir) {
+    throttle_host_1(&lan);
+    let len = 12 << 20;
+    let (src, mut s, _) = offer_file(&lan, len, &["--ttl", "120s"]);
+    let bytes = std::fs::read(src.path().join("offered.bin")).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = Proc::spawn(lan.cmd(
+        2,
+        "secret123",
+        &["run", "--json", "--dir", dst.path().to_str().unwrap()],
+    ));
+    r.wait_event(T, "listening").unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while partial_len(dst.path()) < 2 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    link(&lan, 2, false);
+    std::thread::sleep(down);
+    link(&lan, 2, true);
+    let got = r
+        .wait_event(Duration::from_secs(90), "received")
+        .unwrap_or_else(|| panic!("{:?}", r.seen));
+    assert_eq!(got["size"], len);
+    s.interrupt();
+    s.wait(T);
+    drop(lan);
+    (r, bytes, dst)
+}
+
+#[test]
+fn a_link_that_drops_briefly_mid_transfer_recovers() {
+    let Some(lan) = Lan::new(2) else { return };
+    let (mut r, bytes, dst) = link_flap(lan, Duration::from_secs(3));
+    assert!(std::fs::read(dst.path().join("offered.bin")).unwrap() == bytes);
+    let lines = r.drain(Duration::ZERO);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("\"received\"")).count(),
+        1
+    );
+}
+
+#[test]
+fn a_link_down_longer_than_the_timeout_fails_clearly_then_resumes() {
+    let Some(lan) = Lan::new(2) else { return };
+    let (mut r, bytes, dst) = link_flap(lan, Duration::from_secs(35));
+    assert!(std::fs::read(dst.path().join("offered.bin")).unwrap() == bytes);
+    let lines = r.drain(Duration::ZERO);
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("\"fetch_failed\""))
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "the stalled transfer was reported: {lines:?}"
+    );
+    assert!(
+        failed[0].contains("timed out") && failed[0].contains("resumed"),
+        "{}",
+        failed[0]
+    );
+}

@@ -671,3 +671,87 @@ fn a_link_down_longer_than_the_timeout_fails_clearly_then_resumes() {
         failed[0]
     );
 }
+
+/// `examples/many.rs`, which `cargo test` builds along with the tests.
+fn many_bin() -> String {
+    let path = std::path::Path::new(bin())
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("many");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole `cargo test` (it builds the examples) or `cargo build --example many`",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn load_one_holder_with_200_drops_and_20_receivers_on_three_hosts() {
+    let Some(lan) = Lan::new(4) else { return };
+    let many = many_bin();
+    // 20 receivers: 7, 7 and 6 on hosts 2, 3 and 4.
+    let mut receivers: Vec<Proc> = (0..20)
+        .map(|i| {
+            let host = 2 + i % 3;
+            let mut p = Proc::spawn(lan.cmd(
+                host,
+                "secret123",
+                &["run", "--json", "--no-files", "--name", &format!("r{i}")],
+            ));
+            p.wait_event(T, "listening").unwrap();
+            p
+        })
+        .collect();
+    let mut figures = Vec::new();
+    for (round, drops) in [(0, 20usize), (1, 200)] {
+        let tag = format!("round{round}");
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &lan.names[0],
+            &many,
+            "--drops",
+            &drops.to_string(),
+            "--tag",
+            &tag,
+        ]);
+        c.env("DEADDROP_ROOM", "secret123");
+        let mut holder = Proc::spawn(c);
+        let done = holder
+            .wait_line(Duration::from_secs(120), |l| l.contains("\"done\""))
+            .unwrap_or_else(|| panic!("round {round} did not finish: {}", holder.stderr()));
+        let done = crate::util::json(&done);
+        assert_eq!(done["all_used_up"], true, "{done}");
+        figures.push((
+            drops,
+            done["elapsed_ms"].as_u64().unwrap(),
+            done["fetches"].as_u64().unwrap(),
+        ));
+        // Every drop was delivered exactly as its limit says, and never twice to one receiver.
+        let mut per_drop = vec![0u32; drops];
+        for r in &mut receivers {
+            let lines = r.drain(Duration::from_millis(300));
+            let mut mine = std::collections::HashSet::new();
+            for l in lines
+                .iter()
+                .filter(|l| l.contains("\"message\"") && l.contains(&tag))
+            {
+                let text = crate::util::json(l)["text"].as_str().unwrap().to_owned();
+                assert!(
+                    mine.insert(text.clone()),
+                    "{text} shown twice on one receiver"
+                );
+                let i: usize = text.rsplit(' ').next().unwrap().parse().unwrap();
+                per_drop[i] += 1;
+            }
+        }
+        for (i, got) in per_drop.iter().enumerate() {
+            assert_eq!(*got, (i % 3 + 1) as u32, "drop {i} of round {round}");
+        }
+        assert_eq!(holder.wait(T).code(), Some(0));
+    }
+    eprintln!("figure: load (drops, ms until all used up, fetches): {figures:?}");
+}

@@ -82,6 +82,8 @@ async fn main() {
         serde_json::json!({"event": "ready", "drops": drops, "deliveries": expected})
     );
     let done = tokio::time::timeout(ttl, holder.drained()).await.is_ok();
+    // The last completions' events may still be on their way from their connections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     println!(
         "{}",
         serde_json::json!({

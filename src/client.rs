@@ -307,10 +307,20 @@ impl HolderSession {
             progress(received, info.size);
         };
         sink.finish(&info, hash).await?;
+        // The copy is complete, verified and published: from here on nothing can be lost. The
+        // holder counts the fetch when it reads the Ack; if that or its confirmation goes astray
+        // (the holder exited right after counting, say), the drop is still ours.
+        if let Err(e) = self.acknowledge(token).await {
+            tracing::info!("the acknowledgement of {token} was not confirmed: {e}");
+        }
+        Ok(FetchOutcome::Done(info))
+    }
+
+    async fn acknowledge(&mut self, token: Token) -> Result<(), SessionError> {
         self.session.send_request(&Request::Ack { token }).await?;
         match self.session.recv_reply().await? {
-            Reply::Acked { token: t } if t == token => Ok(FetchOutcome::Done(info)),
-            _ => Err(FetchError::Protocol(
+            Reply::Acked { token: t } if t == token => Ok(()),
+            _ => Err(SessionError::Protocol(
                 "expected the acknowledgement to be confirmed",
             )),
         }
@@ -475,4 +485,85 @@ pub async fn list_room(
     }
     listings.sort_by_key(|l| l.addr);
     (listings, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::DropKind;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn regression_a_message_counted_by_a_holder_that_then_exits_is_still_shown() {
+        // The load test's holder exited right after counting the last drop; its confirmation
+        // never came back and the receiver dropped a message it held, verified.
+        let pass = Passphrase::new("secret123".into()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = Token([9; 16]);
+        let server_pass = pass.clone();
+        let holder = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let t = Timeouts::default();
+            let hello = transport::read_client_hello(&mut stream, t.handshake)
+                .await
+                .unwrap();
+            let mut s = transport::accept(stream, &hello, &server_pass, PeerId([1; 16]), t)
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.recv_request().await.unwrap(),
+                Some(Request::Hello { .. })
+            ));
+            s.send_reply(&Reply::Hello { name: "h".into() })
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.recv_request().await.unwrap(),
+                Some(Request::Fetch { .. })
+            ));
+            let info = DropInfo {
+                token,
+                kind: DropKind::Message,
+                size: 2,
+                name: "message".into(),
+                created_unix: 0,
+                ttl_left_ms: 1000,
+                fetches_left: 1,
+                executable: false,
+            };
+            s.send_reply(&Reply::Start { info, offset: 0 })
+                .await
+                .unwrap();
+            let mut frame = vec![0; transport::DATA_FRAME_OVERHEAD];
+            transport::data_frame(&mut frame);
+            frame.extend_from_slice(b"hi");
+            s.send_data_frame(&mut frame).await.unwrap();
+            s.send_reply(&Reply::End {
+                hash: *blake3::hash(b"hi").as_bytes(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                s.recv_request().await.unwrap(),
+                Some(Request::Ack { token })
+            );
+            // Counted; now the holder is gone without confirming.
+        });
+        let ctx = ClientContext {
+            pass,
+            id: PeerId([2; 16]),
+            name: "r".into(),
+            bind_ip: Ipv4Addr::LOCALHOST,
+            timeouts: Timeouts::default(),
+        };
+        let mut hs = HolderSession::open(&ctx, addr, Some(PeerId([1; 16])))
+            .await
+            .unwrap();
+        let mut sink = MemorySink::new(100);
+        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Done(_)));
+        assert_eq!(sink.data, b"hi");
+        holder.await.unwrap();
+    }
 }

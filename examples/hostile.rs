@@ -13,6 +13,7 @@
 //! hostile claim       --to ADDR:PORT --token T             fetch a token without the passphrase
 //! hostile record      --listen PORT --count N --out FILE   record N announcements heard
 //! hostile replay-udp  --to ADDR:PORT --in FILE             send recorded datagrams again
+//! hostile replay-tcp  --to ADDR:PORT --in FILE             replay a recorded client session
 //! ```
 //! Prints one JSON line with what happened.
 
@@ -260,6 +261,17 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
                 }
             }
             serde_json::json!({"sent": sent})
+        }
+        "replay-tcp" => {
+            // FILE holds the bytes a member once sent to a holder (as recorded on the wire).
+            let to = target(args);
+            let recorded = std::fs::read(arg(args, "--in").expect("--in FILE")).unwrap();
+            let mut c = connect(args, to).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(&recorded);
+            let mut answer = Vec::new();
+            let _ = c.read_to_end(&mut answer);
+            serde_json::json!({"sent": recorded.len(), "answer_bytes": answer.len()})
         }
         _ => return None,
     })

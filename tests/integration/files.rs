@@ -527,3 +527,51 @@ fn regression_a_receiver_whose_link_died_unnoticed_resumes_in_the_same_run() {
     assert_eq!(got["size"], 16 << 20);
     assert!(fs::read(t.dst.path().join("film.bin")).unwrap() == t.bytes);
 }
+
+#[test]
+fn a_long_haul_link_still_delivers_messages_and_files() {
+    // 150 ms added each way: a fetch is a few round trips (handshake, hello, list, fetch, ack).
+    let mut t = relayed(
+        Mode::Delay(Duration::from_millis(150)),
+        "far.bin",
+        2 << 20,
+        &["--ttl", "60s"],
+    );
+    let started = Instant::now();
+    let out = t
+        .via
+        .cmd(&[
+            "fetch",
+            "--wait",
+            "10s",
+            "--dir",
+            t.dst.path().to_str().unwrap(),
+            &t.token,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read(t.dst.path().join("far.bin")).unwrap() == t.bytes);
+    eprintln!(
+        "figure: 2 MiB over a 300 ms round trip in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(t.sender.wait(T).code(), Some(0));
+    let mut m = Proc::spawn(
+        t.room
+            .cmd(&["send-msg", "--json", "--ttl", "20s", "far away"]),
+    );
+    m.wait_event(T, "offered").unwrap();
+    let mut r = Proc::spawn(t.via.cmd(&["run", "--json", "--no-files"]));
+    assert_eq!(
+        r.wait_event(T, "message")
+            .expect("delivered across the slow link")["text"],
+        "far away"
+    );
+    assert_eq!(m.wait(T).code(), Some(0));
+}

@@ -755,3 +755,81 @@ fn load_one_holder_with_200_drops_and_20_receivers_on_three_hosts() {
     }
     eprintln!("figure: load (drops, ms until all used up, fetches): {figures:?}");
 }
+
+/// Drops `percent` % of the packets host `host` receives, at random (nftables; the kernel here
+/// has no netem).
+fn lossy(lan: &Lan, host: usize, percent: u32) {
+    let ns = &lan.names[host - 1];
+    let nft = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "nft"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "nft {args:?} (is nftables installed?)");
+    };
+    nft(&["add", "table", "inet", "lossy"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "lossy",
+        "input",
+        "{ type filter hook input priority 0; }",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "lossy",
+        "input",
+        "numgen",
+        "random",
+        "mod",
+        "100",
+        "lt",
+        &percent.to_string(),
+        "drop",
+    ]);
+}
+
+#[test]
+fn a_lossy_link_still_delivers_messages_and_files_whole() {
+    let Some(lan) = Lan::new(2) else { return };
+    lossy(&lan, 2, 10);
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = Proc::spawn(lan.cmd(
+        2,
+        "secret123",
+        &["run", "--json", "--dir", dst.path().to_str().unwrap()],
+    ));
+    r.wait_event(T, "listening").unwrap();
+    let started = std::time::Instant::now();
+    let mut m = Proc::spawn(lan.cmd(
+        1,
+        "secret123",
+        &["send-msg", "--json", "--ttl", "30s", "through the noise"],
+    ));
+    assert_eq!(
+        r.wait_event(Duration::from_secs(30), "message")
+            .expect("message")["text"],
+        "through the noise"
+    );
+    let message_time = started.elapsed();
+    assert_eq!(m.wait(T).code(), Some(0));
+    let (src, mut s, _) = offer_file(&lan, 8 << 20, &["--ttl", "120s"]);
+    let started = std::time::Instant::now();
+    let got = r
+        .wait_event(Duration::from_secs(100), "received")
+        .unwrap_or_else(|| panic!("{:?}", r.seen));
+    eprintln!(
+        "figure: 10 % loss: message in {message_time:?}, 8 MiB in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(got["size"], 8 << 20);
+    assert!(
+        std::fs::read(dst.path().join("offered.bin")).unwrap()
+            == std::fs::read(src.path().join("offered.bin")).unwrap()
+    );
+    assert_eq!(s.wait(T).code(), Some(0));
+}

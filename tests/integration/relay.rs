@@ -24,6 +24,8 @@ pub enum Mode {
     /// On the first connection only, at this offset, hang up on the receiver but leave the
     /// holder's side open and unread, as a dead Wi-Fi link would (the holder does not notice).
     VanishOnceAt(u64, Arc<AtomicBool>),
+    /// Deliver every byte this long after it arrived, in both directions (a long-haul link).
+    Delay(Duration),
 }
 
 pub struct Relay {
@@ -101,7 +103,8 @@ impl Relay {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let up = matches!(mode, Mode::RecordClient(_)).then(|| mode.clone());
+                let up =
+                    matches!(mode, Mode::RecordClient(_) | Mode::Delay(_)).then(|| mode.clone());
                 thread::spawn(move || pipe(c2, s2, up));
                 let down = (!matches!(mode, Mode::RecordClient(_))).then(|| mode.clone());
                 thread::spawn(move || pipe(server, client, down));
@@ -111,7 +114,36 @@ impl Relay {
     }
 }
 
+/// Forwards `from` to `to`, each chunk `delay` after it was read.
+fn delay_line(mut from: TcpStream, to: TcpStream, delay: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let mut writer = to.try_clone().unwrap();
+    let w = thread::spawn(move || {
+        for (at, chunk) in rx {
+            if let Some(wait) = (at + delay).checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = w.join();
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
 fn pipe(mut from: TcpStream, mut to: TcpStream, mode: Option<Mode>) {
+    if let Some(Mode::Delay(d)) = mode {
+        return delay_line(from, to, d);
+    }
     let mut buf = [0u8; 16 * 1024];
     let mut offset = 0u64;
     let start = Instant::now();

@@ -504,22 +504,7 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
 fn a_disk_that_fills_up_mid_transfer_leaves_no_partial_file() {
     let Some(lan) = Lan::new(2) else { return };
     // About 5 MB/s out of host 1, so the disk can fill while the transfer runs.
-    let tc = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.names[0],
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-            "root",
-        ])
-        .args(["tbf", "rate", "40mbit", "burst", "64kb", "latency", "400ms"])
-        .status()
-        .unwrap();
-    assert!(tc.success());
+    throttle_host_1(&lan);
     let (_src, mut s, token) = offer_file(&lan, 8 << 20, &["--ttl", "60s"]);
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path().to_str().unwrap();

@@ -53,6 +53,24 @@ fn pass(s: &str) -> Passphrase {
     Passphrase::new(s.into()).unwrap()
 }
 
+/// The stand-in offering `bytes` as the file `name` in `room`; returns it and its folder.
+fn standin_serves_file(room: &Room, name: &str, bytes: &[u8]) -> Option<(Proc, tempfile::TempDir)> {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join(name);
+    fs::write(&path, bytes).unwrap();
+    let port = room.port.to_string();
+    let serve = standin(&[
+        "serve",
+        "--room",
+        &room.pass,
+        "--udp-port",
+        &port,
+        "--file",
+        path.to_str().unwrap(),
+    ])?;
+    Some((Proc::spawn(serve), src))
+}
+
 /// `deaddrop ... --legacy` in `room`, confined to loopback on the room's port.
 fn ours(room: &Room, args: &[&str]) -> Command {
     let mut all = args.to_vec();
@@ -155,22 +173,8 @@ fn run_legacy_takes_messages_and_files_from_an_original_sender() {
         "the stand-in saw its drop fetched"
     );
     // A file, with a name that needs sanitizing.
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("notes\u{202e}.txt");
     let bytes = data(3 << 20, 11);
-    fs::write(&path, &bytes).unwrap();
-    let mut s = Proc::spawn(
-        standin(&[
-            "serve",
-            "--room",
-            "secret123",
-            "--udp-port",
-            &port,
-            "--file",
-            path.to_str().unwrap(),
-        ])
-        .unwrap(),
-    );
+    let (mut s, _src) = standin_serves_file(&room, "notes\u{202e}.txt", &bytes).unwrap();
     let got = r.wait_event(T, "received").expect("file from the original");
     assert_eq!(
         got["path"].as_str().unwrap(),
@@ -327,24 +331,11 @@ fn the_original_one_time_rule_holds() {
 
 #[test]
 fn fetch_legacy_finds_an_original_sender_by_its_hello() {
-    let Some(mut serve) = standin(&[]) else {
+    let room = Room::new("secret123");
+    let bytes = data(500_000, 13);
+    let Some((mut s, _src)) = standin_serves_file(&room, "photo.jpg", &bytes) else {
         return;
     };
-    let room = Room::new("secret123");
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("photo.jpg");
-    let bytes = data(500_000, 13);
-    fs::write(&path, &bytes).unwrap();
-    serve.args([
-        "serve",
-        "--room",
-        "secret123",
-        "--udp-port",
-        &room.port.to_string(),
-        "--file",
-        path.to_str().unwrap(),
-    ]);
-    let mut s = Proc::spawn(serve);
     let token = json(&s.wait_line(T, |_| true).unwrap())["token"]
         .as_str()
         .unwrap()
@@ -426,9 +417,9 @@ fn legacy_and_native_never_mix() {
 
 #[test]
 fn an_oversized_legacy_file_is_refused_before_its_payload_is_read() {
-    let Some(mut serve) = standin(&[]) else {
+    if standin(&[]).is_none() {
         return;
-    };
+    }
     let room = Room::new("secret123");
     let dst = tempfile::tempdir().unwrap();
     let mut r = Proc::spawn(ours(
@@ -443,19 +434,7 @@ fn an_oversized_legacy_file_is_refused_before_its_payload_is_read() {
         ],
     ));
     r.wait_event(T, "listening").unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("big.bin");
-    fs::write(&path, data(64 << 10, 14)).unwrap();
-    serve.args([
-        "serve",
-        "--room",
-        "secret123",
-        "--udp-port",
-        &room.port.to_string(),
-        "--file",
-        path.to_str().unwrap(),
-    ]);
-    let mut s = Proc::spawn(serve);
+    let (mut s, _src) = standin_serves_file(&room, "big.bin", &data(64 << 10, 14)).unwrap();
     let failed = r.wait_event(T, "fetch_failed").expect("refused");
     assert!(
         failed["reason"].as_str().unwrap().contains("over the cap"),

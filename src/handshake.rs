@@ -245,12 +245,6 @@ fn parse_server_hello(bytes: &[u8]) -> Option<ServerHelloParts<'_>> {
     })
 }
 
-/// The client's id from a ClientHello, if it parses. Lets the server tell who is asking before
-/// spending a PAKE on it.
-pub fn client_hello_id(hello: &[u8]) -> Option<PeerId> {
-    parse_client_hello(hello).map(|(id, _)| id)
-}
-
 fn parse_client_hello(bytes: &[u8]) -> Option<(PeerId, &[u8])> {
     if bytes.len() != CLIENT_HELLO_LEN {
         return None;

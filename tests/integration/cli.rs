@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Proc, Room, bin, json};
+use crate::util::{Proc, Room, assert_ok, bin, json};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -86,12 +86,7 @@ fn a_receiver_in_another_room_sees_nothing_and_burns_nothing() {
     );
     // The drop is still there for a member.
     let out = room.cmd(&["fetch", &token]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(out.stdout, b"for members only");
     assert_eq!(s.wait(T).code(), Some(0));
 }
@@ -301,12 +296,7 @@ fn fetch_out_writes_a_new_file_and_never_overwrites() {
         .cmd(&["fetch", &token, "--out", target.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "to a file");
     assert_eq!(s.wait(T).code(), Some(0));
 }

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::relay::{Mode, Relay};
-use crate::util::{Proc, Room, free_port};
+use crate::util::{Proc, Room, assert_ok, free_port};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -177,12 +177,7 @@ fn fetch_by_token_into_a_folder_an_exact_path_and_stdout() {
         .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(fs::read(dst.path().join("notes.txt")).unwrap(), bytes);
     // A second process is another receiver; an exact path never overwrites.
     let exact = dst.path().join("copy.txt");
@@ -190,24 +185,14 @@ fn fetch_by_token_into_a_folder_an_exact_path_and_stdout() {
         .cmd(&["fetch", "--out", exact.to_str().unwrap(), &token])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(fs::read(&exact).unwrap(), bytes);
     let out = room
         .cmd(&["fetch", "--out", "-", &token])
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(out.stdout == bytes, "stdout differs");
     assert_eq!(s.wait(T).code(), Some(0));
 }
@@ -302,12 +287,7 @@ fn max_size_and_no_files_show_drops_without_fetching_them() {
         .cmd(&["fetch", "--dir", small.path().to_str().unwrap(), &token])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(visible(small.path()), ["two-k.bin"]);
     s.wait(T);
 }
@@ -447,12 +427,7 @@ fn a_flipped_byte_publishes_nothing_and_burns_nothing() {
         .cmd(&["fetch", "--dir", dir, &t.token])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(fs::read(t.dst.path().join("precious.bin")).unwrap() == t.bytes);
     assert_eq!(t.sender.wait(T).code(), Some(0));
 }
@@ -550,12 +525,7 @@ fn a_long_haul_link_still_delivers_messages_and_files() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(fs::read(t.dst.path().join("far.bin")).unwrap() == t.bytes);
     eprintln!(
         "figure: 2 MiB over a 300 ms round trip in {:?}",

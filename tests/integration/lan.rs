@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::util::{Proc, bin};
+use crate::util::{Proc, assert_ok, bin};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -344,12 +344,7 @@ fn list_and_fetch_across_hosts_and_confined_to_an_interface() {
         )
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(out.stdout, b"by token");
     assert_eq!(s.wait(T).code(), Some(0));
 }
@@ -491,12 +486,7 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
         )
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(s.wait(T).code(), Some(0));
 }
 

@@ -9,7 +9,7 @@ use deaddrop::legacy::{fernet, wire};
 use deaddrop::secret::Passphrase;
 
 use crate::files::data;
-use crate::util::{Proc, Room, json};
+use crate::util::{Proc, Room, assert_ok, json};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -69,6 +69,17 @@ fn standin_serves_file(room: &Room, name: &str, bytes: &[u8]) -> Option<(Proc, t
         path.to_str().unwrap(),
     ])?;
     Some((Proc::spawn(serve), src))
+}
+
+/// The TCP port in an `offered` event's address.
+fn tcp_port(offered: &serde_json::Value) -> String {
+    offered["address"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// `deaddrop ... --legacy` in `room`, confined to loopback on the room's port.
@@ -234,13 +245,7 @@ fn an_original_fetcher_gets_our_legacy_file_once() {
     ));
     let offered = s.wait_event(T, "offered").unwrap();
     let token = offered["token"].as_str().unwrap().to_owned();
-    let port = offered["address"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = tcp_port(&offered);
     let out = src.path().join("fetched.pdf");
     let fetch = |out: &str| {
         py(&[
@@ -270,13 +275,7 @@ fn the_original_one_time_rule_holds() {
     let mut s = Proc::spawn(ours(&room, &["send-msg", "--json", "--ttl", "20s", "once"]));
     let offered = s.wait_event(T, "offered").unwrap();
     let token = offered["token"].as_str().unwrap().to_owned();
-    let port = offered["address"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = tcp_port(&offered);
     // A wrong token burns nothing.
     let wrong = standin(&[
         "fetch",
@@ -355,12 +354,7 @@ fn fetch_legacy_finds_an_original_sender_by_its_hello() {
     )
     .output()
     .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(fs::read(dst.path().join("photo.jpg")).unwrap() == bytes);
     assert_eq!(s.wait(T).code(), Some(0));
     // And fetching it again finds nothing: exit 4.

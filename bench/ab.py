@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """A/B: alternate 1 GiB transfers host 1 -> host 2 on the namespace LAN between deaddrop builds
 (paths to binaries) and/or `socat`, round after round, and print each one's median. Useful on a
-noisy machine, where only runs interleaved in one window compare.
+noisy machine, where only runs interleaved in one window compare. Also prints the CPU seconds
+(user + system) of both processes per transfer; a deaddrop sender's include hashing the file
+once when it offers it.
 
     sudo python3 bench/ab.py socat target/release/deaddrop /tmp/other-build [--rounds 6]
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -18,6 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netlan import Lan  # noqa: E402
 
 WORK = "/dev/shm/deaddrop-ab"
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def socat(lan, src):
@@ -62,15 +70,19 @@ def main():
         for i in range(1024):
             f.write(block[i % 251:] + block[:i % 251])
     times = {c: [] for c in args.contenders}
+    cpu = {c: [] for c in args.contenders}
     try:
         with Lan(2) as lan:
             for _ in range(args.rounds):
                 for c in args.contenders:
+                    before = children_cpu()
                     times[c].append(socat(lan, src) if c == "socat" else deaddrop(lan, c, src))
+                    cpu[c].append(children_cpu() - before)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     for c, t in times.items():
-        print(f"{c}: median {statistics.median(t):.2f} s  ({', '.join(f'{x:.2f}' for x in t)})")
+        print(f"{c}: median {statistics.median(t):.2f} s  ({', '.join(f'{x:.2f}' for x in t)}); "
+              f"CPU median {statistics.median(cpu[c]):.2f} s")
 
 
 if __name__ == "__main__":

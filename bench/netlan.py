@@ -11,6 +11,11 @@ def ip(*args):
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def ip_tc(ns, dev, rate):
+    subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                    "burst", "256kb", "latency", "50ms"], check=True, capture_output=True)
+
+
 class Lan:
     def __init__(self, hosts, tag=None):
         if os.geteuid() != 0:
@@ -32,6 +37,13 @@ class Lan:
             ip("-n", host, "link", "set", "eth0", "up")
             ip("-n", host, "link", "set", "lo", "up")
             ip("-n", host, "route", "add", "default", "via", "10.77.0.254", "dev", "eth0", "onlink")
+
+    def limit_rate(self, rate):
+        """Caps every host's link to `rate` (tbf), both ways: egress on the host's side and on
+        the switch's side of each veth pair."""
+        for i, host in enumerate(self.names, start=1):
+            for ns, dev in ((host, "eth0"), (self.switch, f"p{i}")):
+                ip_tc(ns, dev, rate)
 
     def addr(self, host):
         return f"10.77.0.{host}"

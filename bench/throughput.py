@@ -4,7 +4,15 @@
 (host 1 -> host 2) and loopback. Sizes: 1 GiB and 4 GiB (files in /dev/shm so the disk is not
 what is measured). Reports MB/s, the ratio to socat, and each side's peak RSS (/usr/bin/time -v).
 
-    sudo python3 bench/throughput.py [--sizes 1,4] [--runs 3] [--paths lan,loopback]
+Each round also runs examples/floor.rs, the least work an encrypted, verified copy can do (one
+thread per side: read, AES-256-GCM, send / receive, open, BLAKE3, write; no protocol). On a
+CPU-bound path it shows how much of the gap to socat is the cryptography itself and how much is
+deaddrop's own design.
+
+--rate caps the namespace LAN's links (a tbf qdisc on each host's interface, e.g. 1gbit) to
+measure a link-bound path, as on a real LAN, instead of a CPU-bound one.
+
+    sudo python3 bench/throughput.py [--sizes 1,4] [--runs 3] [--paths lan,loopback] [--rate 1gbit]
 """
 import argparse
 import json
@@ -46,20 +54,33 @@ def make_file(size_gib):
     return path
 
 
-def socat_copy(src, send_prefix, recv_prefix, host, port):
-    out = os.path.join(WORK, "socat-out.bin")
-    recv = subprocess.Popen(recv_prefix + TIME + ["socat", "-b1048576", "-u", f"TCP-LISTEN:{port},reuseaddr",
-                                                  f"OPEN:{out},creat,trunc"],
-                            stderr=subprocess.PIPE, text=True)
+def listener_copy(src, send_prefix, recv_prefix, recv_cmd, send_cmd, out):
+    """A copy whose receiver listens first: timed from the sender's start to the receiver's exit."""
+    recv = subprocess.Popen(recv_prefix + TIME + recv_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     time.sleep(0.3)
     t0 = time.perf_counter()
-    send = subprocess.run(send_prefix + TIME + ["socat", "-b1048576", "-u", f"OPEN:{src}", f"TCP:{host}:{port}"],
-                          stderr=subprocess.PIPE, text=True, check=True)
+    send = subprocess.run(send_prefix + TIME + send_cmd, stderr=subprocess.PIPE, text=True, check=True)
     _, recv_err = recv.communicate(timeout=600)
     elapsed = time.perf_counter() - t0
-    assert os.path.getsize(out) == os.path.getsize(src), "socat copy incomplete"
+    assert recv.returncode == 0, f"receiver failed: {recv_err}"
+    assert os.path.getsize(out) == os.path.getsize(src), "copy incomplete"
     os.remove(out)
     return elapsed, peak_rss_kib(send.stderr), peak_rss_kib(recv_err)
+
+
+def socat_copy(src, send_prefix, recv_prefix, host, port):
+    out = os.path.join(WORK, "socat-out.bin")
+    return listener_copy(src, send_prefix, recv_prefix,
+                         ["socat", "-b1048576", "-u", f"TCP-LISTEN:{port},reuseaddr", f"OPEN:{out},creat,trunc"],
+                         ["socat", "-b1048576", "-u", f"OPEN:{src}", f"TCP:{host}:{port}"], out)
+
+
+def floor_copy(src, send_prefix, recv_prefix, host, port):
+    out = os.path.join(WORK, "floor-out.bin")
+    floor = os.path.join(ROOT, "target", "release", "examples", "floor")
+    return listener_copy(src, send_prefix, recv_prefix, [floor, "recv", f"{host}:{port}", out],
+                         [floor, "send", src, f"{host}:{port}"], out)
 
 
 def deaddrop_copy(binary, src, send_prefix, recv_prefix, extra):
@@ -92,19 +113,21 @@ def measure(name, binary, sizes, runs, send_prefix, recv_prefix, host, extra, po
     rows = []
     for size in sizes:
         src = make_file(size)
-        socat, ours = [], []
+        socat, floor, ours = [], [], []
         for _ in range(runs):
             socat.append(socat_copy(src, send_prefix, recv_prefix, host, port))
+            floor.append(floor_copy(src, send_prefix, recv_prefix, host, port + 1))
             ours.append(deaddrop_copy(binary, src, send_prefix, recv_prefix, extra))
-            print(f"  {name} {size} GiB: socat {socat[-1][0]:.2f} s, deaddrop {ours[-1][0]:.2f} s",
-                  file=sys.stderr, flush=True)
+            print(f"  {name} {size} GiB: socat {socat[-1][0]:.2f} s, floor {floor[-1][0]:.2f} s, "
+                  f"deaddrop {ours[-1][0]:.2f} s", file=sys.stderr, flush=True)
         mb = (size << 30) / 1e6
         s_med = statistics.median(t for t, _, _ in socat)
+        f_med = statistics.median(t for t, _, _ in floor)
         o_med = statistics.median(t for t, _, _ in ours)
         row = {
             "path": name, "size": f"{size} GiB",
-            "socat_MBps": round(mb / s_med), "deaddrop_MBps": round(mb / o_med),
-            "ratio": round(s_med / o_med, 2),
+            "socat_MBps": round(mb / s_med), "floor_MBps": round(mb / f_med), "deaddrop_MBps": round(mb / o_med),
+            "ratio": round(s_med / o_med, 2), "floor_ratio": round(s_med / f_med, 2),
             "deaddrop_sender_peak_MiB": round(max(r for _, r, _ in ours) / 1024, 1),
             "deaddrop_receiver_peak_MiB": round(max(r for _, _, r in ours) / 1024, 1),
             "socat_peak_MiB": round(max(max(a, b) for _, a, b in socat) / 1024, 1),
@@ -121,27 +144,35 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--paths", default="lan,loopback")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "deaddrop"))
+    ap.add_argument("--rate", help="cap the namespace LAN's links to this tbf rate, e.g. 1gbit")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     need("socat", "socat")
     need("/usr/bin/time", "time")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "deaddrop", "--example", "floor"],
+                   cwd=ROOT, check=True)
     os.makedirs(WORK, exist_ok=True)
     rows = []
     try:
         if "lan" in args.paths:
             with Lan(2) as lan:
-                rows += measure("namespace LAN", args.bin, sizes, args.runs, lan.prefix(1), lan.prefix(2),
+                name = "namespace LAN"
+                if args.rate:
+                    lan.limit_rate(args.rate)
+                    name += f" at {args.rate}"
+                rows += measure(name, args.bin, sizes, args.runs, lan.prefix(1), lan.prefix(2),
                                 lan.addr(2), [], 47950)
         if "loopback" in args.paths:
             rows += measure("loopback", args.bin, sizes, args.runs, [], [], "127.0.0.1",
                             ["--interface", "127.0.0.1", "--port", "47951"], 47952)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    print("\n| path | size | socat MB/s | deaddrop MB/s | ratio | sender peak RSS | receiver peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| path | size | socat MB/s | floor MB/s | floor ratio | deaddrop MB/s | ratio | sender peak RSS "
+          "| receiver peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['size']} | {r['socat_MBps']} | {r['deaddrop_MBps']} | {r['ratio']} | "
+        print(f"| {r['path']} | {r['size']} | {r['socat_MBps']} | {r['floor_MBps']} | {r['floor_ratio']} | "
+              f"{r['deaddrop_MBps']} | {r['ratio']} | "
               f"{r['deaddrop_sender_peak_MiB']} MiB | {r['deaddrop_receiver_peak_MiB']} MiB |")
 
 

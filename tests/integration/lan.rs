@@ -468,14 +468,8 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
             bin = bin()
         ),
     );
-    assert!(stdout.lines().any(|l| l == "exit=1"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("not enough disk space"), "{stderr}");
     // Nothing at all is left in the full file system: no file, no partial.
-    assert_eq!(
-        stdout.lines().filter(|l| !l.starts_with("exit=")).count(),
-        0,
-        "{stdout}"
-    );
+    assert_failed_leaving_nothing(&stdout, &stderr, "not enough disk space");
     // And the drop was not burned.
     let dst = tempfile::tempdir().unwrap();
     let out = lan
@@ -488,6 +482,18 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
         .unwrap();
     assert_ok(&out);
     assert_eq!(s.wait(T).code(), Some(0));
+}
+
+/// The fetch on the small disk exited 1 with `error` on stderr, and the listing of the disk
+/// printed after it shows nothing at all.
+fn assert_failed_leaving_nothing(stdout: &str, stderr: &str, error: &str) {
+    assert!(stdout.lines().any(|l| l == "exit=1"), "{stdout}\n{stderr}");
+    assert!(stderr.contains(error), "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| !l.starts_with("exit=")).count(),
+        0,
+        "left behind: {stdout}"
+    );
 }
 
 #[test]
@@ -510,13 +516,7 @@ fn a_disk_that_fills_up_mid_transfer_leaves_no_partial_file() {
             bin = bin()
         ),
     );
-    assert!(stdout.lines().any(|l| l == "exit=1"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("No space left on device"), "{stderr}");
-    assert_eq!(
-        stdout.lines().filter(|l| !l.starts_with("exit=")).count(),
-        0,
-        "left behind: {stdout}"
-    );
+    assert_failed_leaving_nothing(&stdout, &stderr, "No space left on device");
     s.interrupt();
     assert_eq!(s.wait(T).code(), Some(130), "the drop was still there");
 }

@@ -17,6 +17,18 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// `ip` arguments for a host's default route through the switch.
+const DEFAULT_ROUTE: &[&str] = &[
+    "route",
+    "add",
+    "default",
+    "via",
+    "10.77.0.254",
+    "dev",
+    "eth0",
+    "onlink",
+];
+
 fn sh(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
@@ -85,18 +97,7 @@ impl Lan {
             sh(&["-n", &host, "link", "set", "eth0", "up"]);
             sh(&["-n", &host, "link", "set", "lo", "up"]);
             // A default route makes 255.255.255.255 routable, as on a real LAN.
-            sh(&[
-                "-n",
-                &host,
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.77.0.254",
-                "dev",
-                "eth0",
-                "onlink",
-            ]);
+            sh(&[&["-n", host.as_str()], DEFAULT_ROUTE].concat());
         }
         Some(lan)
     }
@@ -553,18 +554,8 @@ fn link(lan: &Lan, host: usize, up: bool) {
     if up {
         // Taking the link down removed the default route with it.
         let _ = Command::new("ip")
-            .args([
-                "-n",
-                &lan.names[host - 1],
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.77.0.254",
-                "dev",
-                "eth0",
-                "onlink",
-            ])
+            .args(["-n", lan.names[host - 1].as_str()])
+            .args(DEFAULT_ROUTE)
             .status();
     }
 }

@@ -71,7 +71,7 @@ fn connect(args: &[String], to: SocketAddr) -> std::io::Result<TcpStream> {
 
 fn hello_frame(pass: &str) -> Vec<u8> {
     let pass = Passphrase::new(pass.into()).unwrap();
-    let (_, hello) = Client::start(&pass, PeerId::random(), None);
+    let (_, hello) = Client::start(&pass, PeerId::random());
     let mut frame = (hello.len() as u16).to_be_bytes().to_vec();
     frame.extend(hello);
     frame

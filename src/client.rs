@@ -1,15 +1,18 @@
 //! The fetching side of a session: connect to one holder, authenticate, list its drops, fetch one
 //! and acknowledge it. Also finding holders on the LAN for `fetch` and `list`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::beacon::Beacon;
+use crate::contacts::{Attempt, Book, Mode, Outcome};
 use crate::discovery::Discovery;
 use crate::id::{PeerId, Token};
 use crate::message::{DropInfo, Refusal, Reply, Request};
@@ -204,24 +207,58 @@ pub struct HolderSession {
     pub addr: SocketAddr,
 }
 
+/// Why a session with a holder could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct OpenError {
+    pub error: SessionError,
+    /// The holder had proven it is in the room before it failed.
+    pub authenticated: bool,
+}
+
+impl OpenError {
+    /// What the failure means for contacting this holder again.
+    pub fn outcome(&self) -> Outcome {
+        if self.authenticated {
+            Outcome::Incomplete
+        } else if self.error.is_rejection() {
+            Outcome::Rejected
+        } else {
+            Outcome::Cut
+        }
+    }
+}
+
 impl HolderSession {
     /// Connects, runs the room handshake and exchanges names.
     pub async fn open(
         ctx: &ClientContext,
         addr: SocketAddr,
-        expected: Option<PeerId>,
-    ) -> Result<HolderSession, SessionError> {
-        let stream = connect_tcp(ctx.bind_ip, addr, ctx.timeouts.connect).await?;
-        let mut session =
-            transport::connect(stream, &ctx.pass, ctx.id, expected, ctx.timeouts).await?;
+        timeouts: Timeouts,
+    ) -> Result<HolderSession, OpenError> {
+        let before = |error: SessionError| OpenError {
+            error,
+            authenticated: false,
+        };
+        let stream = connect_tcp(ctx.bind_ip, addr, timeouts.connect)
+            .await
+            .map_err(|e| before(e.into()))?;
+        let mut session = transport::connect(stream, &ctx.pass, ctx.id, timeouts)
+            .await
+            .map_err(before)?;
+        let after = |error: SessionError| OpenError {
+            error,
+            authenticated: true,
+        };
         session
             .send_request(&Request::Hello {
                 name: ctx.name.clone(),
             })
-            .await?;
-        let name = match session.recv_reply().await? {
+            .await
+            .map_err(after)?;
+        let name = match session.recv_reply().await.map_err(after)? {
             Reply::Hello { name } => name,
-            _ => return Err(SessionError::Protocol("expected a hello")),
+            _ => return Err(after(SessionError::Protocol("expected a hello"))),
         };
         Ok(HolderSession {
             session,
@@ -332,50 +369,118 @@ impl HolderSession {
     }
 }
 
-/// Finds holders on the LAN: sends queries and yields each announcing holder once.
-pub struct Finder<'a> {
-    discovery: &'a Discovery,
-    me: PeerId,
-    seen: HashSet<(PeerId, SocketAddr)>,
-    next_query: Instant,
-    queries_sent: usize,
+/// When to send queries: quickly at first (lost datagrams are retried), then every `every` if
+/// set. Receivers that name unicast peers keep asking, because peers do not hear broadcasts.
+pub struct Queries {
+    sent: usize,
+    next: Option<Instant>,
+    every: Option<Duration>,
 }
 
-/// Gaps between the first queries (lost datagrams are retried quickly), then every two seconds.
-const QUERY_GAPS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(750)];
+/// After the first queries, `list` and `fetch` keep asking this often while they wait.
 const QUERY_EVERY: Duration = Duration::from_secs(2);
+/// Gaps between the first queries.
+const QUERY_GAPS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(750),
+    Duration::from_secs(2),
+];
 
-impl<'a> Finder<'a> {
-    pub fn new(discovery: &'a Discovery, me: PeerId) -> Self {
-        Self {
-            discovery,
-            me,
-            seen: HashSet::new(),
-            next_query: Instant::now(),
-            queries_sent: 0,
+impl Queries {
+    pub fn new(every: Option<Duration>) -> Self {
+        Queries {
+            sent: 0,
+            next: Some(Instant::now()),
+            every,
         }
     }
 
-    /// The next holder not yet yielded: (its id, its TCP address).
-    pub async fn next(&mut self) -> (PeerId, SocketAddr) {
-        loop {
-            tokio::select! {
-                (beacon, src) = self.discovery.recv() => {
-                    if let Beacon::Announce { id, port, .. } = beacon {
-                        let addr = SocketAddr::new(src.ip(), port);
-                        if id != self.me && self.seen.insert((id, addr)) {
-                            return (id, addr);
-                        }
-                    }
-                }
-                _ = sleep_until(self.next_query) => {
-                    self.discovery.send_all(&Beacon::Query { id: self.me }).await;
-                    let gap = QUERY_GAPS.get(self.queries_sent).copied().unwrap_or(QUERY_EVERY);
-                    self.queries_sent += 1;
-                    self.next_query = Instant::now() + gap;
-                }
-            }
+    /// Resolves when the next query is due (never, once the schedule is over).
+    pub async fn due(&self) {
+        match self.next {
+            Some(at) => sleep_until(at).await,
+            None => std::future::pending().await,
         }
+    }
+
+    /// Sends a query now and plans the next one.
+    pub async fn send(&mut self, discovery: &Discovery, me: PeerId) {
+        discovery.send_all(&Beacon::Query { id: me }).await;
+        let gap = QUERY_GAPS.get(self.sent).copied().or(self.every);
+        self.sent += 1;
+        self.next = gap.map(|g| Instant::now() + g);
+    }
+}
+
+/// The TCP endpoint an announcement points to, if it is one: `None` for queries and our own.
+pub fn announced(beacon: Beacon, src: SocketAddr, me: PeerId) -> Option<(SocketAddr, u64)> {
+    match beacon {
+        Beacon::Announce {
+            id,
+            port,
+            generation,
+        } if id != me => Some((SocketAddr::new(src.ip(), port), generation)),
+        _ => None,
+    }
+}
+
+/// Sleeps until `t` (a [`std::time::Instant`], as the book uses).
+pub async fn sleep_until_std(t: std::time::Instant) {
+    sleep_until(Instant::from_std(t)).await
+}
+
+/// Sessions with holders running at once, each holding the book's attempt until it ends.
+pub struct Sessions<T> {
+    tasks: JoinSet<T>,
+    attempts: HashMap<tokio::task::Id, Attempt>,
+}
+
+impl<T: Send + 'static> Default for Sessions<T> {
+    fn default() -> Self {
+        Sessions {
+            tasks: JoinSet::new(),
+            attempts: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Sessions<T> {
+    pub fn spawn(&mut self, attempt: Attempt, task: impl Future<Output = T> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.attempts.insert(handle.id(), attempt);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next session to end: its attempt and result (`None` if the task failed).
+    pub async fn next(&mut self) -> Option<(Attempt, Option<T>)> {
+        let (id, result) = match self.tasks.join_next_with_id().await? {
+            Ok((id, t)) => (id, Some(t)),
+            Err(e) => {
+                tracing::warn!("a session task failed: {e}");
+                (e.id(), None)
+            }
+        };
+        let attempt = self
+            .attempts
+            .remove(&id)
+            .expect("every task has an attempt");
+        Some((attempt, result))
+    }
+
+    pub fn abort_all(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// The timeouts for a session with a holder: a stranger's are short.
+pub fn timeouts_for(ctx: &ClientContext, attempt: &Attempt) -> Timeouts {
+    if attempt.member {
+        ctx.timeouts
+    } else {
+        ctx.timeouts.for_stranger()
     }
 }
 
@@ -389,14 +494,125 @@ pub enum FindError {
         "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
     )]
     NoRoom { rejected: usize },
+    #[error(
+        "{holders} holder(s) were found but closed every connection before the handshake (busy, or limiting connections); try again"
+    )]
+    Busy { holders: usize },
     #[error("{0}")]
     Refused(Refusal),
     #[error(transparent)]
     Fetch(#[from] FetchError),
 }
 
+/// How contacting the room went, for `fetch` and `list` to explain an empty result.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Holders that proved they are in the room.
+    pub members: usize,
+    /// Holders that failed the passphrase check.
+    pub rejected: usize,
+    /// Holders whose last connection was cut before the handshake.
+    pub cut: usize,
+}
+
+impl Tally {
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Complete | Outcome::Incomplete => self.members += 1,
+            Outcome::Rejected => self.rejected += 1,
+            Outcome::Cut => self.cut += 1,
+        }
+    }
+}
+
+/// Contacts every holder that announces before `deadline`, as the book allows: `session` runs
+/// for each (at once, each in its own task); `done` takes each result on this task and says how
+/// the session went, or ends everything with a value. With `drain`, sessions still running at
+/// the deadline are waited for (each is bounded by its timeouts); without, they are dropped.
+async fn each_holder<T, R, F>(
+    ctx: &ClientContext,
+    discovery: &Discovery,
+    deadline: std::time::Instant,
+    drain: bool,
+    session: impl Fn(ClientContext, SocketAddr, Timeouts) -> F,
+    mut done: impl AsyncFnMut(&Attempt, Option<T>) -> ControlFlow<R, Outcome>,
+) -> (Option<R>, Tally)
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let mut book = Book::new(Mode::Once);
+    let mut queries = Queries::new(Some(QUERY_EVERY));
+    let mut sessions: Sessions<T> = Sessions::default();
+    let mut tally = Tally::default();
+    // Holders whose last try was cut, counted once at the end.
+    let mut cut = std::collections::HashSet::new();
+    let mut finish = async |book: &mut Book, attempt: Attempt, result: Option<T>| {
+        let outcome = match done(&attempt, result).await {
+            ControlFlow::Continue(outcome) => outcome,
+            ControlFlow::Break(r) => return Some(r),
+        };
+        if outcome == Outcome::Cut {
+            cut.insert(attempt.addr);
+        } else {
+            cut.remove(&attempt.addr);
+            tally.count(outcome);
+        }
+        book.finished(attempt, outcome, std::time::Instant::now());
+        None
+    };
+    loop {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        while let Some(attempt) = book.next(now) {
+            let task = session(ctx.clone(), attempt.addr, timeouts_for(ctx, &attempt));
+            sessions.spawn(attempt, task);
+        }
+        let wake = book.next_wake(now).unwrap_or(deadline).min(deadline);
+        tokio::select! {
+            (beacon, src) = discovery.recv() => {
+                if let Some((addr, generation)) = announced(beacon, src, ctx.id) {
+                    book.on_announce(addr, generation, std::time::Instant::now());
+                }
+            }
+            Some((attempt, result)) = sessions.next(), if !sessions.is_empty() => {
+                if let Some(r) = finish(&mut book, attempt, result).await {
+                    sessions.abort_all();
+                    return (Some(r), tally);
+                }
+            }
+            _ = sleep_until_std(wake) => book.wake(),
+            _ = queries.due() => queries.send(discovery, ctx.id).await,
+        }
+    }
+    if drain {
+        while let Some((attempt, result)) = sessions.next().await {
+            if let Some(r) = finish(&mut book, attempt, result).await {
+                return (Some(r), tally);
+            }
+        }
+    }
+    sessions.abort_all();
+    tally.cut = cut.len();
+    (None, tally)
+}
+
+/// The outcome of a failed attempt to open a session, logged.
+fn failed(addr: SocketAddr, result: Option<OpenError>) -> Outcome {
+    match result {
+        Some(e) => {
+            tracing::info!("holder at {addr}: {e}");
+            e.outcome()
+        }
+        None => Outcome::Cut,
+    }
+}
+
 /// Finds the holder of `token` within `wait` and fetches it into `sink`. Returns the drop and
-/// the holder's name.
+/// the holder's name. Handshakes with every holder found run at once (a silent stranger delays
+/// no one); the fetches themselves run one at a time, since they share the sink.
 pub async fn fetch_token<S: Sink>(
     ctx: &ClientContext,
     discovery: &Discovery,
@@ -405,40 +621,49 @@ pub async fn fetch_token<S: Sink>(
     sink: &mut S,
     mut progress: impl FnMut(u64, u64) + Send,
 ) -> Result<(DropInfo, String), FindError> {
-    let deadline = Instant::now() + wait;
-    let mut finder = Finder::new(discovery, ctx.id);
-    let (mut members, mut rejected) = (0, 0);
-    loop {
-        let (id, addr) = tokio::select! {
-            found = finder.next() => found,
-            _ = sleep_until(deadline) => break,
-        };
-        let mut hs = match HolderSession::open(ctx, addr, Some(id)).await {
-            Ok(hs) => hs,
-            Err(e) if e.is_rejection() => {
-                rejected += 1;
-                continue;
+    let deadline = std::time::Instant::now() + wait;
+    let open =
+        |ctx: ClientContext, addr, t| async move { HolderSession::open(&ctx, addr, t).await };
+    let (found, tally) = each_holder(
+        ctx,
+        discovery,
+        deadline,
+        false,
+        open,
+        async |attempt: &Attempt, opened: Option<Result<HolderSession, OpenError>>| {
+            let mut hs = match opened {
+                Some(Ok(hs)) => hs,
+                Some(Err(e)) => return ControlFlow::Continue(failed(attempt.addr, Some(e))),
+                None => return ControlFlow::Continue(failed(attempt.addr, None)),
+            };
+            let outcome = hs.fetch(token, sink, &mut progress).await;
+            let name = hs.name.clone();
+            hs.close().await;
+            match outcome {
+                Ok(FetchOutcome::Done(info)) => ControlFlow::Break(Ok((info, name))),
+                Ok(FetchOutcome::Refused(Refusal::NotFound)) => {
+                    ControlFlow::Continue(Outcome::Complete)
+                }
+                Ok(FetchOutcome::Refused(r)) => ControlFlow::Break(Err(FindError::Refused(r))),
+                Err(e) => ControlFlow::Break(Err(e.into())),
             }
-            Err(e) => {
-                tracing::info!("cannot reach holder at {addr}: {e}");
-                continue;
-            }
-        };
-        members += 1;
-        let outcome = hs.fetch(token, sink, &mut progress).await;
-        let name = hs.name.clone();
-        hs.close().await;
-        match outcome? {
-            FetchOutcome::Done(info) => return Ok((info, name)),
-            FetchOutcome::Refused(Refusal::NotFound) => continue,
-            FetchOutcome::Refused(r) => return Err(FindError::Refused(r)),
+        },
+    )
+    .await;
+    if let Some(result) = found {
+        return result;
+    }
+    Err(if tally.members == 0 && tally.rejected > 0 {
+        FindError::NoRoom {
+            rejected: tally.rejected,
         }
-    }
-    if members == 0 && rejected > 0 {
-        Err(FindError::NoRoom { rejected })
+    } else if tally.members == 0 && tally.cut > 0 {
+        FindError::Busy { holders: tally.cut }
     } else {
-        Err(FindError::NotFound { holders: members })
-    }
+        FindError::NotFound {
+            holders: tally.members,
+        }
+    })
 }
 
 /// One holder's answer to `list`.
@@ -449,42 +674,49 @@ pub struct Listing {
     pub drops: Vec<DropInfo>,
 }
 
-/// Lists the drops on offer in the room: every holder that announces within `wait`.
-/// Returns the listings and how many holders refused the passphrase.
+/// Lists the drops on offer in the room: every holder that announces within `wait`. Returns
+/// the listings and how the other holders answered.
 pub async fn list_room(
     ctx: &ClientContext,
     discovery: &Discovery,
     wait: Duration,
-) -> (Vec<Listing>, usize) {
-    let deadline = Instant::now() + wait;
-    let mut finder = Finder::new(discovery, ctx.id);
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            (id, addr) = finder.next() => {
-                let ctx = ctx.clone();
-                tasks.spawn(async move {
-                    let mut hs = HolderSession::open(&ctx, addr, Some(id)).await?;
-                    let drops = hs.list().await?;
-                    let listing = Listing { holder: hs.name.clone(), addr, drops };
-                    hs.close().await;
-                    Ok::<_, SessionError>(listing)
-                });
-            }
-            _ = sleep_until(deadline) => break,
-        }
-    }
-    let (mut listings, mut rejected) = (Vec::new(), 0);
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(l)) => listings.push(l),
-            Ok(Err(e)) if e.is_rejection() => rejected += 1,
-            Ok(Err(e)) => tracing::info!("a holder could not be listed: {e}"),
-            Err(e) => tracing::warn!("listing task failed: {e}"),
-        }
-    }
+) -> (Vec<Listing>, Tally) {
+    let deadline = std::time::Instant::now() + wait;
+    let list = |ctx: ClientContext, addr, t| async move {
+        let mut hs = HolderSession::open(&ctx, addr, t).await?;
+        let drops = hs.list().await.map_err(|error| OpenError {
+            error,
+            authenticated: true,
+        })?;
+        let listing = Listing {
+            holder: hs.name.clone(),
+            addr,
+            drops,
+        };
+        hs.close().await;
+        Ok(listing)
+    };
+    let mut listings = Vec::new();
+    let (_, tally) = each_holder::<_, (), _>(
+        ctx,
+        discovery,
+        deadline,
+        true,
+        list,
+        async |attempt: &Attempt, result: Option<Result<Listing, OpenError>>| {
+            ControlFlow::Continue(match result {
+                Some(Ok(listing)) => {
+                    listings.push(listing);
+                    Outcome::Complete
+                }
+                Some(Err(e)) => failed(attempt.addr, Some(e)),
+                None => failed(attempt.addr, None),
+            })
+        },
+    )
+    .await;
     listings.sort_by_key(|l| l.addr);
-    (listings, rejected)
+    (listings, tally)
 }
 
 #[cfg(test)]
@@ -557,9 +789,7 @@ mod tests {
             bind_ip: Ipv4Addr::LOCALHOST,
             timeouts: Timeouts::default(),
         };
-        let mut hs = HolderSession::open(&ctx, addr, Some(PeerId([1; 16])))
-            .await
-            .unwrap();
+        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
         let mut sink = MemorySink::new(100);
         let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
         assert!(matches!(outcome, FetchOutcome::Done(_)));

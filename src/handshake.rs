@@ -13,6 +13,7 @@
 //! messages are uniformly random group elements, and the confirmation tags are keyed by the PAKE
 //! output, which depends on the guess. Every failure looks the same ([`HandshakeError::Rejected`]).
 
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use ring::{digest, hkdf, hmac};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use zeroize::Zeroizing;
@@ -136,13 +137,27 @@ fn start_pake(pass: &Passphrase) -> (Spake2<Ed25519Group>, Vec<u8>) {
     )
 }
 
+/// Whether a peer's SPAKE2 message carries a canonical encoding of a point in the prime-order
+/// subgroup, other than the identity. The `spake2` crate accepts any curve point; a point with a
+/// small-order component, the identity or a second encoding of a point is refused here, as
+/// python-spake2 and other careful implementations do.
+fn is_valid_element(msg: &[u8]) -> bool {
+    let Some(bytes) = msg.get(1..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+        return false;
+    };
+    let Some(point) = CompressedEdwardsY(bytes).decompress() else {
+        return false;
+    };
+    point.compress().0 == bytes && !point.is_small_order() && point.is_torsion_free()
+}
+
 fn finish_pake(
     state: Spake2<Ed25519Group>,
     ours: &[u8],
     theirs: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, HandshakeError> {
     // A reflected message would make both sides "agree" with themselves; refuse it outright.
-    if ours == theirs {
+    if ours == theirs || !is_valid_element(theirs) {
         return Err(HandshakeError::Rejected);
     }
     state
@@ -155,17 +170,17 @@ fn finish_pake(
 pub struct Client {
     pake: Spake2<Ed25519Group>,
     hello: Vec<u8>,
-    expected_server: Option<PeerId>,
+}
+
+/// Whether bytes from a server are shaped like a ServerHello (right length and kind). Only a
+/// well-formed ServerHello is evaluated against the passphrase, so only one costs a guess.
+pub fn is_server_hello(bytes: &[u8]) -> bool {
+    parse_server_hello(bytes).is_some()
 }
 
 impl Client {
-    /// Starts a handshake. Returns the state and the ClientHello to send. `expected_server`, if
-    /// known from an announcement, must match the id in the server's reply.
-    pub fn start(
-        pass: &Passphrase,
-        me: PeerId,
-        expected_server: Option<PeerId>,
-    ) -> (Client, Vec<u8>) {
+    /// Starts a handshake. Returns the state and the ClientHello to send.
+    pub fn start(pass: &Passphrase, me: PeerId) -> (Client, Vec<u8>) {
         let (pake, pake_msg) = start_pake(pass);
         let mut hello = Vec::with_capacity(CLIENT_HELLO_LEN);
         hello.put_bytes(&MAGIC);
@@ -176,25 +191,15 @@ impl Client {
         hello.put_bytes(&pake_msg);
         debug_assert_eq!(hello.len(), CLIENT_HELLO_LEN);
         let out = hello.clone();
-        (
-            Client {
-                pake,
-                hello,
-                expected_server,
-            },
-            out,
-        )
+        (Client { pake, hello }, out)
     }
 
-    /// Takes the ServerHello; returns the ClientFinish to send and the session keys.
+    /// Takes the ServerHello; returns the ClientFinish to send and the session keys. The server
+    /// is a room member once its confirmation checks out, whatever id it names: the id only tells
+    /// processes apart (an announcement's id is not authenticated, so it cannot be a reason to
+    /// refuse a member).
     pub fn finish(self, server_hello: &[u8]) -> Result<(Vec<u8>, Established), HandshakeError> {
         let parsed = parse_server_hello(server_hello).ok_or(HandshakeError::Rejected)?;
-        if self
-            .expected_server
-            .is_some_and(|id| id != parsed.server_id)
-        {
-            return Err(HandshakeError::Rejected);
-        }
         let ours = &self.hello[CLIENT_HELLO_LEN - PAKE_LEN..];
         let key = finish_pake(self.pake, ours, parsed.pake)?;
         let schedule = Schedule::derive(&key, &self.hello, parsed.core);
@@ -320,7 +325,7 @@ mod tests {
         server_pass: &str,
     ) -> Result<(Established, Established), HandshakeError> {
         let (c_id, s_id) = (PeerId::random(), PeerId::random());
-        let (client, hello) = Client::start(&pass(client_pass), c_id, Some(s_id));
+        let (client, hello) = Client::start(&pass(client_pass), c_id);
         let (server, reply) = Server::respond(&pass(server_pass), s_id, &hello)?;
         let (fin, c_keys) = client.finish(&reply)?;
         let s_keys = server.finish(&fin)?;
@@ -357,7 +362,7 @@ mod tests {
         let p = pass("secret123");
         let s_id = PeerId::random();
         for i in 0..CLIENT_HELLO_LEN {
-            let (client, mut hello) = Client::start(&p, PeerId::random(), None);
+            let (client, mut hello) = Client::start(&p, PeerId::random());
             hello[i] ^= 0x01;
             let result = Server::respond(&p, s_id, &hello)
                 .and_then(|(_, reply)| client.finish(&reply).map(|_| ()));
@@ -368,7 +373,7 @@ mod tests {
             );
         }
         for i in 0..SERVER_HELLO_LEN {
-            let (client, hello) = Client::start(&p, PeerId::random(), None);
+            let (client, hello) = Client::start(&p, PeerId::random());
             let (_, mut reply) = Server::respond(&p, s_id, &hello).unwrap();
             reply[i] ^= 0x80;
             assert_eq!(
@@ -378,7 +383,7 @@ mod tests {
             );
         }
         for i in 0..CLIENT_FINISH_LEN {
-            let (client, hello) = Client::start(&p, PeerId::random(), None);
+            let (client, hello) = Client::start(&p, PeerId::random());
             let (server, reply) = Server::respond(&p, s_id, &hello).unwrap();
             let (mut fin, _) = client.finish(&reply).unwrap();
             fin[i] ^= 0x01;
@@ -394,7 +399,7 @@ mod tests {
         // A client that ignores the server's failed confirmation and sends a finish anyway
         // (an attacker guessing) must still be refused by the server.
         let s_id = PeerId::random();
-        let (_client, hello) = Client::start(&pass("guess"), PeerId::random(), None);
+        let (_client, hello) = Client::start(&pass("guess"), PeerId::random());
         let (server, _reply) = Server::respond(&pass("secret123"), s_id, &hello).unwrap();
         let mut forged = vec![KIND_CLIENT_FINISH];
         forged.extend([0u8; 32]);
@@ -407,7 +412,7 @@ mod tests {
     #[test]
     fn truncated_and_oversized_messages_are_rejected() {
         let p = pass("secret123");
-        let (client, hello) = Client::start(&p, PeerId::random(), None);
+        let (client, hello) = Client::start(&p, PeerId::random());
         for n in [0, 1, CLIENT_HELLO_LEN - 1] {
             assert!(Server::respond(&p, PeerId::random(), &hello[..n]).is_err());
         }
@@ -421,7 +426,7 @@ mod tests {
     #[test]
     fn a_reflected_hello_is_rejected() {
         let p = pass("secret123");
-        let (client, hello) = Client::start(&p, PeerId::random(), None);
+        let (client, hello) = Client::start(&p, PeerId::random());
         // An attacker echoes the client's own PAKE message back inside a server hello.
         let mut reply = vec![KIND_SERVER_HELLO];
         reply.extend([7u8; 16]);
@@ -435,14 +440,114 @@ mod tests {
     }
 
     #[test]
-    fn the_server_id_must_match_the_announcement() {
+    fn a_member_is_accepted_whatever_id_it_names() {
+        // Announcement ids are not authenticated: refusing a member whose id differs from an
+        // announcement would let anyone who spoofs announcements stop a delivery.
         let p = pass("secret123");
-        let (client, hello) = Client::start(&p, PeerId::random(), Some(PeerId([1; 16])));
+        let (client, hello) = Client::start(&p, PeerId::random());
         let (_, reply) = Server::respond(&p, PeerId([2; 16]), &hello).unwrap();
-        assert_eq!(
-            client.finish(&reply).map(|_| ()),
-            Err(HandshakeError::Rejected)
+        let (_, keys) = client.finish(&reply).unwrap();
+        assert_eq!(keys.peer, PeerId([2; 16]));
+    }
+
+    /// A server hello answering `hello` whose PAKE element is `element` (with a confirmation
+    /// the client cannot check, as an attacker without the passphrase would send).
+    fn hello_with_element(hello: &[u8], element: [u8; 32]) -> Vec<u8> {
+        let mut reply = vec![KIND_SERVER_HELLO];
+        reply.extend([7u8; 16]);
+        reply.extend([1u8; NONCE_LEN]);
+        reply.push(b'S');
+        reply.extend(element);
+        reply.extend([0u8; CONFIRM_LEN]);
+        assert_ne!(
+            &reply[17 + NONCE_LEN..17 + NONCE_LEN + PAKE_LEN],
+            &hello[..PAKE_LEN]
         );
+        reply
+    }
+
+    #[test]
+    fn pake_elements_outside_the_prime_order_subgroup_are_refused() {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        let p = pass("secret123");
+        let valid = (ED25519_BASEPOINT_POINT * curve25519_dalek::Scalar::from(12345u64)).compress();
+        let mixed = (ED25519_BASEPOINT_POINT * curve25519_dalek::Scalar::from(12345u64)
+            + EIGHT_TORSION[1])
+            .compress();
+        let identity = curve25519_dalek::EdwardsPoint::default().compress();
+        let small = EIGHT_TORSION[4].compress();
+        let mut msg = vec![b'S'];
+        msg.extend(valid.0);
+        assert!(is_valid_element(&msg));
+        for (what, bad) in [
+            ("a point with a torsion component", mixed.0),
+            ("the identity", identity.0),
+            ("a small-order point", small.0),
+            ("not on the curve", [0xff; 32]),
+        ] {
+            let mut msg = vec![b'S'];
+            msg.extend(bad);
+            assert!(!is_valid_element(&msg), "{what}");
+            // Both roles refuse it.
+            let (client, hello) = Client::start(&p, PeerId::random());
+            assert_eq!(
+                client.finish(&hello_with_element(&hello, bad)).map(|_| ()),
+                Err(HandshakeError::Rejected),
+                "client: {what}"
+            );
+            let (_, mut hello) = Client::start(&p, PeerId::random());
+            hello[CLIENT_HELLO_LEN - 32..].copy_from_slice(&bad);
+            assert!(
+                Server::respond(&p, PeerId::random(), &hello).is_err(),
+                "server: {what}"
+            );
+        }
+        // y = p + 1, a second encoding of y = 1 (the identity), which dalek decodes.
+        let mut y = [0xff; 32];
+        y[0] = 0xee;
+        y[31] = 0x7f;
+        let mut msg = vec![b'S'];
+        msg.extend(y);
+        assert!(!is_valid_element(&msg), "non-canonical identity");
+    }
+
+    #[test]
+    fn an_eavesdropper_cannot_test_guesses_against_a_recorded_handshake() {
+        // A whole successful handshake is recorded. For every guess (the real passphrase among
+        // them), the attacker runs the only computation open to it: a PAKE of its own under the
+        // guess against each recorded PAKE message, then the key schedule over the recorded
+        // transcript, and checks the recorded confirmations. None checks out, not even for the
+        // right guess, so the recording tells the guesses apart no better than chance.
+        let real = pass("correct horse");
+        let (client, hello) = Client::start(&real, PeerId::random());
+        let (server, reply) = Server::respond(&real, PeerId::random(), &hello).unwrap();
+        let (finish, _) = client.finish(&reply).unwrap();
+        server.finish(&finish).unwrap();
+        let (core, confirm_s) = reply.split_at(SERVER_HELLO_CORE_LEN);
+        for guess in [
+            "correct horse",
+            "123456",
+            "password",
+            "secret123",
+            "correct horse!",
+        ] {
+            for theirs in [
+                &hello[CLIENT_HELLO_LEN - PAKE_LEN..],
+                &core[core.len() - PAKE_LEN..],
+            ] {
+                let (state, ours) = start_pake(&pass(guess));
+                let key = finish_pake(state, &ours, theirs).unwrap();
+                let s = Schedule::derive(&key, &hello, core);
+                assert!(
+                    hmac::verify(&s.confirm_server, &s.transcript, confirm_s).is_err(),
+                    "the server's confirmation checks out under {guess:?}"
+                );
+                assert!(
+                    hmac::verify(&s.confirm_client, &s.transcript, &finish[1..]).is_err(),
+                    "the client's confirmation checks out under {guess:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -450,8 +555,8 @@ mod tests {
         // Two hellos with the same passphrase share no bytes beyond the fixed header: there is
         // nothing to precompute a dictionary against.
         let p = pass("secret123");
-        let (_, a) = Client::start(&p, PeerId([0; 16]), None);
-        let (_, b) = Client::start(&p, PeerId([0; 16]), None);
+        let (_, a) = Client::start(&p, PeerId([0; 16]));
+        let (_, b) = Client::start(&p, PeerId([0; 16]));
         assert_eq!(a[..22], b[..22]);
         assert_ne!(a[22 + NONCE_LEN + 1..], b[22 + NONCE_LEN + 1..]);
         assert_eq!(a.len(), CLIENT_HELLO_LEN);

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::beacon::Beacon;
 use crate::discovery::Discovery;
 use crate::event::{Event, Events, Throttle};
 use crate::id::{PeerId, Token};
-use crate::limit::GuessLimiter;
+use crate::limit::{GuessBudget, Settled};
 use crate::message::{DropKind, Refusal, Reply, Request};
 use crate::secret::Passphrase;
 use crate::source::{self, Prepared, Produced, Source, SourceError};
@@ -68,7 +68,7 @@ struct Inner {
     opts: HolderOptions,
     store: Mutex<DropStore<Content>>,
     generation: watch::Sender<u64>,
-    limiter: Mutex<GuessLimiter>,
+    budget: Mutex<GuessBudget>,
     events: Events,
     address: SocketAddr,
 }
@@ -136,7 +136,7 @@ impl Holder {
             opts,
             store: Mutex::new(store),
             generation,
-            limiter: Mutex::new(GuessLimiter::default()),
+            budget: Mutex::new(GuessBudget::default()),
             events,
             address,
         });
@@ -258,8 +258,10 @@ pub enum OfferError {
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let permits = Arc::new(Semaphore::new(inner.opts.max_connections));
-    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let slots = Arc::new(Mutex::new(Slots::new(
+        inner.opts.max_connections,
+        inner.opts.max_connections_per_source,
+    )));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -270,63 +272,151 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "connection from {addr} closed: {} connections already",
-                inner.opts.max_connections
-            );
+        let admitted = slots.lock().expect("slots lock").admit(addr.ip());
+        let Some((seq, evicted)) = admitted else {
+            tracing::debug!("connection from {addr} closed: no slot for that address");
             continue;
         };
-        let Some(slot) = SourceSlot::take(
-            &per_source,
-            addr.ip(),
-            inner.opts.max_connections_per_source,
-        ) else {
-            tracing::debug!("connection from {addr} closed: too many from that address");
-            continue;
+        let slot = SlotGuard {
+            slots: slots.clone(),
+            seq,
         };
         let inner = inner.clone();
         tokio::spawn(async move {
-            handle_connection(&inner, stream, addr).await;
-            drop((permit, slot));
+            tokio::select! {
+                _ = evicted.notified() => {
+                    tracing::debug!("connection from {addr} closed: its slot went to a newer one");
+                }
+                _ = handle_connection(&inner, stream, addr, &slot) => {}
+            }
+            drop(slot);
         });
     }
 }
 
-/// One connection's place in the per-address count; given back on drop.
-struct SourceSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+/// Connection slots. A member's session keeps its slot; a connection that has not finished the
+/// handshake yet is a stranger's, and when every slot is taken, a newcomer takes the oldest
+/// stranger's slot from the address holding the most of them. So a flood of silent connections
+/// (from up to `max / max_per_source` addresses) delays a real receiver by nothing, rather than
+/// locking it out until the flood's handshakes time out.
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    max_per_source: usize,
+    next: u64,
+    /// By age: the oldest connection first.
+    conns: std::collections::BTreeMap<u64, Slot>,
+    per_source: HashMap<IpAddr, usize>,
 }
 
-impl SourceSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
-        let mut c = counts.lock().expect("source counts lock");
-        let n = c.entry(ip).or_default();
-        if *n >= max {
+#[derive(Debug)]
+struct Slot {
+    ip: IpAddr,
+    member: bool,
+    evict: Arc<Notify>,
+}
+
+impl Slots {
+    fn new(max: usize, max_per_source: usize) -> Self {
+        Slots {
+            max,
+            max_per_source,
+            next: 0,
+            conns: Default::default(),
+            per_source: HashMap::new(),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, and what tells it it was evicted; `None`: close it.
+    fn admit(&mut self, ip: IpAddr) -> Option<(u64, Arc<Notify>)> {
+        if self.per_source.get(&ip).copied().unwrap_or(0) >= self.max_per_source {
             return None;
         }
-        *n += 1;
-        Some(SourceSlot {
-            counts: counts.clone(),
-            ip,
-        })
+        if self.conns.len() >= self.max && !self.evict_a_stranger() {
+            return None;
+        }
+        self.next += 1;
+        let evict = Arc::new(Notify::new());
+        self.conns.insert(
+            self.next,
+            Slot {
+                ip,
+                member: false,
+                evict: evict.clone(),
+            },
+        );
+        *self.per_source.entry(ip).or_default() += 1;
+        Some((self.next, evict))
     }
-}
 
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().expect("source counts lock");
-        if let Some(n) = c.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.remove(&self.ip);
+    fn evict_a_stranger(&mut self) -> bool {
+        let mut strangers: HashMap<IpAddr, usize> = HashMap::new();
+        for slot in self.conns.values().filter(|s| !s.member) {
+            *strangers.entry(slot.ip).or_default() += 1;
+        }
+        let Some((ip, _)) = strangers.into_iter().max_by_key(|(_, n)| *n) else {
+            return false;
+        };
+        let seq = self
+            .conns
+            .iter()
+            .find(|(_, s)| !s.member && s.ip == ip)
+            .map(|(seq, _)| *seq)
+            .expect("counted above");
+        if let Some(slot) = self.release(seq) {
+            slot.evict.notify_one();
+        }
+        true
+    }
+
+    /// The connection proved membership: its slot is never taken from it. False if it was
+    /// evicted meanwhile.
+    fn member(&mut self, seq: u64) -> bool {
+        match self.conns.get_mut(&seq) {
+            Some(s) => {
+                s.member = true;
+                true
             }
+            None => false,
         }
     }
+
+    fn release(&mut self, seq: u64) -> Option<Slot> {
+        let slot = self.conns.remove(&seq)?;
+        if let Some(n) = self.per_source.get_mut(&slot.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&slot.ip);
+            }
+        }
+        Some(slot)
+    }
 }
 
-async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAddr) {
+/// One connection's slot; given back when the connection ends.
+struct SlotGuard {
+    slots: Arc<Mutex<Slots>>,
+    seq: u64,
+}
+
+impl SlotGuard {
+    fn member(&self) -> bool {
+        self.slots.lock().expect("slots lock").member(self.seq)
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots.lock().expect("slots lock").release(self.seq);
+    }
+}
+
+async fn handle_connection(
+    inner: &Inner,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    slot: &SlotGuard,
+) {
     let _ = stream.set_nodelay(true);
     let t = inner.opts.timeouts;
     let hello = match transport::read_client_hello(&mut stream, t.handshake).await {
@@ -336,17 +426,28 @@ async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAdd
             return;
         }
     };
-    // Every PAKE attempt costs the source a token, refunded on success.
-    let allowed = inner
-        .limiter
+    // Every PAKE answer costs the source a guess, given back if it proves membership.
+    let charge = inner
+        .budget
         .lock()
-        .expect("limiter lock")
+        .expect("budget lock")
         .try_start(addr.ip(), Instant::now());
-    if !allowed {
-        tracing::debug!("connection from {addr} closed: too many failed handshakes");
+    let Some(charge) = charge else {
+        tracing::debug!("connection from {addr} closed: out of handshake guesses");
         return;
-    }
+    };
     let session = transport::accept(stream, &hello, &inner.pass, inner.id, t).await;
+    let settled = match &session {
+        Ok(_) => Settled::Member,
+        // A malformed hello got no answer: nothing to guess from.
+        Err(SessionError::Refused) => Settled::NoGuess,
+        Err(_) => Settled::Guessed,
+    };
+    inner
+        .budget
+        .lock()
+        .expect("budget lock")
+        .settle(charge, settled, Instant::now());
     let mut session = match session {
         Ok(s) => s,
         Err(e) => {
@@ -359,11 +460,9 @@ async fn handle_connection(inner: &Inner, mut stream: TcpStream, addr: SocketAdd
             return;
         }
     };
-    inner
-        .limiter
-        .lock()
-        .expect("limiter lock")
-        .succeeded(addr.ip());
+    if !slot.member() {
+        return;
+    }
     let mut conn = Conn {
         inner,
         addr,
@@ -681,7 +780,7 @@ mod tests {
     async fn guess(addr: SocketAddr, guess: &str) -> bool {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let pass = Passphrase::new(guess.into()).unwrap();
-        let (_, hello) = handshake::Client::start(&pass, PeerId::random(), None);
+        let (_, hello) = handshake::Client::start(&pass, PeerId::random());
         let mut frame = (hello.len() as u16).to_be_bytes().to_vec();
         frame.extend(hello);
         s.write_all(&frame).await.unwrap();
@@ -732,7 +831,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut s = connect_from("127.0.0.2", h.local_addr()).await;
         let pass = Passphrase::new("guess".into()).unwrap();
-        let (_, hello) = handshake::Client::start(&pass, PeerId::random(), None);
+        let (_, hello) = handshake::Client::start(&pass, PeerId::random());
         let mut frame = (hello.len() as u16).to_be_bytes().to_vec();
         frame.extend(hello);
         s.write_all(&frame).await.unwrap();

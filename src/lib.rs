@@ -30,6 +30,7 @@
 pub mod beacon;
 pub mod client;
 pub mod codec;
+pub mod contacts;
 pub mod discovery;
 pub mod event;
 pub mod handshake;

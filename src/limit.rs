@@ -1,9 +1,22 @@
-//! Rate limit on passphrase guesses, per source address, with no I/O.
+//! The guess budget: how many passphrase guesses strangers get, on either role, with no I/O.
 //!
-//! Every handshake a source starts costs one token, refunded when the handshake succeeds. So a
-//! guesser that disconnects before confirming (it learns from the holder's confirmation whether
-//! its guess was right) pays exactly like one that confirms wrongly. Tokens refill at a steady
-//! rate up to a burst; a source with no token left is disconnected before any PAKE work is done.
+//! A *guess* is one handshake in which this process evaluates the peer's PAKE message: a holder
+//! answering a ClientHello (the client learns from the confirmation whether its guess was right),
+//! or a receiver checking a ServerHello (the holder learns it from whether a ClientFinish comes).
+//! Each attempt takes a token before any PAKE work; the token is given back when the peer proves
+//! it knows the passphrase, or when the attempt ended before any guess was made (a holder that
+//! never answered). So a stranger pays for every guess and nothing else.
+//!
+//! Two limits hold at once:
+//! - **per source** (an IPv4 address, or an IPv6 /64): [`GUESS_BURST`] at once, then
+//!   [`GUESSES_PER_SECOND`];
+//! - **overall**: a source that has failed within [`CLEAN_AFTER`] also needs a token from a
+//!   shared bucket ([`GLOBAL_BURST`], then [`GLOBAL_PER_SECOND`]). A source with no recent failure
+//!   does not, so a flood of failures from other addresses never blocks a real peer's first
+//!   handshake: room members never fail, so they stay clean.
+//!
+//! The worst case over a day is therefore the global rate, plus one guess per attacker source per
+//! [`CLEAN_AFTER`] (the failure that makes it unclean). SECURITY.md has the figures.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,12 +26,19 @@ use std::time::{Duration, Instant};
 pub const GUESS_BURST: f64 = 10.0;
 /// Guesses per second a source may make in the long run.
 pub const GUESSES_PER_SECOND: f64 = 1.0;
-/// Sources tracked at once; past this the most idle are forgotten.
+/// Guesses all failing sources together may make at once.
+pub const GLOBAL_BURST: f64 = 20.0;
+/// Guesses per second all failing sources together may make in the long run.
+pub const GLOBAL_PER_SECOND: f64 = 2.0;
+/// A source that has not failed for this long is clean again.
+pub const CLEAN_AFTER: Duration = Duration::from_secs(600);
+/// Sources tracked at once. Past this, sources with nothing to remember are forgotten; if none
+/// can be, an untracked source is treated as one that has failed.
 pub const MAX_SOURCES: usize = 4096;
 
 /// Sources are whole IPv4 addresses, or IPv6 /64 prefixes (one host can hold a whole /64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct SourceKey(u128);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey(u128);
 
 impl From<IpAddr> for SourceKey {
     fn from(ip: IpAddr) -> Self {
@@ -32,98 +52,236 @@ impl From<IpAddr> for SourceKey {
     }
 }
 
+/// A token bucket.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     updated: Instant,
 }
 
-/// Per-source token buckets for handshakes.
-#[derive(Debug)]
-pub struct GuessLimiter {
-    buckets: HashMap<SourceKey, Bucket>,
-    burst: f64,
-    per_second: f64,
-}
-
-impl Default for GuessLimiter {
-    fn default() -> Self {
-        Self::new(GUESS_BURST, GUESSES_PER_SECOND)
-    }
-}
-
-impl GuessLimiter {
-    pub fn new(burst: f64, per_second: f64) -> Self {
-        Self {
-            buckets: HashMap::new(),
-            burst,
-            per_second,
-        }
-    }
-
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
-        b.updated = now;
-    }
-
-    /// Takes a token for a handshake from `ip`; false means refuse the connection.
-    pub fn try_start(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let key = SourceKey::from(ip);
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_SOURCES {
-            self.forget_idle(now);
-        }
-        let mut b = self.buckets.get(&key).copied().unwrap_or(Bucket {
-            tokens: self.burst,
+impl Bucket {
+    pub fn full(burst: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
             updated: now,
+        }
+    }
+
+    fn refill(&mut self, burst: f64, rate: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.updated = now;
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, burst: f64, rate: f64, now: Instant) -> bool {
+        self.refill(burst, rate, now);
+        // A hair of slack, so waking at exactly the time `wait` gave always finds the token.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn give_back(&mut self, burst: f64) {
+        self.tokens = (self.tokens + 1.0).min(burst);
+    }
+
+    /// How long until a token is there (zero if one is now).
+    pub fn wait(&self, burst: f64, rate: f64, now: Instant) -> Duration {
+        let mut b = *self;
+        b.refill(burst, rate, now);
+        Duration::from_secs_f64((1.0 - b.tokens).max(0.0) / rate)
+    }
+
+    fn is_full(&self, burst: f64, rate: f64, now: Instant) -> bool {
+        let mut b = *self;
+        b.refill(burst, rate, now);
+        b.tokens >= burst
+    }
+}
+
+/// The limits, as numbers (tests use small ones).
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetConfig {
+    pub burst: f64,
+    pub per_second: f64,
+    pub global_burst: f64,
+    pub global_per_second: f64,
+    pub clean_after: Duration,
+    pub max_sources: usize,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            burst: GUESS_BURST,
+            per_second: GUESSES_PER_SECOND,
+            global_burst: GLOBAL_BURST,
+            global_per_second: GLOBAL_PER_SECOND,
+            clean_after: CLEAN_AFTER,
+            max_sources: MAX_SOURCES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    bucket: Bucket,
+    /// When this source last cost a guess that was not given back.
+    failed_at: Option<Instant>,
+    /// Attempts not settled yet.
+    open: u32,
+}
+
+/// A token taken for one attempt; settle it with [`GuessBudget::settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an attempt's charge must be settled"]
+pub struct Charge {
+    key: SourceKey,
+    global: bool,
+}
+
+/// How an attempt ended, for the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The peer proved it knows the passphrase: the tokens are given back.
+    Member,
+    /// The attempt ended before this side evaluated a PAKE message: no guess was made, the
+    /// tokens are given back.
+    NoGuess,
+    /// A guess was made and the peer did not prove membership: the tokens are spent.
+    Guessed,
+}
+
+/// Per-source and overall token buckets for handshakes.
+#[derive(Debug)]
+pub struct GuessBudget {
+    sources: HashMap<SourceKey, Source>,
+    global: Bucket,
+    cfg: BudgetConfig,
+}
+
+impl Default for GuessBudget {
+    fn default() -> Self {
+        Self::new(BudgetConfig::default())
+    }
+}
+
+impl GuessBudget {
+    pub fn new(cfg: BudgetConfig) -> Self {
+        Self {
+            sources: HashMap::new(),
+            global: Bucket::full(cfg.global_burst, Instant::now()),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &BudgetConfig {
+        &self.cfg
+    }
+
+    fn is_clean(&self, s: &Source, now: Instant) -> bool {
+        s.open == 0
+            && s.failed_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.clean_after)
+    }
+
+    /// Takes the tokens for one attempt with `ip`, or `None`: do not attempt it now (see
+    /// [`GuessBudget::wait_for`]).
+    pub fn try_start(&mut self, ip: IpAddr, now: Instant) -> Option<Charge> {
+        let key = SourceKey::from(ip);
+        let cfg = self.cfg;
+        if !self.sources.contains_key(&key) && self.sources.len() >= cfg.max_sources {
+            self.forget_clean(now);
+        }
+        // An untracked source with no room to track it is treated as one that has failed.
+        let untracked = !self.sources.contains_key(&key) && self.sources.len() >= cfg.max_sources;
+        let source = self.sources.get(&key).copied().unwrap_or(Source {
+            bucket: Bucket::full(cfg.burst, now),
+            failed_at: None,
+            open: 0,
         });
-        self.refill(&mut b, now);
-        let allowed = b.tokens >= 1.0;
-        if allowed {
-            b.tokens -= 1.0;
+        let clean = !untracked && self.is_clean(&source, now);
+        let mut bucket = source.bucket;
+        if !bucket.take(cfg.burst, cfg.per_second, now) {
+            return None;
         }
-        self.buckets.insert(key, b);
-        allowed
+        let global = self
+            .global
+            .take(cfg.global_burst, cfg.global_per_second, now);
+        if !global && !clean {
+            return None;
+        }
+        if !untracked {
+            self.sources.insert(
+                key,
+                Source {
+                    bucket,
+                    open: source.open + 1,
+                    ..source
+                },
+            );
+        }
+        Some(Charge { key, global })
     }
 
-    /// Gives the token back: the source proved it knows the passphrase.
-    pub fn succeeded(&mut self, ip: IpAddr) {
-        if let Some(b) = self.buckets.get_mut(&SourceKey::from(ip)) {
-            b.tokens = (b.tokens + 1.0).min(self.burst);
+    /// Ends an attempt: gives the tokens back unless a guess was spent.
+    pub fn settle(&mut self, charge: Charge, how: Settled, now: Instant) {
+        let cfg = self.cfg;
+        let refund = how != Settled::Guessed;
+        if refund && charge.global {
+            self.global.give_back(cfg.global_burst);
+        }
+        if let Some(s) = self.sources.get_mut(&charge.key) {
+            s.open = s.open.saturating_sub(1);
+            if refund {
+                s.bucket.give_back(cfg.burst);
+            } else {
+                s.failed_at = Some(now);
+            }
         }
     }
 
-    /// How long until `ip` may try again (zero if it may now).
+    /// How long until `ip` may attempt again (zero if it may now).
     pub fn wait_for(&self, ip: IpAddr, now: Instant) -> Duration {
-        match self.buckets.get(&SourceKey::from(ip)) {
-            None => Duration::ZERO,
-            Some(b) => {
-                let mut b = *b;
-                self.refill(&mut b, now);
-                Duration::from_secs_f64(((1.0 - b.tokens).max(0.0)) / self.per_second)
-            }
+        let cfg = self.cfg;
+        let Some(s) = self.sources.get(&SourceKey::from(ip)) else {
+            return if self.sources.len() >= cfg.max_sources {
+                self.global
+                    .wait(cfg.global_burst, cfg.global_per_second, now)
+            } else {
+                Duration::ZERO
+            };
+        };
+        let own = s.bucket.wait(cfg.burst, cfg.per_second, now);
+        if self.is_clean(s, now) {
+            own
+        } else {
+            own.max(
+                self.global
+                    .wait(cfg.global_burst, cfg.global_per_second, now),
+            )
         }
     }
 
-    fn forget_idle(&mut self, now: Instant) {
-        // Sources whose bucket has refilled have nothing to remember.
-        let (burst, rate) = (self.burst, self.per_second);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
+    /// Forgets sources that have nothing to remember: no open attempt, a full bucket, and no
+    /// failure within `clean_after`.
+    fn forget_clean(&mut self, now: Instant) {
+        let cfg = self.cfg;
+        let clean_after = cfg.clean_after;
+        self.sources.retain(|_, s| {
+            s.open > 0
+                || !s.bucket.is_full(cfg.burst, cfg.per_second, now)
+                || s.failed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < clean_after)
         });
-        if self.buckets.len() >= MAX_SOURCES {
-            // Still full: forget the least recently active half.
-            let mut by_age: Vec<(Instant, SourceKey)> =
-                self.buckets.iter().map(|(k, b)| (b.updated, *k)).collect();
-            by_age.sort_unstable_by_key(|(t, _)| *t);
-            for (_, k) in by_age.into_iter().take(MAX_SOURCES / 2) {
-                self.buckets.remove(&k);
-            }
-        }
     }
 
     pub fn tracked(&self) -> usize {
-        self.buckets.len()
+        self.sources.len()
     }
 }
 
@@ -135,69 +293,164 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Starts and settles one attempt; true if it was allowed.
+    fn guess(b: &mut GuessBudget, from: &str, now: Instant) -> bool {
+        match b.try_start(ip(from), now) {
+            Some(c) => {
+                b.settle(c, Settled::Guessed, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn per_source_only() -> GuessBudget {
+        GuessBudget::new(BudgetConfig {
+            global_burst: 1e9,
+            global_per_second: 1e9,
+            ..BudgetConfig::default()
+        })
+    }
+
     #[test]
     fn a_burst_then_the_steady_rate() {
         let now = Instant::now();
-        let mut l = GuessLimiter::default();
-        let a = ip("10.0.0.9");
+        let mut b = per_source_only();
         for i in 0..10 {
-            assert!(l.try_start(a, now), "guess {i} of the burst");
+            assert!(guess(&mut b, "10.0.0.9", now), "guess {i} of the burst");
         }
-        assert!(!l.try_start(a, now));
-        assert!(!l.try_start(a, now + Duration::from_millis(900)));
-        assert!(l.try_start(a, now + Duration::from_millis(1000)));
+        assert!(!guess(&mut b, "10.0.0.9", now));
+        assert!(!guess(&mut b, "10.0.0.9", now + Duration::from_millis(900)));
+        assert!(guess(&mut b, "10.0.0.9", now + Duration::from_millis(1000)));
         // Sixty seconds of guessing at full speed yields about sixty more guesses, not more.
-        let mut granted = 0;
-        for ms in (1001..61_000).step_by(10) {
-            if l.try_start(a, now + Duration::from_millis(ms)) {
-                granted += 1;
-            }
-        }
+        let granted = (1001..61_000)
+            .step_by(10)
+            .filter(|ms| guess(&mut b, "10.0.0.9", now + Duration::from_millis(*ms)))
+            .count();
         assert!((59..=61).contains(&granted), "{granted}");
     }
 
     #[test]
-    fn successful_handshakes_cost_nothing() {
+    fn members_and_attempts_without_a_guess_cost_nothing() {
         let now = Instant::now();
-        let mut l = GuessLimiter::default();
-        let a = ip("10.0.0.9");
-        for _ in 0..1000 {
-            assert!(l.try_start(a, now));
-            l.succeeded(a);
+        let mut b = GuessBudget::default();
+        for i in 0..1000 {
+            let c = b.try_start(ip("10.0.0.9"), now).unwrap();
+            let how = if i % 2 == 0 {
+                Settled::Member
+            } else {
+                Settled::NoGuess
+            };
+            b.settle(c, how, now);
         }
+        assert_eq!(b.wait_for(ip("10.0.0.9"), now), Duration::ZERO);
     }
 
     #[test]
     fn sources_are_independent() {
         let now = Instant::now();
-        let mut l = GuessLimiter::default();
+        let mut b = per_source_only();
         for _ in 0..10 {
-            l.try_start(ip("10.0.0.1"), now);
+            guess(&mut b, "10.0.0.1", now);
         }
-        assert!(!l.try_start(ip("10.0.0.1"), now));
-        assert!(l.try_start(ip("10.0.0.2"), now));
-        assert_eq!(l.wait_for(ip("10.0.0.1"), now), Duration::from_secs(1));
-        assert_eq!(l.wait_for(ip("10.0.0.2"), now), Duration::ZERO);
+        assert!(!guess(&mut b, "10.0.0.1", now));
+        assert!(guess(&mut b, "10.0.0.2", now));
+        assert_eq!(b.wait_for(ip("10.0.0.1"), now), Duration::from_secs(1));
+        assert_eq!(b.wait_for(ip("10.0.0.3"), now), Duration::ZERO);
     }
 
     #[test]
     fn one_ipv6_host_cannot_escape_by_changing_its_interface_id() {
         let now = Instant::now();
-        let mut l = GuessLimiter::default();
+        let mut b = per_source_only();
         for i in 0..10 {
-            assert!(l.try_start(ip(&format!("fd00::{i:x}")), now));
+            assert!(guess(&mut b, &format!("fd00::{i:x}"), now));
         }
-        assert!(!l.try_start(ip("fd00::ffff"), now));
-        assert!(l.try_start(ip("fd00:0:0:1::1"), now));
+        assert!(!guess(&mut b, "fd00::ffff", now));
+        assert!(guess(&mut b, "fd00:0:0:1::1", now));
     }
 
     #[test]
-    fn state_is_bounded() {
+    fn failures_from_many_sources_are_bounded_overall() {
         let now = Instant::now();
-        let mut l = GuessLimiter::default();
-        for i in 0..(MAX_SOURCES as u32 * 3) {
-            l.try_start(IpAddr::V4(i.into()), now);
-            assert!(l.tracked() <= MAX_SOURCES);
+        let mut b = GuessBudget::default();
+        // 200 addresses, each guessing as fast as it may, for 60 seconds.
+        let mut granted = 0;
+        for ms in (0..60_000).step_by(50) {
+            let t = now + Duration::from_millis(ms);
+            for host in 0..200 {
+                if guess(
+                    &mut b,
+                    &format!("10.0.{}.{}", host / 250, host % 250 + 1),
+                    t,
+                ) {
+                    granted += 1;
+                }
+            }
         }
+        // Global: burst + 2/s; plus each source's first (clean) failure.
+        let bound = GLOBAL_BURST as usize + 2 * 60 + 1 + 200;
+        assert!(granted <= bound, "{granted} > {bound}");
+        assert!(granted >= 120, "{granted}");
+    }
+
+    #[test]
+    fn a_clean_source_is_never_blocked_by_other_sources_failures() {
+        let now = Instant::now();
+        let mut b = GuessBudget::default();
+        for host in 1..=100 {
+            while guess(&mut b, &format!("10.0.0.{host}"), now) {}
+        }
+        assert!(b.global.wait(GLOBAL_BURST, GLOBAL_PER_SECOND, now) > Duration::ZERO);
+        // A room member's first handshake, and every one after (it never fails).
+        for _ in 0..50 {
+            let c = b.try_start(ip("10.0.1.7"), now).expect("a clean source");
+            b.settle(c, Settled::Member, now);
+        }
+        // A failing source, once failed, waits for the global bucket.
+        assert!(guess(&mut b, "10.0.2.7", now));
+        assert!(!guess(&mut b, "10.0.2.7", now));
+        assert!(b.wait_for(ip("10.0.2.7"), now) > Duration::ZERO);
+        // ...and is clean again after a quiet while.
+        let later = now + CLEAN_AFTER;
+        assert!(b.try_start(ip("10.0.2.7"), later).is_some());
+    }
+
+    #[test]
+    fn concurrent_attempts_from_a_clean_source_bypass_the_global_bucket_once() {
+        let now = Instant::now();
+        let mut b = GuessBudget::new(BudgetConfig {
+            global_burst: 1.0,
+            ..BudgetConfig::default()
+        });
+        assert!(guess(&mut b, "10.0.0.1", now), "drains the global bucket");
+        let first = b.try_start(ip("10.0.0.2"), now);
+        assert!(first.is_some(), "clean: allowed without a global token");
+        assert!(
+            b.try_start(ip("10.0.0.2"), now).is_none(),
+            "an open attempt makes it unclean"
+        );
+    }
+
+    #[test]
+    fn state_is_bounded_and_forgetting_never_resets_a_failed_source() {
+        let now = Instant::now();
+        let mut b = GuessBudget::new(BudgetConfig {
+            max_sources: 64,
+            global_burst: 1e9,
+            global_per_second: 1e9,
+            ..BudgetConfig::default()
+        });
+        for _ in 0..10 {
+            guess(&mut b, "10.9.9.9", now);
+        }
+        for i in 0..(64 * 3u32) {
+            let c = b.try_start(IpAddr::V4(i.into()), now);
+            if let Some(c) = c {
+                b.settle(c, Settled::Member, now);
+            }
+            assert!(b.tracked() <= 64);
+        }
+        assert!(!guess(&mut b, "10.9.9.9", now), "still out of guesses");
     }
 }

@@ -136,7 +136,7 @@ proptest! {
     fn handshake_parsing_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let pass = Passphrase::new("p".into()).unwrap();
         let _ = handshake::Server::respond(&pass, PeerId([0; 16]), &bytes);
-        let (client, _) = handshake::Client::start(&pass, PeerId([1; 16]), None);
+        let (client, _) = handshake::Client::start(&pass, PeerId([1; 16]));
         let _ = client.finish(&bytes);
     }
 

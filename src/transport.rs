@@ -35,11 +35,31 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// For a holder that has not proven it is in the room yet: a silent or slow stranger holds
+    /// a connection slot for at most a few seconds. A room member on a LAN answers a hello in
+    /// milliseconds (a 300 ms round trip takes 0.6 s for connect and handshake).
+    pub fn for_stranger(self) -> Self {
+        Self {
+            connect: self.connect.min(Duration::from_secs(2)),
+            handshake: self.handshake.min(Duration::from_secs(2)),
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
     #[error(transparent)]
     Rejected(#[from] HandshakeError),
+    /// The peer hung up, or answered something that is not a handshake message, before any
+    /// passphrase check: a busy or rate-limiting holder, or not a deaddrop peer. No guess was
+    /// made on either side.
+    #[error(
+        "the peer closed the connection before the handshake (busy, rate-limiting, or not a deaddrop peer)"
+    )]
+    Refused,
     #[error("timed out waiting for the peer ({0})")]
     Timeout(&'static str),
     #[error("connection failed: {0}")]
@@ -57,9 +77,19 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// True when the peer failed to prove it knows the passphrase (or someone interfered).
+    /// True when the peer failed to prove it knows the passphrase (or someone interfered): a
+    /// PAKE message was evaluated, so a guess was spent.
     pub fn is_rejection(&self) -> bool {
         matches!(self, SessionError::Rejected(_))
+    }
+
+    /// True when the session failed before any passphrase check (refused, reset, timed out):
+    /// worth trying again later, and no guess was made.
+    pub fn is_cut(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Refused | SessionError::Io(_) | SessionError::Timeout(_)
+        )
     }
 }
 
@@ -83,11 +113,12 @@ async fn write_handshake<S: AsyncWrite + Unpin>(io: &mut S, msg: &[u8]) -> io::R
     io.write_all(&frame).await
 }
 
+/// Reads one length-prefixed handshake message. A peer that hangs up, or announces a length no
+/// handshake message has (not a deaddrop peer, or a hostile one), is [`SessionError::Refused`].
 async fn read_handshake<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, SessionError> {
     let len = usize::from(io.read_u16().await.map_err(map_eof)?);
     if len > MAX_HANDSHAKE_MESSAGE {
-        // Not a deaddrop peer, or a hostile one: either way, nothing to authenticate.
-        return Err(HandshakeError::Rejected.into());
+        return Err(SessionError::Refused);
     }
     let mut msg = vec![0u8; len];
     io.read_exact(&mut msg).await.map_err(map_eof)?;
@@ -96,8 +127,7 @@ async fn read_handshake<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, Ses
 
 fn map_eof(e: io::Error) -> SessionError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        // A peer that hangs up mid-handshake is indistinguishable from one that refused us.
-        SessionError::Rejected(HandshakeError::Rejected)
+        SessionError::Refused
     } else {
         SessionError::Io(e)
     }
@@ -112,18 +142,22 @@ async fn in_time<T>(
         .unwrap_or(Err(SessionError::Timeout("handshake")))
 }
 
-/// Runs the client side of the handshake on `io`.
+/// Runs the client side of the handshake on `io`. Until a well-formed ServerHello arrives, every
+/// failure is a cut ([`SessionError::is_cut`]): only checking a ServerHello spends a guess, and
+/// only that can end in [`SessionError::Rejected`].
 pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: S,
     pass: &Passphrase,
     me: PeerId,
-    expected: Option<PeerId>,
     timeouts: Timeouts,
 ) -> Result<Session<S>, SessionError> {
     let keys = in_time(timeouts.handshake, async {
-        let (client, hello) = handshake::Client::start(pass, me, expected);
+        let (client, hello) = handshake::Client::start(pass, me);
         write_handshake(&mut io, &hello).await?;
         let reply = read_handshake(&mut io).await?;
+        if !handshake::is_server_hello(&reply) {
+            return Err(SessionError::Refused);
+        }
         let (finish, keys) = client.finish(&reply)?;
         write_handshake(&mut io, &finish).await?;
         Ok(keys)
@@ -150,9 +184,16 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     timeouts: Timeouts,
 ) -> Result<Session<S>, SessionError> {
     let keys = in_time(timeouts.handshake, async {
-        let (server, reply) = handshake::Server::respond(pass, me, hello)?;
+        // A malformed hello gets no answer, so it is no guess: a cut, like a hang-up.
+        let (server, reply) =
+            handshake::Server::respond(pass, me, hello).map_err(|_| SessionError::Refused)?;
         write_handshake(&mut io, &reply).await?;
-        let finish = read_handshake(&mut io).await?;
+        // The client has our confirmation now, so it has had its guess: hanging up instead of
+        // confirming is the same as confirming wrongly.
+        let finish = match read_handshake(&mut io).await {
+            Err(SessionError::Refused) => return Err(HandshakeError::Rejected.into()),
+            other => other?,
+        };
         Ok(server.finish(&finish)?)
     })
     .await?;
@@ -308,7 +349,7 @@ mod tests {
             let hello = read_client_hello(&mut b, t.handshake).await?;
             accept(b, &hello, &sp, PeerId([2; 16]), t).await
         };
-        let client = connect(a, &cp, PeerId([1; 16]), Some(PeerId([2; 16])), t);
+        let client = connect(a, &cp, PeerId([1; 16]), t);
         tokio::join!(client, server)
     }
 
@@ -372,7 +413,7 @@ mod tests {
         let e = read_client_hello(&mut b, Duration::from_secs(1))
             .await
             .unwrap_err();
-        assert!(e.is_rejection());
+        assert!(matches!(e, SessionError::Refused), "{e:?}");
     }
 
     #[tokio::test(start_paused = true)]

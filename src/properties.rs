@@ -170,6 +170,14 @@ proptest! {
     }
 
     #[test]
+    fn top_level_names_are_safe_and_never_hidden(name in "[.]{0,3}\\PC{0,20}") {
+        let s = names::sanitize_top_level(&name);
+        prop_assert!(!s.starts_with('.'));
+        prop_assert!(s.len() <= names::MAX_COMPONENT);
+        prop_assert!(!s.contains(['/', '\\']) && !s.ends_with(['.', ' ']) && !s.is_empty());
+    }
+
+    #[test]
     fn accepted_relative_paths_stay_inside(path in "[a-z./\\\\:]{0,30}") {
         if let Ok(parts) = names::sanitize_relative(&path) {
             for p in parts {

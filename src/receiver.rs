@@ -116,6 +116,7 @@ pub async fn run(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        folder: opts.files.as_ref().map(|d| d.display().to_string()),
     });
     let me = ctx.id;
     let shared = Arc::new(Shared {

@@ -236,7 +236,7 @@ impl FileSink {
     async fn publish(&mut self, info: &DropInfo) -> Result<PathBuf, FetchError> {
         let partial = self.partial.clone().expect("a partial file exists");
         let (folder, name, exact) = match &self.dest {
-            Destination::Folder(dir) => (dir.clone(), names::sanitize_component(&info.name), false),
+            Destination::Folder(dir) => (dir.clone(), names::sanitize_top_level(&info.name), false),
             Destination::Exact(path) => (
                 self.folder.clone(),
                 path.file_name()
@@ -623,7 +623,7 @@ mod tests {
         let i = info(DropKind::File, b"x", "../../escape\u{202e}.sh");
         let mut sink = FileSink::new(Destination::Folder(inner.clone()), i.token, None).unwrap();
         receive(&mut sink, &i, b"x", 0).await.unwrap();
-        assert_eq!(listing(&inner), [".._.._escape_.sh"]);
+        assert_eq!(listing(&inner), ["__.._escape_.sh"], "never hidden, never outside");
         assert_eq!(listing(dir.path()), ["in"]);
     }
 

@@ -324,19 +324,25 @@ impl<C: Clone> DropStore<C> {
     }
 
     /// Removes every drop whose deadline has passed and that no transfer is using. Drops still
-    /// being transferred stop being offered and are removed when their transfer ends.
+    /// being transferred stop being offered and leave the deadline index (so the purge timer
+    /// does not wake for them again and again); they are removed when their transfer ends.
     pub fn expire(&mut self, now: Instant) -> Vec<Removed> {
         self.burned.retain(|_, deadline| *deadline > now);
-        let due: Vec<Token> = self
+        let due: Vec<(Instant, Token)> = self
             .deadlines
             .iter()
             .take_while(|(d, _)| *d <= now)
-            .map(|(_, t)| *t)
+            .copied()
             .collect();
-        let removed: Vec<Removed> = due
-            .into_iter()
-            .filter_map(|t| self.remove_if_expired(t, now))
-            .collect();
+        let mut removed = Vec::new();
+        for (deadline, token) in due {
+            match self.remove_if_expired(token, now) {
+                Some(r) => removed.push(r),
+                None => {
+                    self.deadlines.remove(&(deadline, token));
+                }
+            }
+        }
         if !removed.is_empty() {
             self.bump();
         }
@@ -581,6 +587,42 @@ mod tests {
             s.complete_current(t, who, late).unwrap().gone,
             Some(Gone::UsedUp)
         );
+    }
+
+    #[test]
+    fn regression_an_expired_drop_in_flight_does_not_keep_the_purge_timer_due() {
+        // The holder spun a core: the in-flight drop's past deadline stayed first, so the purge
+        // timer returned at once, forever.
+        let now = Instant::now();
+        let mut s = DropStore::new();
+        let t = s.insert(spec(FetchLimit::Max(1)), (), now, 0).unwrap();
+        let later = s
+            .insert(
+                DropSpec {
+                    ttl: Duration::from_secs(60),
+                    ..spec(FetchLimit::Max(1))
+                },
+                (),
+                now,
+                0,
+            )
+            .unwrap();
+        let who = PeerId::random();
+        s.begin(t, who, now).unwrap();
+        let late = now + Duration::from_secs(13);
+        assert!(s.expire(late).is_empty());
+        assert_eq!(
+            s.next_deadline(),
+            Some(now + Duration::from_secs(60)),
+            "only the live drop's deadline is due"
+        );
+        // The transfer still finishes and counts, and the drop goes then.
+        assert_eq!(
+            s.complete_current(t, who, late).unwrap().gone,
+            Some(Gone::UsedUp)
+        );
+        s.withdraw(later);
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]

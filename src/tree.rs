@@ -153,12 +153,15 @@ fn create_unique(
 }
 
 /// Unpacks a verified stream into `root`, a directory the caller has just created and owns.
+///
+/// Entries come depth first, so only the folders on the path to the current entry are kept:
+/// memory grows with the depth (at most [`names::MAX_DEPTH`]), not with the number of entries. A
+/// folder the stream returns to after leaving it (no sender of ours does that) is made anew
+/// under a free name rather than looked up.
 pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError> {
     let mut done = Unpacked::default();
-    // Where each sanitized directory path ended up (after de-duplication).
-    let mut dirs: std::collections::HashMap<Vec<String>, PathBuf> =
-        std::collections::HashMap::new();
-    dirs.insert(Vec::new(), root.to_path_buf());
+    // (sanitized component, where it was made) for each folder of the current path.
+    let mut path: Vec<(String, PathBuf)> = Vec::new();
     let mut entries = 0u64;
     loop {
         entries += 1;
@@ -167,24 +170,23 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
         }
         match Header::read(&mut stream)? {
             Header::End => break,
-            Header::Dir { path } => {
-                let parts = names::sanitize_relative(&path)?;
-                let parent = parent_dir(&mut dirs, &parts[..parts.len() - 1])?;
-                let last = parts[parts.len() - 1].clone();
-                if let std::collections::hash_map::Entry::Vacant(slot) = dirs.entry(parts) {
-                    slot.insert(create_unique(&parent, &last, |p| fs::create_dir(p))?);
-                    done.dirs += 1;
-                }
+            Header::Dir { path: p } => {
+                let parts = names::sanitize_relative(&p)?;
+                done.dirs += descend(&mut path, root, &parts)?;
             }
             Header::File {
-                path,
+                path: p,
                 size,
                 executable,
             } => {
-                let parts = names::sanitize_relative(&path)?;
-                let parent = parent_dir(&mut dirs, &parts[..parts.len() - 1])?;
+                let parts = names::sanitize_relative(&p)?;
+                let (last, parents) = parts.split_last().expect("never empty");
+                done.dirs += descend(&mut path, root, parents)?;
+                let parent = path[..parents.len()]
+                    .last()
+                    .map_or(root, |(_, dir)| dir.as_path());
                 let mut file = None;
-                let made = create_unique(&parent, &parts[parts.len() - 1], |p| {
+                let made = create_unique(parent, last, |p| {
                     file = Some(
                         fs::OpenOptions::new()
                             .write(true)
@@ -212,17 +214,26 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
     Ok(done)
 }
 
-/// The directory for `parts`, creating any the stream did not list first.
-fn parent_dir(
-    dirs: &mut std::collections::HashMap<Vec<String>, PathBuf>,
-    parts: &[String],
-) -> io::Result<PathBuf> {
-    if let Some(p) = dirs.get(parts) {
-        return Ok(p.clone());
+/// Makes sure the folders `parts` exist and end `path` (or are a start of it: a folder listed
+/// after its contents changes nothing). Where `parts` leaves `path`, the rest of `path` is
+/// dropped and the missing folders created (under free names). Returns how many it created.
+fn descend(path: &mut Vec<(String, PathBuf)>, root: &Path, parts: &[String]) -> io::Result<u64> {
+    let common = path
+        .iter()
+        .zip(parts)
+        .take_while(|((have, _), want)| have == *want)
+        .count();
+    if common == parts.len() {
+        return Ok(0);
     }
-    let parent = parent_dir(dirs, &parts[..parts.len() - 1])?;
-    let made = create_unique(&parent, &parts[parts.len() - 1], |p| fs::create_dir(p))?;
-    dirs.insert(parts.to_vec(), made.clone());
+    path.truncate(common);
+    let mut made = 0;
+    for part in &parts[common..] {
+        let parent = path.last().map_or(root, |(_, dir)| dir.as_path());
+        let dir = create_unique(parent, part, |p| fs::create_dir(p))?;
+        path.push((part.clone(), dir));
+        made += 1;
+    }
     Ok(made)
 }
 
@@ -408,6 +419,32 @@ mod tests {
             fs::remove_dir_all(&root).unwrap();
         }
         assert!(!outer.path().join("escape").exists());
+    }
+
+    #[test]
+    fn folders_listed_after_their_contents_and_merged_names_land_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h1, b1) = file("a/b/one", b"1");
+        let (h2, b2) = file("a/two", b"2");
+        let s = stream(&[
+            (h1, &b1),
+            (Header::Dir { path: "a".into() }, b""),
+            (Header::Dir { path: "a/b".into() }, b""),
+            (h2, &b2),
+            (Header::Dir { path: "c".into() }, b""),
+            (Header::End, b""),
+        ]);
+        let done = unpack(s.as_slice(), dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("a/b/one")).unwrap(), b"1");
+        assert_eq!(fs::read(dir.path().join("a/two")).unwrap(), b"2");
+        assert!(dir.path().join("c").is_dir());
+        assert_eq!(done.dirs, 3, "a, a/b (made for the first file) and c");
+        let mut top: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["a", "c"]);
     }
 
     #[test]

@@ -418,6 +418,7 @@ pub async fn receive(
     events(Event::Listening {
         discovery_port: scope.port,
         targets: Vec::new(),
+        folder: opts.files.as_ref().map(|d| d.display().to_string()),
     });
     let (pass, opts, scope) = (Arc::new(pass), Arc::new(opts), Arc::new(scope));
     let permits = Arc::new(Semaphore::new(PARALLEL_FETCHES));

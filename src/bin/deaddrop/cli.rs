@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::path::Path;
+
 use clap::{Args, Parser, Subcommand};
 use deaddrop::units::{parse_duration, parse_size};
 
@@ -42,9 +44,11 @@ pub enum Command {
     /// folders (until Ctrl-C).
     #[command(after_help = EXIT_CODES)]
     Run {
-        /// Save files and folders here (created if missing).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
+        /// Save files and folders here, created when the first one arrives [default: your
+        /// Downloads folder, in deaddrop/ (~/Downloads/deaddrop)]. `--dir .` saves into the
+        /// current folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Show larger file and folder drops without fetching them (e.g. 500M, 2G); fetch them
         /// by token if you want them.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -156,4 +160,18 @@ pub struct Common {
     /// More log output on stderr (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Where `run` saves files by default: a folder of its own in the user's Downloads folder (as
+/// browsers and LocalSend do), never the current folder, which is often the home folder.
+pub fn default_receive_dir() -> PathBuf {
+    match directories::UserDirs::new() {
+        Some(user) => user
+            .download_dir()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| user.home_dir().join("Downloads"))
+            .join("deaddrop"),
+        // No home folder at all (a service account): a folder of its own here.
+        None => PathBuf::from("deaddrop"),
+    }
 }

@@ -15,6 +15,7 @@ use deaddrop::sink::Destination;
 use deaddrop::units::{format_duration, format_size};
 
 use crate::cli::{Common, Limit};
+use crate::interrupt::Interrupt;
 use crate::output::Ui;
 use crate::{EXIT_EXPIRED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, destination, printer, write_stdout};
 
@@ -56,6 +57,7 @@ pub async fn run(
     max_size: Option<u64>,
     common: Common,
     ui: Arc<Ui>,
+    interrupt: Interrupt,
 ) -> Result<u8> {
     if !common.peer.is_empty() {
         bail!(
@@ -63,7 +65,7 @@ pub async fn run(
         );
     }
     if let Some(dir) = &files {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::check_receive_dir(dir)?;
     }
     let scope = scope(&common).await?;
     let opts = ReceiveOptions {
@@ -73,10 +75,7 @@ pub async fn run(
             ..Caps::default()
         },
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    net::receive(pass, scope, opts, printer(ui, None), shutdown)
+    net::receive(pass, scope, opts, printer(ui, None), interrupt.wait())
         .await
         .context("cannot listen for legacy offers")?;
     Ok(0)
@@ -94,6 +93,7 @@ pub async fn send(
     limit: Limit,
     common: Common,
     ui: Arc<Ui>,
+    interrupt: Interrupt,
 ) -> Result<u8> {
     if limit.everyone || limit.max_fetches != 1 {
         bail!(
@@ -132,7 +132,7 @@ pub async fn send(
             Outcome::Fetched { .. } => 0,
             Outcome::Expired => EXIT_EXPIRED,
         }),
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.wait() => {
             ui.err("Interrupted: the drop is withdrawn.");
             Ok(EXIT_INTERRUPTED)
         }

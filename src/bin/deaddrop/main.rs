@@ -2,6 +2,7 @@
 //! outcomes to exit codes. All protocol work is in the library.
 
 mod cli;
+mod interrupt;
 mod legacy;
 mod output;
 
@@ -29,6 +30,7 @@ use deaddrop::units::{format_duration, format_size};
 use tokio::sync::mpsc;
 
 use cli::{Cli, Command, Common, Limit};
+use interrupt::Interrupt;
 use output::{Ui, stderr_line};
 
 const EXIT_ERROR: u8 = 1;
@@ -62,7 +64,11 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(dispatch(cli.command, pass, ui.clone()))
+            .block_on(async {
+                let interrupt =
+                    Interrupt::install().context("cannot install the Ctrl-C handler")?;
+                dispatch(cli.command, pass, ui.clone(), interrupt).await
+            })
     });
     match result {
         Ok(code) => ExitCode::from(code),
@@ -166,7 +172,12 @@ pub(crate) fn printer(ui: Arc<Ui>, tap: Option<mpsc::UnboundedSender<Event>>) ->
     })
 }
 
-async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8> {
+async fn dispatch(
+    command: Command,
+    pass: Passphrase,
+    ui: Arc<Ui>,
+    interrupt: Interrupt,
+) -> Result<u8> {
     match command {
         Command::Run {
             dir,
@@ -174,7 +185,16 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             no_files,
             common,
         } if common.legacy => {
-            legacy::run(pass, (!no_files).then_some(dir), max_size, common, ui).await
+            let dir = dir.unwrap_or_else(cli::default_receive_dir);
+            legacy::run(
+                pass,
+                (!no_files).then_some(dir),
+                max_size,
+                common,
+                ui,
+                interrupt,
+            )
+            .await
         }
         Command::Run {
             dir,
@@ -182,12 +202,13 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             no_files,
             common,
         } => {
+            let dir = dir.unwrap_or_else(cli::default_receive_dir);
             let opts = ReceiverOptions {
                 files: (!no_files).then_some(dir),
                 max_size,
                 ..ReceiverOptions::default()
             };
-            run(pass, opts, common, ui).await
+            run(pass, opts, common, ui, interrupt).await
         }
         Command::SendMsg {
             text,
@@ -196,7 +217,8 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             common,
         } if common.legacy => {
             let text = read_message(text)?;
-            legacy::send(pass, legacy::What::Message(text), ttl, limit, common, ui).await
+            let what = legacy::What::Message(text);
+            legacy::send(pass, what, ttl, limit, common, ui, interrupt).await
         }
         Command::SendFile {
             path,
@@ -204,7 +226,8 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
             limit,
             common,
         } if common.legacy => {
-            legacy::send(pass, legacy::What::Path(path), ttl, limit, common, ui).await
+            let what = legacy::What::Path(path);
+            legacy::send(pass, what, ttl, limit, common, ui, interrupt).await
         }
         Command::SendMsg {
             text,
@@ -214,21 +237,24 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
         } => {
             let text = read_message(text)?;
             let offer = Offer::Message(text);
-            send(pass, offer, ttl, limit, common, ui).await
+            send(pass, offer, ttl, limit, common, ui, interrupt).await
         }
         Command::SendFile {
             path,
             ttl,
             limit,
             common,
-        } => send(pass, Offer::Path(path), ttl, limit, common, ui).await,
+        } => send(pass, Offer::Path(path), ttl, limit, common, ui, interrupt).await,
         Command::Fetch {
             token,
             out,
             dir,
             wait,
             common,
-        } if common.legacy => legacy::fetch(pass, token, out, dir, wait, common, ui).await,
+        } if common.legacy => {
+            let fetch = legacy::fetch(pass, token, out, dir, wait, common, ui.clone());
+            interrupted(fetch, &interrupt, &ui).await
+        }
         Command::Fetch {
             token,
             out,
@@ -248,26 +274,85 @@ async fn dispatch(command: Command, pass: Passphrase, ui: Arc<Ui>) -> Result<u8>
                         .exit()
                 }
             };
-            fetch(pass, token, out, dir, wait, common, ui).await
+            let fetch = fetch(pass, token, out, dir, wait, common, ui.clone());
+            interrupted(fetch, &interrupt, &ui).await
         }
         Command::List { common, .. } if common.legacy => {
             bail!("list is not available with --legacy: the original protocol cannot list drops")
         }
-        Command::List { wait, common } => list(pass, wait, common, ui).await,
+        Command::List { wait, common } => {
+            interrupted(list(pass, wait, common, ui.clone()), &interrupt, &ui).await
+        }
     }
 }
 
-async fn run(pass: Passphrase, opts: ReceiverOptions, common: Common, ui: Arc<Ui>) -> Result<u8> {
+/// Runs a command that holds nothing for others (`fetch`, `list`) until Ctrl-C: then it stops
+/// with code 130. A partial file stays hidden in the folder for the next fetch to resume.
+async fn interrupted(
+    work: impl Future<Output = Result<u8>>,
+    interrupt: &Interrupt,
+    ui: &Ui,
+) -> Result<u8> {
+    tokio::select! {
+        done = work => done,
+        _ = interrupt.wait() => {
+            ui.err("Interrupted.");
+            Ok(EXIT_INTERRUPTED)
+        }
+    }
+}
+
+async fn run(
+    pass: Passphrase,
+    opts: ReceiverOptions,
+    common: Common,
+    ui: Arc<Ui>,
+    interrupt: Interrupt,
+) -> Result<u8> {
     if let Some(dir) = &opts.files {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        check_receive_dir(dir)?;
     }
     let discovery = open_discovery(&common).await?;
     let ctx = client_context(pass, &common, &discovery);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    receiver::run(ctx, opts, discovery, printer(ui, None), shutdown).await;
+    receiver::run(ctx, opts, discovery, printer(ui, None), interrupt.wait()).await;
     Ok(0)
+}
+
+/// Checks at start that files can be saved in `dir`: an existing folder we can write to, or a
+/// path where one can be made when the first file arrives.
+pub(crate) fn check_receive_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => bail!("cannot save files in {}: not a folder", dir.display()),
+        Ok(_) => {
+            let probe = dir.join(format!(".deaddrop-probe-{}", PeerId::random()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+                .with_context(|| format!("cannot save files in {}", dir.display()))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Made on first use; its nearest existing ancestor must be a folder.
+            let mut up = dir.parent();
+            while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(meta) = std::fs::metadata(p) {
+                    if !meta.is_dir() {
+                        bail!(
+                            "cannot save files in {}: {} is not a folder",
+                            dir.display(),
+                            p.display()
+                        );
+                    }
+                    break;
+                }
+                up = p.parent();
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot save files in {}", dir.display())),
+    }
 }
 
 fn read_message(text: String) -> Result<String> {
@@ -297,6 +382,7 @@ async fn send(
     limit: Limit,
     common: Common,
     ui: Arc<Ui>,
+    interrupt: Interrupt,
 ) -> Result<u8> {
     let prepared = match &offer {
         Offer::Path(path) => {
@@ -367,7 +453,7 @@ async fn send(
             }
         ));
     }
-    wait_for_end(&holder, &mut rx, &[token], &ui).await
+    wait_for_end(&holder, &mut rx, &[token], &ui, &interrupt).await
 }
 
 /// Waits until every one of `tokens` is used up or expired, or Ctrl-C.
@@ -376,6 +462,7 @@ async fn wait_for_end(
     rx: &mut mpsc::UnboundedReceiver<Event>,
     tokens: &[Token],
     ui: &Ui,
+    interrupt: &Interrupt,
 ) -> Result<u8> {
     let mut left: Vec<Token> = tokens.to_vec();
     let mut unfetched_expiry = false;
@@ -394,7 +481,7 @@ async fn wait_for_end(
                 Some(_) => continue,
                 None => bail!("the holder stopped unexpectedly"),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.wait() => {
                 holder.withdraw_all();
                 ui.err("Interrupted: the drop is withdrawn.");
                 return Ok(EXIT_INTERRUPTED);
@@ -404,7 +491,7 @@ async fn wait_for_end(
             if used_up {
                 tokio::select! {
                     _ = tokio::time::sleep(LINGER) => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = interrupt.wait() => {}
                 }
             }
             return Ok(if unfetched_expiry { EXIT_EXPIRED } else { 0 });

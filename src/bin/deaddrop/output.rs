@@ -68,10 +68,15 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
         Event::Listening {
             discovery_port,
             targets,
+            folder,
         } => (
             format!(
-                "Listening for drops on UDP {discovery_port} (asking {}). Ctrl-C to stop.",
-                targets.join(", ")
+                "Listening for drops on UDP {discovery_port} (asking {}); {}. Ctrl-C to stop.",
+                targets.join(", "),
+                match folder {
+                    Some(f) => format!("files go to {f}"),
+                    None => "messages only".into(),
+                }
             ),
             false,
         ),

@@ -360,15 +360,20 @@ fn fake_holder(args: &[String]) -> serde_json::Value {
         .iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect();
+    // The id each port announced last: a receiver that checks the id it heard gets that one.
+    let ids: Arc<Mutex<Vec<PeerId>>> = Arc::new(Mutex::new(vec![PeerId::random(); ports.len()]));
     let announcer = {
         let s = udp(args);
+        let ids = ids.clone();
         std::thread::spawn(move || {
             let mut generation = 0u64;
             while Instant::now() < end {
-                for &port in &ports {
+                for (i, &port) in ports.iter().enumerate() {
                     generation += 1;
+                    let id = PeerId::random();
+                    ids.lock().unwrap()[i] = id;
                     let b = Beacon::Announce {
-                        id: PeerId::random(),
+                        id,
                         port,
                         generation,
                     };
@@ -382,7 +387,7 @@ fn fake_holder(args: &[String]) -> serde_json::Value {
     let mut workers = Vec::new();
     while Instant::now() < end {
         let mut idle = true;
-        for l in &listeners {
+        for (port, l) in listeners.iter().enumerate() {
             let Ok((mut c, _)) = l.accept() else { continue };
             idle = false;
             connections.fetch_add(1, Ordering::Relaxed);
@@ -390,6 +395,7 @@ fn fake_holder(args: &[String]) -> serde_json::Value {
             let (hellos, guesses, found, held) =
                 (hellos.clone(), guesses.clone(), found.clone(), held.clone());
             let (words, next_word) = (words.clone(), next_word.clone());
+            let ids = ids.clone();
             workers.push(std::thread::spawn(move || {
                 if silent {
                     held.lock().unwrap().push(c);
@@ -402,7 +408,8 @@ fn fake_holder(args: &[String]) -> serde_json::Value {
                 let i = next_word.fetch_add(1, Ordering::Relaxed);
                 let word = &words[i % words.len()];
                 let pass = Passphrase::new(word.clone()).unwrap();
-                let Ok((_, reply)) = Server::respond(&pass, PeerId::random(), &hello) else {
+                let id = ids.lock().unwrap()[port];
+                let Ok((_, reply)) = Server::respond(&pass, id, &hello) else {
                     return;
                 };
                 let mut frame = (reply.len() as u16).to_be_bytes().to_vec();
@@ -503,7 +510,7 @@ fn member(args: &[String]) -> serde_json::Value {
                 name: name.into(),
                 size: content.len() as u64,
                 ttl: seconds,
-                limit: FetchLimit::Everyone,
+                limit: FetchLimit::Max(1),
                 executable: false,
             };
             holder
@@ -553,7 +560,9 @@ fn member(args: &[String]) -> serde_json::Value {
                 offered = 1;
             }
         }
-        tokio::time::sleep(seconds).await;
+        // Until every drop is taken or has expired (and the last fetch was reported).
+        holder.drained().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         serde_json::json!({"offered": offered, "fetched": fetched.load(Ordering::Relaxed)})
     })
 }

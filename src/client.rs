@@ -223,6 +223,8 @@ impl OpenError {
             Outcome::Incomplete
         } else if self.error.is_rejection() {
             Outcome::Rejected
+        } else if self.error.is_unreachable() {
+            Outcome::Unreachable
         } else {
             Outcome::Cut
         }
@@ -343,7 +345,22 @@ impl HolderSession {
             sink.write(Chunk::new(record, 1..1 + len)).await?;
             progress(received, info.size);
         };
-        sink.finish(&info, hash).await?;
+        // Checking and saving can outlast the holder's patience for a record (a folder of a
+        // million entries takes a while to unpack): say we are still here meanwhile, three
+        // times per idle timeout (both sides use the same one, 30 s).
+        {
+            let every = self.session.idle() / 3;
+            let finish = sink.finish(&info, hash);
+            tokio::pin!(finish);
+            loop {
+                tokio::select! {
+                    done = &mut finish => break done?,
+                    _ = tokio::time::sleep(every) => {
+                        self.session.send_request(&Request::Wait).await?;
+                    }
+                }
+            }
+        }
         // The copy is complete, verified and published: from here on nothing can be lost. The
         // holder counts the fetch when it reads the Ack; if that or its confirmation goes astray
         // (the holder exited right after counting, say), the drop is still ours.
@@ -355,11 +372,17 @@ impl HolderSession {
 
     async fn acknowledge(&mut self, token: Token) -> Result<(), SessionError> {
         self.session.send_request(&Request::Ack { token }).await?;
-        match self.session.recv_reply().await? {
-            Reply::Acked { token: t } if t == token => Ok(()),
-            _ => Err(SessionError::Protocol(
-                "expected the acknowledgement to be confirmed",
-            )),
+        loop {
+            match self.session.recv_reply().await? {
+                Reply::Acked { token: t } if t == token => return Ok(()),
+                // A holder that does not know `Wait` said so, once per `Wait` we sent.
+                Reply::Unsupported { .. } => continue,
+                _ => {
+                    return Err(SessionError::Protocol(
+                        "expected the acknowledgement to be confirmed",
+                    ));
+                }
+            }
         }
     }
 
@@ -521,6 +544,7 @@ impl Tally {
             Outcome::Complete | Outcome::Incomplete => self.members += 1,
             Outcome::Rejected => self.rejected += 1,
             Outcome::Cut => self.cut += 1,
+            Outcome::Unreachable => {}
         }
     }
 }
@@ -552,11 +576,17 @@ where
             ControlFlow::Continue(outcome) => outcome,
             ControlFlow::Break(r) => return Some(r),
         };
-        if outcome == Outcome::Cut {
-            cut.insert(attempt.addr);
-        } else {
-            cut.remove(&attempt.addr);
-            tally.count(outcome);
+        match outcome {
+            Outcome::Cut => {
+                cut.insert(attempt.addr);
+            }
+            Outcome::Unreachable => {
+                cut.remove(&attempt.addr);
+            }
+            _ => {
+                cut.remove(&attempt.addr);
+                tally.count(outcome);
+            }
         }
         book.finished(attempt, outcome, std::time::Instant::now());
         None
@@ -570,7 +600,13 @@ where
             let task = session(ctx.clone(), attempt.addr, timeouts_for(ctx, &attempt));
             sessions.spawn(attempt, task);
         }
-        let wake = book.next_wake(now).unwrap_or(deadline).min(deadline);
+        // At least a millisecond, so a wake-up that finds nothing to start cannot spin.
+        let floor = now + Duration::from_millis(1);
+        let wake = book
+            .next_wake(now)
+            .unwrap_or(deadline)
+            .min(deadline)
+            .max(floor);
         tokio::select! {
             (beacon, src) = discovery.recv() => {
                 if let Some((addr, generation)) = announced(beacon, src, ctx.id) {
@@ -724,6 +760,122 @@ mod tests {
     use super::*;
     use crate::message::DropKind;
     use tokio::net::TcpListener;
+
+    /// A holder serving `content` as drop `token` to one session, with `idle` patience.
+    async fn one_drop_holder(
+        pass: Passphrase,
+        listener: TcpListener,
+        token: Token,
+        content: &'static [u8],
+        idle: Duration,
+    ) -> Vec<Request> {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let t = Timeouts {
+            idle,
+            ..Timeouts::default()
+        };
+        let hello = transport::read_client_hello(&mut stream, t.handshake)
+            .await
+            .unwrap();
+        let mut s = transport::accept(stream, &hello, &pass, PeerId([1; 16]), t)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.recv_request().await.unwrap(),
+            Some(Request::Hello { .. })
+        ));
+        s.send_reply(&Reply::Hello { name: "h".into() })
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.recv_request().await.unwrap(),
+            Some(Request::Fetch { .. })
+        ));
+        let info = DropInfo {
+            token,
+            kind: DropKind::Message,
+            size: content.len() as u64,
+            name: "message".into(),
+            created_unix: 0,
+            ttl_left_ms: 1000,
+            fetches_left: 1,
+            executable: false,
+        };
+        s.send_reply(&Reply::Start { info, offset: 0 })
+            .await
+            .unwrap();
+        let mut frame = vec![0; transport::DATA_FRAME_OVERHEAD];
+        transport::data_frame(&mut frame);
+        frame.extend_from_slice(content);
+        s.send_data_frame(&mut frame).await.unwrap();
+        s.send_reply(&Reply::End {
+            hash: *blake3::hash(content).as_bytes(),
+        })
+        .await
+        .unwrap();
+        // Everything the receiver says until its acknowledgement, each within `idle`.
+        let mut heard = Vec::new();
+        loop {
+            let req = s.recv_request().await.unwrap().unwrap();
+            heard.push(req.clone());
+            if let Request::Ack { .. } = req {
+                s.send_reply(&Reply::Acked { token }).await.unwrap();
+                return heard;
+            }
+        }
+    }
+
+    /// Holds content in memory but takes `delay` to "save" it.
+    struct SlowSink(MemorySink, Duration);
+
+    impl Sink for SlowSink {
+        async fn begin(&mut self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
+            self.0.begin(info, offset).await
+        }
+        async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
+            self.0.write(chunk).await
+        }
+        async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+            tokio::time::sleep(self.1).await;
+            self.0.finish(info, hash).await
+        }
+        async fn abort(&mut self, resumable: bool) {
+            self.0.abort(resumable).await
+        }
+    }
+
+    #[tokio::test]
+    async fn regression_a_receiver_saving_longer_than_the_holder_waits_keeps_its_reservation() {
+        // A million-entry folder took 39 s to unpack; the holder stopped waiting for the Ack
+        // after 30 s, so the one-time drop was never counted. The receiver now says it is
+        // still working.
+        let pass = Passphrase::new("secret123".into()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = Token([8; 16]);
+        let idle = Duration::from_millis(600);
+        let holder = tokio::spawn(one_drop_holder(pass.clone(), listener, token, b"hi", idle));
+        let ctx = ClientContext {
+            pass,
+            id: PeerId([2; 16]),
+            name: "r".into(),
+            bind_ip: Ipv4Addr::LOCALHOST,
+            timeouts: Timeouts {
+                idle,
+                ..Timeouts::default()
+            },
+        };
+        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
+        let mut sink = SlowSink(MemorySink::new(100), idle * 3);
+        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Done(_)));
+        let heard = holder.await.unwrap();
+        assert!(
+            heard.iter().filter(|r| **r == Request::Wait).count() >= 3,
+            "{heard:?}"
+        );
+        assert_eq!(heard.last(), Some(&Request::Ack { token }));
+    }
 
     #[tokio::test]
     async fn regression_a_message_counted_by_a_holder_that_then_exits_is_still_shown() {

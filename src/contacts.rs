@@ -69,8 +69,12 @@ pub enum Outcome {
     Incomplete,
     /// The holder failed the passphrase check: another room, or someone interfering.
     Rejected,
-    /// The connection failed before any passphrase check: refused, reset, silent, busy.
+    /// The connection failed before any passphrase check: the holder hung up, went silent or
+    /// was busy.
     Cut,
+    /// Nothing answered at that address (connection refused, no route): a stale or fake
+    /// announcement. Retried like a cut.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,6 +164,18 @@ pub struct Book {
     busy_bad: usize,
     /// Something may be startable that was not at the last look.
     dirty: bool,
+    /// [`Book::next_wake`]'s answer, while nothing it depends on has changed.
+    wake_at: std::cell::Cell<Option<Option<Instant>>>,
+}
+
+/// Whether an endpoint waits for a session (now, or once its backoff ends).
+fn wants_session(mode: Mode, e: &Endpoint) -> bool {
+    !e.busy
+        && !e.done
+        && match mode {
+            Mode::Follow => e.wanted.is_some_and(|g| e.synced != Some(g)),
+            Mode::Once => e.wanted.is_some(),
+        }
 }
 
 fn backoff(first: Duration, max: Duration, failures: u32) -> Duration {
@@ -180,6 +196,7 @@ impl Book {
             busy: 0,
             busy_bad: 0,
             dirty: false,
+            wake_at: std::cell::Cell::new(None),
         }
     }
 
@@ -204,13 +221,20 @@ impl Book {
             if e.done || e.synced == Some(generation) || e.wanted == Some(generation) {
                 return;
             }
+            let was_waiting = wants_session(self.mode, e);
             if e.wanted.is_none() {
                 e.waiting_since = now;
             }
             e.wanted = Some(generation);
+            // A newer generation for a holder already waiting changes no timing: the common
+            // case under a flood of announcements stays cheap.
+            if !was_waiting {
+                self.wake_at.set(None);
+            }
             self.mark_if_startable(addr, now);
             return;
         }
+        self.wake_at.set(None);
         if !self.make_room(addr.ip(), now) {
             return;
         }
@@ -289,12 +313,7 @@ impl Book {
     }
 
     fn wants_session(&self, e: &Endpoint) -> bool {
-        !e.busy
-            && !e.done
-            && match self.mode {
-                Mode::Follow => e.wanted.is_some_and(|g| e.synced != Some(g)),
-                Mode::Once => e.wanted.is_some(),
-            }
+        wants_session(self.mode, e)
     }
 
     /// The host-level reasons `ip` cannot get a session now, as the time it may (None: never
@@ -333,6 +352,7 @@ impl Book {
         if self.busy >= MAX_SESSIONS || !self.dirty {
             return None;
         }
+        self.wake_at.set(None);
         // Served least recently, then members first, then first come.
         type Rank = (Option<Instant>, Status, Instant);
         let mut best: Option<(SocketAddr, Rank)> = None;
@@ -378,6 +398,15 @@ impl Book {
     /// When something that waits may become startable (a backoff or a budget refills). `None`:
     /// only an announcement or a finished session can change anything.
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if let Some(cached) = self.wake_at.get() {
+            return cached;
+        }
+        let wake = self.compute_wake(now);
+        self.wake_at.set(Some(wake));
+        wake
+    }
+
+    fn compute_wake(&self, now: Instant) -> Option<Instant> {
         if self.busy >= MAX_SESSIONS {
             return None;
         }
@@ -394,6 +423,7 @@ impl Book {
     /// Call when a wake-up from [`Book::next_wake`] is due: makes the book look again.
     pub fn wake(&mut self) {
         self.dirty = true;
+        self.wake_at.set(None);
     }
 
     /// A session opened by [`Book::next`] ended.
@@ -405,6 +435,7 @@ impl Book {
             _ => Settled::NoGuess,
         };
         self.guesses.settle(attempt.charge, settled, now);
+        self.wake_at.set(None);
         self.busy -= 1;
         if attempt.bad_host {
             self.busy_bad -= 1;
@@ -438,7 +469,7 @@ impl Book {
                     e.failures += 1;
                     e.retry_at = now + backoff(CUT_BACKOFF_FIRST, CUT_BACKOFF_MAX, e.failures);
                 }
-                Outcome::Cut => {
+                Outcome::Cut | Outcome::Unreachable => {
                     e.failures += 1;
                     e.retry_at = now + backoff(CUT_BACKOFF_FIRST, CUT_BACKOFF_MAX, e.failures);
                 }
@@ -477,6 +508,7 @@ impl Book {
         for a in quiet {
             self.remove(a);
         }
+        self.wake_at.set(None);
     }
 }
 

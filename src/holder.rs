@@ -558,6 +558,8 @@ impl Conn<'_> {
                     }
                 }
                 Request::Bye => break,
+                // The receiver is still checking or saving: its record alone keeps us waiting.
+                Request::Wait => {}
                 Request::Unknown(kind) => s.send_reply(&Reply::Unsupported { kind }).await?,
             }
         }

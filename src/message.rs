@@ -175,6 +175,11 @@ pub enum Request {
     },
     /// End of session.
     Bye,
+    /// "I am still checking or saving what you sent; keep my reservation." Sent every few
+    /// seconds between `End` and `Ack` while the receiver works (a large folder can take longer
+    /// to unpack than a holder waits for a record). No reply; a holder that does not know it
+    /// answers `Unsupported`.
+    Wait,
     Unknown(u8),
 }
 
@@ -184,6 +189,7 @@ mod kind {
     pub const FETCH: u8 = 0x03;
     pub const ACK: u8 = 0x04;
     pub const BYE: u8 = 0x05;
+    pub const WAIT: u8 = 0x06;
     pub const R_HELLO: u8 = 0x81;
     pub const R_LISTING: u8 = 0x82;
     pub const R_START: u8 = 0x83;
@@ -216,6 +222,7 @@ impl Request {
                 b.put_bytes(&token.0);
             }
             Request::Bye => b.put_u8(kind::BYE),
+            Request::Wait => b.put_u8(kind::WAIT),
             Request::Unknown(k) => b.put_u8(*k),
         }
     }
@@ -235,6 +242,7 @@ impl Request {
                 token: Token(r.array()?),
             },
             kind::BYE => Request::Bye,
+            kind::WAIT => Request::Wait,
             other => return Ok(Request::Unknown(other)),
         };
         r.finish()?;
@@ -291,12 +299,22 @@ impl Reply<'_> {
                 b.put_string(name, MAX_PEER_NAME);
             }
             Reply::Listing(drops) => {
+                // As many drops as fit in one record, in the order given (soonest deadline
+                // first): the rest are listed once earlier ones are gone.
+                let start = b.len();
                 b.put_u8(kind::R_LISTING);
-                let n = drops.len().min(MAX_LISTING);
-                b.put_u16(n as u16);
-                for d in &drops[..n] {
+                b.put_u16(0);
+                let mut n: u16 = 0;
+                for d in drops.iter().take(MAX_LISTING) {
+                    let before = b.len();
                     d.put(b);
+                    if b.len() - start > crate::record::MAX_PLAINTEXT {
+                        b.truncate(before);
+                        break;
+                    }
+                    n += 1;
                 }
+                b[start + 1..start + 3].copy_from_slice(&n.to_be_bytes());
             }
             Reply::Start { info, offset } => {
                 b.put_u8(kind::R_START);
@@ -409,6 +427,7 @@ mod tests {
                 token: Token([4; 16]),
             },
             Request::Bye,
+            Request::Wait,
         ]
     }
 
@@ -483,6 +502,7 @@ mod tests {
             enc_req(&Request::Hello { name: "ab".into() }),
             [0x01, 0, 2, b'a', b'b']
         );
+        assert_eq!(enc_req(&Request::Wait), [0x06]);
         let mut fetch = vec![0x03];
         fetch.extend([3; 16]);
         fetch.extend([0, 0, 1, 0, 0, 0, 0, 0]);
@@ -574,6 +594,37 @@ mod tests {
         let mut listing = vec![0x82];
         listing.put_u16(MAX_LISTING as u16);
         assert_eq!(Reply::decode(&listing), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn regression_a_listing_of_many_long_names_fits_one_record() {
+        // 2048 drops with 1 KiB names made a 2.2 MB listing that could not be sealed: the
+        // holder's every session failed and nothing it held could be listed.
+        let drops: Vec<DropInfo> = (0..MAX_LISTING)
+            .map(|i| DropInfo {
+                token: Token([i as u8; 16]),
+                kind: DropKind::File,
+                size: 1,
+                name: "n".repeat(MAX_DROP_NAME),
+                created_unix: 0,
+                ttl_left_ms: 1,
+                fetches_left: 1,
+                executable: false,
+            })
+            .collect();
+        let bytes = enc_rep(&Reply::Listing(drops.clone()));
+        assert!(
+            bytes.len() <= crate::record::MAX_PLAINTEXT,
+            "{}",
+            bytes.len()
+        );
+        match Reply::decode(&bytes).unwrap() {
+            Reply::Listing(got) => {
+                assert!(got.len() > 900, "{}", got.len());
+                assert_eq!(got[..], drops[..got.len()], "the first ones, in order");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -113,6 +113,15 @@ pub const MAX_DEPTH: usize = 64;
 /// component. Paths that try to leave the folder are refused, not repaired: a well-behaved sender
 /// never produces them.
 pub fn sanitize_relative(path: &str) -> Result<Vec<String>, PathError> {
+    Ok(split_relative(path)?
+        .into_iter()
+        .map(sanitize_component)
+        .collect())
+}
+
+/// The checks of [`sanitize_relative`] without the sanitizing: the path's components, each one
+/// non-empty, not `.` or `..`, without a backslash. Each still needs [`sanitize_component`].
+pub fn split_relative(path: &str) -> Result<Vec<&str>, PathError> {
     if path.is_empty() {
         return Err(PathError::Empty);
     }
@@ -126,16 +135,12 @@ pub fn sanitize_relative(path: &str) -> Result<Vec<String>, PathError> {
     if parts.len() > MAX_DEPTH {
         return Err(PathError::TooLong);
     }
-    parts
-        .into_iter()
-        .map(|part| {
-            if part.is_empty() || part == "." || part == ".." || part.contains('\\') {
-                Err(PathError::Escapes(path.to_owned()))
-            } else {
-                Ok(sanitize_component(part))
-            }
-        })
-        .collect()
+    for part in &parts {
+        if part.is_empty() || *part == "." || *part == ".." || part.contains('\\') {
+            return Err(PathError::Escapes(path.to_owned()));
+        }
+    }
+    Ok(parts)
 }
 
 /// The `n`th alternative to `name` that does not overwrite: `report (1).pdf`, `report (2).pdf`.

@@ -145,7 +145,10 @@ pub async fn run(
             let (addr, timeouts) = (attempt.addr, timeouts_for(&shared.ctx, &attempt));
             syncs.spawn(attempt, async move { sync(&shared, addr, timeouts).await });
         }
-        let wake = book.next_wake(now);
+        // At least a millisecond, so a wake-up that finds nothing to start cannot spin.
+        let wake = book
+            .next_wake(now)
+            .map(|w| w.max(now + Duration::from_millis(1)));
         tokio::select! {
             _ = &mut shutdown => break,
             (beacon, src) = discovery.recv() => {

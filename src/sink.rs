@@ -623,7 +623,11 @@ mod tests {
         let i = info(DropKind::File, b"x", "../../escape\u{202e}.sh");
         let mut sink = FileSink::new(Destination::Folder(inner.clone()), i.token, None).unwrap();
         receive(&mut sink, &i, b"x", 0).await.unwrap();
-        assert_eq!(listing(&inner), ["__.._escape_.sh"], "never hidden, never outside");
+        assert_eq!(
+            listing(&inner),
+            ["__.._escape_.sh"],
+            "never hidden, never outside"
+        );
         assert_eq!(listing(dir.path()), ["in"]);
     }
 

@@ -83,6 +83,14 @@ impl SessionError {
         matches!(self, SessionError::Rejected(_))
     }
 
+    /// True when nothing answered at all: the connection was refused or the host is unreachable
+    /// (a stale or fake announcement, not a busy holder).
+    pub fn is_unreachable(&self) -> bool {
+        use io::ErrorKind::*;
+        matches!(self, SessionError::Io(e)
+            if matches!(e.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable))
+    }
+
     /// True when the session failed before any passphrase check (refused, reset, timed out):
     /// worth trying again later, and no guess was made.
     pub fn is_cut(&self) -> bool {
@@ -237,6 +245,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The authenticated peer's id.
     pub fn peer(&self) -> PeerId {
         self.peer
+    }
+
+    /// How long this side waits for any one record.
+    pub fn idle(&self) -> Duration {
+        self.idle
     }
 
     async fn write_frame(&mut self, last: bool) -> Result<(), SessionError> {

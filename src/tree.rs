@@ -160,7 +160,7 @@ fn create_unique(
 /// under a free name rather than looked up.
 pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError> {
     let mut done = Unpacked::default();
-    // (sanitized component, where it was made) for each folder of the current path.
+    // (the peer's component, where it was made) for each folder of the current path.
     let mut path: Vec<(String, PathBuf)> = Vec::new();
     let mut entries = 0u64;
     loop {
@@ -171,7 +171,7 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
         match Header::read(&mut stream)? {
             Header::End => break,
             Header::Dir { path: p } => {
-                let parts = names::sanitize_relative(&p)?;
+                let parts = names::split_relative(&p)?;
                 done.dirs += descend(&mut path, root, &parts)?;
             }
             Header::File {
@@ -179,14 +179,14 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
                 size,
                 executable,
             } => {
-                let parts = names::sanitize_relative(&p)?;
+                let parts = names::split_relative(&p)?;
                 let (last, parents) = parts.split_last().expect("never empty");
                 done.dirs += descend(&mut path, root, parents)?;
                 let parent = path[..parents.len()]
                     .last()
                     .map_or(root, |(_, dir)| dir.as_path());
                 let mut file = None;
-                let made = create_unique(parent, last, |p| {
+                let made = create_unique(parent, &names::sanitize_component(last), |p| {
                     file = Some(
                         fs::OpenOptions::new()
                             .write(true)
@@ -214,10 +214,12 @@ pub fn unpack(mut stream: impl Read, root: &Path) -> Result<Unpacked, TreeError>
     Ok(done)
 }
 
-/// Makes sure the folders `parts` exist and end `path` (or are a start of it: a folder listed
-/// after its contents changes nothing). Where `parts` leaves `path`, the rest of `path` is
-/// dropped and the missing folders created (under free names). Returns how many it created.
-fn descend(path: &mut Vec<(String, PathBuf)>, root: &Path, parts: &[String]) -> io::Result<u64> {
+/// Makes sure the folders `parts` (the peer's components, checked) exist and end `path` (or are
+/// a start of it: a folder listed after its contents changes nothing). Where `parts` leaves
+/// `path`, the rest of `path` is dropped and the missing folders created under their sanitized
+/// names (free ones). Only those new components are sanitized, so an entry costs its new part,
+/// not its depth. Returns how many folders it created.
+fn descend(path: &mut Vec<(String, PathBuf)>, root: &Path, parts: &[&str]) -> io::Result<u64> {
     let common = path
         .iter()
         .zip(parts)
@@ -230,8 +232,10 @@ fn descend(path: &mut Vec<(String, PathBuf)>, root: &Path, parts: &[String]) -> 
     let mut made = 0;
     for part in &parts[common..] {
         let parent = path.last().map_or(root, |(_, dir)| dir.as_path());
-        let dir = create_unique(parent, part, |p| fs::create_dir(p))?;
-        path.push((part.clone(), dir));
+        let dir = create_unique(parent, &names::sanitize_component(part), |p| {
+            fs::create_dir(p)
+        })?;
+        path.push(((*part).to_owned(), dir));
         made += 1;
     }
     Ok(made)

@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::fernet::Key;
 use super::wire::{self, Datagram, Kind, Reply, Request};
 use crate::client::{Chunk, FetchError, Sink, connect_tcp};
 use crate::discovery::{Scope, udp_socket};
@@ -57,6 +58,10 @@ pub enum LegacyError {
     Timeout,
     #[error("the sender broke the protocol: {0}")]
     Protocol(&'static str),
+    #[error("{0}")]
+    Declined(String),
+    #[error(transparent)]
+    Save(#[from] FetchError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -88,12 +93,24 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Vec<
     Ok(line)
 }
 
-/// A drop fetched from a legacy sender, still encrypted.
+/// What a legacy fetch brought.
+#[derive(Debug)]
+pub enum Got {
+    /// A message's text.
+    Message(Vec<u8>),
+    /// A file, saved where the destination said (`path` is `None` on standard output).
+    File {
+        name: String,
+        path: Option<PathBuf>,
+        size: u64,
+    },
+}
+
+/// A drop fetched from a legacy sender, decrypted and checked.
+#[derive(Debug)]
 pub struct Fetched {
-    pub kind: Kind,
-    pub name: String,
-    pub payload: Vec<u8>,
     pub from: SocketAddr,
+    pub got: Got,
 }
 
 /// Caps on what a legacy fetch reads, as plaintext sizes.
@@ -112,13 +129,18 @@ impl Default for Caps {
     }
 }
 
-/// Asks the sender at `addr` for `token`. The payload length is checked against the cap for its
-/// kind before a byte of it is read.
+/// Asks the sender at `addr` for `token`, decrypts and checks it. The payload length is checked
+/// against the cap for its kind before a byte of it is read. A message is read into memory (it
+/// is at most 1 MiB); a file streams through the decryptor into `files` (a hidden partial file,
+/// published only once the token's tag checks out, as native drops are), in constant memory
+/// whatever its size. Without `files`, a file is declined unread.
 pub async fn fetch_from(
+    pass: &Passphrase,
     bind_ip: Ipv4Addr,
     addr: SocketAddr,
     token: &str,
     caps: Caps,
+    files: Option<&Destination>,
 ) -> Result<Fetched, LegacyError> {
     let stream = connect_tcp(bind_ip, addr, CONNECT).await?;
     let mut stream = BufReader::new(stream);
@@ -142,48 +164,66 @@ pub async fn fetch_from(
     if len > cap {
         return Err(LegacyError::TooLarge { len, cap });
     }
-    let mut payload = Vec::with_capacity(len as usize);
-    let mut buf = vec![0u8; 64 * 1024];
-    while (payload.len() as u64) < len {
-        let want = ((len - payload.len() as u64) as usize).min(buf.len());
-        let n = in_time(IDLE, stream.read(&mut buf[..want])).await?;
-        if n == 0 {
-            return Err(LegacyError::Protocol("the payload was cut short"));
-        }
-        payload.extend_from_slice(&buf[..n]);
+    if len <= wire::SALT_LEN as u64 {
+        return Err(LegacyError::Protocol("the payload is too short"));
     }
-    Ok(Fetched {
-        kind,
-        name,
-        payload,
-        from: addr,
-    })
+    let dest = match (kind, files) {
+        (Kind::File, None) => {
+            return Err(LegacyError::Declined("files are not taken here".into()));
+        }
+        (_, dest) => dest,
+    };
+    let mut salt = [0u8; wire::SALT_LEN];
+    in_time(IDLE, stream.read_exact(&mut salt)).await?;
+    let key = {
+        let pass = pass.clone();
+        tokio::task::spawn_blocking(move || Key::derive(&pass, &salt))
+            .await
+            .map_err(io::Error::other)?
+    };
+    let rest = len - wire::SALT_LEN as u64;
+    let got = match (kind, dest) {
+        (Kind::File, Some(dest)) => {
+            let (path, size) =
+                save_stream(&mut stream, rest, &key, dest.clone(), token, &name).await?;
+            Got::File { name, path, size }
+        }
+        _ => {
+            // A message: capped above at about 1.4 MB of payload.
+            let mut text = vec![0u8; rest as usize];
+            in_time(IDLE, stream.read_exact(&mut text)).await?;
+            let plain = tokio::task::spawn_blocking(move || key.decrypt(&text, 0, None))
+                .await
+                .map_err(io::Error::other)??;
+            Got::Message(plain)
+        }
+    };
+    Ok(Fetched { from: addr, got })
 }
 
-/// Decrypts a fetched payload (scrypt runs on a blocking thread).
-pub async fn open(pass: &Passphrase, fetched: &Fetched) -> Result<Vec<u8>, LegacyError> {
-    let (pass, payload) = (pass.clone(), fetched.payload.clone());
-    tokio::task::spawn_blocking(move || wire::open_payload(&pass, &payload))
-        .await
-        .map_err(io::Error::other)?
-        .map_err(LegacyError::from)
+/// Partial files are named by a native token; one is derived from the legacy token.
+fn partial_id(token: &str) -> Token {
+    let hash = blake3::hash(token.as_bytes());
+    Token(hash.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
-/// Saves a legacy file with the same rules as a native one: hidden partial, sanitized name,
-/// never overwriting. Returns where it landed.
-pub async fn save_file(
+/// Decrypts `len` bytes of token text from `stream` into `dest` with the same rules as a native
+/// file: a hidden partial file, a sanitized name, never overwriting, and nothing published
+/// unless the token's tag checks out. Returns where it landed and the plaintext's size.
+async fn save_stream<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+    len: u64,
+    key: &Key,
     dest: Destination,
     token: &str,
     name: &str,
-    plaintext: Vec<u8>,
-) -> Result<PathBuf, FetchError> {
-    // Partial files are named by a native token; derive one from the legacy token.
-    let hash = blake3::hash(token.as_bytes());
-    let id = Token(hash.as_bytes()[..16].try_into().expect("16 bytes"));
-    let info = DropInfo {
+) -> Result<(Option<PathBuf>, u64), LegacyError> {
+    let id = partial_id(token);
+    let mut info = DropInfo {
         token: id,
         kind: DropKind::File,
-        size: plaintext.len() as u64,
+        // No more plaintext than decoded bytes: what the free-space check needs.
+        size: len / 4 * 3,
         name: name.to_owned(),
         created_unix: 0,
         ttl_left_ms: 60_000,
@@ -191,15 +231,47 @@ pub async fn save_file(
         executable: false,
     };
     let mut sink = FileSink::new(dest, id, None)?;
-    sink.begin(&info, 0).await?;
-    let hash = *blake3::hash(&plaintext).as_bytes();
-    let len = plaintext.len();
-    sink.write(Chunk::new(plaintext, 0..len)).await?;
-    if let Err(e) = sink.finish(&info, hash).await {
-        sink.abort(false).await;
-        return Err(e);
+    let result = async {
+        sink.begin(&info, 0).await?;
+        let mut decryptor = key.decryptor();
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut left, mut size) = (len, 0u64);
+        let mut last = false;
+        while !last {
+            let mut out = sink.spare();
+            out.clear();
+            if left > 0 {
+                let want = (left as usize).min(buf.len());
+                let n = in_time(IDLE, stream.read(&mut buf[..want])).await?;
+                if n == 0 {
+                    return Err(LegacyError::Protocol("the payload was cut short"));
+                }
+                left -= n as u64;
+                decryptor.update(&buf[..n], &mut out)?;
+            } else {
+                last = true;
+                std::mem::replace(&mut decryptor, key.decryptor()).finish(&mut out)?;
+            }
+            if !out.is_empty() {
+                hasher.update(&out);
+                size += out.len() as u64;
+                let n = out.len();
+                sink.write(Chunk::new(out, 0..n)).await?;
+            }
+        }
+        info.size = size;
+        sink.finish(&info, *hasher.finalize().as_bytes()).await?;
+        Ok(size)
     }
-    Ok(sink.published().expect("published").to_owned())
+    .await;
+    match result {
+        Ok(size) => Ok((sink.published().map(Path::to_path_buf), size)),
+        Err(e) => {
+            sink.abort(false).await;
+            Err(e)
+        }
+    }
 }
 
 /// What a legacy sender offers.
@@ -483,54 +555,40 @@ async fn take(
     holder: SocketAddr,
     id: &str,
     events: &Events,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let fetched = fetch_from(scope.bind_ip, holder, id, opts.caps).await?;
-    let plain = open(pass, &fetched).await?;
-    deliver(
-        fetched,
-        plain,
-        id,
-        opts.files.clone().map(Destination::Folder),
-        events,
-    )
-    .await?;
+) -> Result<(), LegacyError> {
+    let files = opts.files.clone().map(Destination::Folder);
+    let fetched = fetch_from(pass, scope.bind_ip, holder, id, opts.caps, files.as_ref()).await?;
+    deliver(fetched, id, events);
     Ok(())
 }
 
-/// Shows a message or saves a file, and says so.
-pub async fn deliver(
-    fetched: Fetched,
-    plain: Vec<u8>,
-    id: &str,
-    dest: Option<Destination>,
-    events: &Events,
-) -> Result<(), FetchError> {
+/// Says what a fetch brought: a message shown, a file saved.
+pub fn deliver(fetched: Fetched, id: &str, events: &Events) {
     let token = DropId::Legacy(id.to_owned());
     let from = fetched.from.ip().to_string();
     let address = fetched.from.to_string();
-    match (fetched.kind, dest) {
-        (Kind::Message, _) => events(Event::Message {
+    match fetched.got {
+        Got::Message(plain) => events(Event::Message {
             token,
             from,
             address,
             text: String::from_utf8_lossy(&plain).into_owned(),
             sent_unix: unix_now() as u64,
         }),
-        (Kind::File, Some(dest)) => {
-            let size = plain.len() as u64;
-            let path = save_file(dest, id, &fetched.name, plain).await?;
-            events(Event::Received {
-                token,
-                kind: DropKind::File,
-                path: path.display().to_string(),
-                size,
-                from,
-                address,
-            });
-        }
-        (Kind::File, None) => return Err(FetchError::Declined("files are not taken here".into())),
+        Got::File {
+            path: Some(path),
+            size,
+            ..
+        } => events(Event::Received {
+            token,
+            kind: DropKind::File,
+            path: path.display().to_string(),
+            size,
+            from,
+            address,
+        }),
+        Got::File { path: None, .. } => {}
     }
-    Ok(())
 }
 
 /// Fetch by token: asks each `peer` (TCP addresses) directly, then every sender in the room
@@ -542,9 +600,10 @@ pub async fn find(
     peers: &[SocketAddr],
     wait: Duration,
     caps: Caps,
+    files: &Destination,
 ) -> Result<Fetched, LegacyError> {
     for peer in peers {
-        match fetch_from(scope.bind_ip, *peer, token, caps).await {
+        match fetch_from(pass, scope.bind_ip, *peer, token, caps, Some(files)).await {
             Err(LegacyError::NotFound) => continue,
             Err(e) if peers.len() == 1 => return Err(e),
             Err(e) => tracing::info!("legacy peer {peer}: {e}"),
@@ -575,7 +634,7 @@ pub async fn find(
         if !tried.insert(holder) {
             continue;
         }
-        match fetch_from(scope.bind_ip, holder, token, caps).await {
+        match fetch_from(pass, scope.bind_ip, holder, token, caps, Some(files)).await {
             Err(LegacyError::NotFound) => continue,
             other => return other,
         }

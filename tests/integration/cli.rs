@@ -324,6 +324,54 @@ fn a_message_from_stdin() {
 }
 
 #[test]
+fn regression_ctrl_c_right_after_the_offer_withdraws_it_every_time() {
+    // The Ctrl-C handler used to be installed after the drop was offered and printed: a Ctrl-C
+    // in that window killed the sender without withdrawing (17 of 30 runs failed).
+    let room = Room::new("secret123");
+    for i in 0..50 {
+        let mut s = if i % 2 == 0 {
+            sender(&room, &["--ttl", "60s", "changed my mind"]).0
+        } else {
+            // Text mode: the token line is the first thing printed.
+            let mut s = Proc::spawn(room.cmd(&["send-msg", "--ttl", "60s", "changed my mind"]));
+            s.wait_line(T, |_| true).expect("the token");
+            s
+        };
+        s.interrupt();
+        assert_eq!(s.wait(T).code(), Some(130), "run {i}: {}", s.stderr());
+        assert!(
+            s.stderr().contains("Interrupted: the drop is withdrawn."),
+            "run {i}: {}",
+            s.stderr()
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_run_list_and_fetch_cleanly_at_any_moment() {
+    let room = Room::new("secret123");
+    for i in 0..10 {
+        let mut r = Proc::spawn(room.cmd(&["run", "--json", "--no-files"]));
+        r.wait_event(T, "listening").unwrap();
+        r.interrupt();
+        assert_eq!(r.wait(T).code(), Some(0), "run {i}: {}", r.stderr());
+        for args in [
+            &["list", "--wait", "10s"][..],
+            &["fetch", "--wait", "10s", "00112233445566778899aabbccddeeff"][..],
+        ] {
+            let mut p = Proc::spawn(room.cmd(args));
+            // Before its handler is in place, a Ctrl-C ends a process that has done nothing
+            // yet; from then on, at any moment, it stops cleanly.
+            assert!(p.wait_catches_ctrl_c(T), "{args:?}: {}", p.stderr());
+            std::thread::sleep(Duration::from_millis(20 * i));
+            p.interrupt();
+            assert_eq!(p.wait(T).code(), Some(130), "{args:?} {i}: {}", p.stderr());
+            assert!(p.stderr().contains("Interrupted."), "{}", p.stderr());
+        }
+    }
+}
+
+#[test]
 fn ctrl_c_withdraws_the_drop() {
     let room = Room::new("secret123");
     let (mut s, token) = sender(&room, &["--ttl", "60s", "changed my mind"]);

@@ -545,3 +545,38 @@ fn a_long_haul_link_still_delivers_messages_and_files() {
     );
     assert_eq!(m.wait(T).code(), Some(0));
 }
+
+/// CPU time a process has used so far (user + system), from /proc.
+fn cpu_time(p: &Proc) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", p.child.id())).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel reports clock ticks; Linux's USER_HZ is 100.
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn regression_a_holder_whose_transfer_outlives_its_ttl_does_not_spin() {
+    // The expiry timer kept the in-flight drop's past deadline first and woke at once, forever:
+    // one core at 100 % until the transfer ended.
+    let mut t = relayed(
+        Mode::Throttle(64 << 10),
+        "slow.bin",
+        8 << 20,
+        &["--ttl", "2s"],
+    );
+    let dir = t.dst.path().to_str().unwrap();
+    let mut r = Proc::spawn(t.via.cmd(&["fetch", "--json", "--dir", dir, &t.token]));
+    r.wait_event(T, "progress").expect("the transfer started");
+    std::thread::sleep(Duration::from_secs(3));
+    let before = cpu_time(&t.sender);
+    std::thread::sleep(Duration::from_secs(5));
+    let used = cpu_time(&t.sender) - before;
+    eprintln!("figure: holder CPU {used:?} over 5 s with a stalled transfer past its TTL");
+    assert!(used < Duration::from_millis(500), "{used:?} of CPU in 5 s");
+    assert!(
+        t.sender.child.try_wait().unwrap().is_none(),
+        "the transfer under way may still finish"
+    );
+}

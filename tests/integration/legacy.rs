@@ -440,3 +440,66 @@ fn an_oversized_legacy_file_is_refused_before_its_payload_is_read() {
     );
     s.wait(T);
 }
+
+#[test]
+fn regression_an_outsider_declaring_a_huge_legacy_payload_cannot_abort_run() {
+    // `run --legacy --max-size <large>` allocated the declared payload length before reading a
+    // byte: an outsider's OFFER (the legacy room id is on the wire for anyone to copy) declaring
+    // 150 GiB aborted the process. Files now stream to disk, checked for free space first.
+    use deaddrop::legacy::wire::{Datagram, Kind as WireKind, Reply, room_id};
+    use std::io::{BufRead, BufReader, Write};
+    let room = Room::new("secret123");
+    let dst = tempfile::tempdir().unwrap();
+    let mut r = Proc::spawn(ours(
+        &room,
+        &[
+            "run",
+            "--json",
+            "--max-size",
+            "4T",
+            "--dir",
+            dst.path().to_str().unwrap(),
+        ],
+    ));
+    r.wait_event(T, "listening").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(c.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        c.write_all(&Reply::ok(WireKind::File, "huge.bin").line())
+            .unwrap();
+        c.write_all(&(3u64 << 40).to_be_bytes()).unwrap();
+        let _ = c.write_all(&[b'A'; 4096]);
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let offer = Datagram::Offer {
+        id: "f00d".into(),
+        kind: WireKind::File,
+        name: "huge.bin".into(),
+        port,
+        expires_at: 4e9,
+        room: room_id(&pass(&room.pass)),
+    };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_broadcast(true).unwrap();
+    udp.send_to(&offer.encode(), ("127.255.255.255", room.port))
+        .unwrap();
+    let failed = r.wait_event(T, "fetch_failed").expect("refused");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("disk space"),
+        "{failed}"
+    );
+    fake.join().unwrap();
+    assert!(
+        r.child.try_wait().unwrap().is_none(),
+        "run --legacy is still running"
+    );
+    assert!(
+        fs::read_dir(dst.path()).unwrap().next().is_none(),
+        "nothing left behind"
+    );
+}

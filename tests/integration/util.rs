@@ -155,6 +155,29 @@ impl Proc {
         }
     }
 
+    /// Waits until the process catches SIGINT (its Ctrl-C handler is installed), from
+    /// /proc/PID/status. False if it exited first or `timeout` passed.
+    pub fn wait_catches_ctrl_c(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .unwrap_or_default();
+            let caught = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            if caught & (1 << (2 - 1)) != 0 {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
     /// Ctrl-C.
     pub fn interrupt(&self) {
         let _ = Command::new("kill")

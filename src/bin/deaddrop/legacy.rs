@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use deaddrop::discovery::{self, DiscoveryConfig, Scope};
-use deaddrop::event::{DropId, Event};
-use deaddrop::legacy::net::{self, Caps, Offer, Outcome, ReceiveOptions};
+use deaddrop::event::Event;
+use deaddrop::legacy::net::{self, Caps, Got, Offer, Outcome, ReceiveOptions};
 use deaddrop::legacy::wire::{self, Kind};
 use deaddrop::secret::Passphrase;
-use deaddrop::sink::Destination;
 use deaddrop::units::{format_duration, format_size};
 
 use crate::cli::{Common, Limit};
@@ -174,7 +173,9 @@ pub async fn fetch(
 ) -> Result<u8> {
     let scope = scope(&common).await?;
     let peers = tcp_peers(&common).await?;
-    let fetched = match net::find(&pass, &scope, &token, &peers, wait, Caps::default()).await {
+    let files = destination(out.clone(), dir);
+    let found = net::find(&pass, &scope, &token, &peers, wait, Caps::default(), &files).await;
+    let fetched = match found {
         Ok(f) => f,
         Err(net::LegacyError::NotFound) => {
             crate::report_error(&ui, "no legacy sender in this room offers that drop");
@@ -182,33 +183,21 @@ pub async fn fetch(
         }
         Err(e) => return Err(e.into()),
     };
-    let plain = net::open(&pass, &fetched).await?;
-    match fetched.kind {
-        Kind::Message => match &out {
+    match &fetched.got {
+        Got::Message(plain) => match &out {
             Some(path) if path != Path::new("-") => {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, &plain))
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, plain))
                     .with_context(|| format!("cannot create {}", path.display()))?;
             }
-            _ if ui.json() => ui.event(&Event::Message {
-                token: DropId::Legacy(token),
-                from: fetched.from.ip().to_string(),
-                address: fetched.from.to_string(),
-                text: String::from_utf8_lossy(&plain).into_owned(),
-                sent_unix: 0,
-            }),
-            _ => write_stdout(&plain)?,
+            _ if ui.json() => net::deliver(fetched, &token, &printer(ui, None)),
+            _ => write_stdout(plain)?,
         },
-        Kind::File => match destination(out, dir) {
-            Destination::Stdout => write_stdout(&plain)?,
-            dest => {
-                let events = printer(ui, None);
-                net::deliver(fetched, plain, &token, Some(dest), &events).await?;
-            }
-        },
+        // Saved (or written to standard output) as it arrived.
+        Got::File { .. } => net::deliver(fetched, &token, &printer(ui, None)),
     }
     Ok(0)
 }

@@ -24,6 +24,7 @@
 //! - [`client`]: one session with one holder: list, fetch, acknowledge.
 //! - [`receiver`]: `run`: follows announcements and fetches every new drop.
 //! - [`event`]: what the library reports to the program using it.
+//! - [`fsx`]: opening without following symlinks, renaming without replacing.
 //!
 //! The library never prints, prompts or exits; the `deaddrop` binary does.
 
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod contacts;
 pub mod discovery;
 pub mod event;
+pub mod fsx;
 pub mod handshake;
 pub mod holder;
 pub mod id;

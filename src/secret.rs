@@ -24,7 +24,11 @@ impl Passphrase {
     /// Takes ownership of `text` (so no unzeroized copy is left behind by the caller's `String`),
     /// trimming a trailing newline from prompts or pipes.
     pub fn new(text: String) -> Result<Self, PassphraseError> {
-        let mut text = Zeroizing::new(text);
+        Self::from_zeroizing(Zeroizing::new(text))
+    }
+
+    /// From text that is already zeroized when dropped.
+    pub fn from_zeroizing(mut text: Zeroizing<String>) -> Result<Self, PassphraseError> {
         while text.ends_with(['\n', '\r']) {
             text.pop();
         }

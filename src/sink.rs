@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::client::{Chunk, FetchError, MemorySink, Sink};
+use crate::fsx;
 use crate::id::Token;
 use crate::message::{DropInfo, DropKind};
 use crate::names;
@@ -76,14 +77,17 @@ struct Writer {
 }
 
 impl Writer {
-    /// `prefix`: a partial file whose first bytes are already ours; they are hashed first.
-    fn spawn(mut out: Out, prefix: Option<(PathBuf, u64)>) -> Writer {
+    /// `prefix`: the partial file (opened for reading too) whose first bytes are already ours;
+    /// they are hashed first.
+    fn spawn(mut out: Out, prefix: Option<(File, u64)>) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Chunk>(WRITE_AHEAD);
         let (spare_tx, spare) = std::sync::mpsc::channel();
         let handle = tokio::task::spawn_blocking(move || {
             let mut hasher = blake3::Hasher::new();
-            if let Some((path, len)) = prefix {
-                let copied = io::copy(&mut File::open(&path)?.take(len), &mut hasher)?;
+            if let Some((mut file, len)) = prefix {
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(0))?;
+                let copied = io::copy(&mut file.take(len), &mut hasher)?;
                 if copied != len {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -266,6 +270,19 @@ impl FileSink {
     }
 }
 
+/// Creates a new partial file: never truncating or following what is there. Our hidden name
+/// taken by something else (a leftover, a planted symlink) is removed once, not written through.
+fn create_partial(path: &Path) -> io::Result<File> {
+    let create = || fsx::open_no_follow(OpenOptions::new().write(true).create_new(true), path);
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path)?;
+            create()
+        }
+        other => other,
+    }
+}
+
 fn candidates(folder: &Path, name: &str, exact: bool) -> impl Iterator<Item = PathBuf> {
     let limit = if exact { 1 } else { 10_000 };
     (0..limit).map(move |n| folder.join(names::numbered(name, n)))
@@ -297,17 +314,17 @@ fn publish_file(
                     return Err(already_exists(&target));
                 }
             }
-            // File systems without hard links (FAT on phones and sticks): check, then rename.
-            Err(_) => {
-                if target.symlink_metadata().is_ok() {
+            // File systems without hard links (FAT on phones and sticks): a rename that never
+            // replaces.
+            Err(_) => match fsx::rename_no_replace(partial, &target) {
+                Ok(()) => return Ok(target),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if exact {
                         return Err(already_exists(&target));
                     }
-                    continue;
                 }
-                fs::rename(partial, &target)?;
-                return Ok(target);
-            }
+                Err(e) => return Err(e.into()),
+            },
         }
     }
     Err(FetchError::Declined(format!(
@@ -340,16 +357,22 @@ fn publish_dir(
         )));
     }
     for target in candidates(folder, name, exact) {
-        if target.symlink_metadata().is_ok() {
-            if exact {
-                let _ = fs::remove_dir_all(&tmp);
-                return Err(already_exists(&target));
+        match fsx::rename_no_replace(&tmp, &target) {
+            Ok(()) => {
+                fs::remove_file(partial)?;
+                return Ok(target);
             }
-            continue;
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if exact {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(already_exists(&target));
+                }
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e.into());
+            }
         }
-        fs::rename(&tmp, &target)?;
-        fs::remove_file(partial)?;
-        return Ok(target);
     }
     let _ = fs::remove_dir_all(&tmp);
     Err(FetchError::Declined(format!(
@@ -398,10 +421,14 @@ impl Sink for FileSink {
         }
         self.check_space(info, offset)?;
         let resuming = offset > 0 && offset == self.held && self.partial.is_some();
-        let file = if resuming {
-            OpenOptions::new()
-                .append(true)
-                .open(self.partial.as_ref().expect("checked"))?
+        let (file, prefix) = if resuming {
+            // Never through a symlink planted under the partial's name.
+            let file = fsx::open_no_follow(
+                OpenOptions::new().read(true).append(true),
+                self.partial.as_ref().expect("checked"),
+            )?;
+            let reader = file.try_clone()?;
+            (file, Some((reader, offset)))
         } else {
             self.remove_partial();
             let expires = unix_now() + info.ttl_left_ms / 1000 + 1;
@@ -409,15 +436,10 @@ impl Sink for FileSink {
                 "{}{expires}{PARTIAL_SUFFIX}",
                 partial_prefix(self.token)
             ));
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            let file = create_partial(&path)?;
             self.partial = Some(path);
-            file
+            (file, None)
         };
-        let prefix = resuming.then(|| (self.partial.clone().expect("checked"), offset));
         self.writer = Some(Writer::spawn(Out::File(file), prefix));
         Ok(())
     }
@@ -785,6 +807,41 @@ mod tests {
             matches!(err, FetchError::Io(ref e) if e.kind() == io::ErrorKind::StorageFull),
             "{err:?}"
         );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_symlink_planted_as_the_partial_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, b"keep").unwrap();
+        // At a new partial's name: removed, and a plain file made in its place.
+        let path = dir.path().join(".deaddrop-x.part");
+        std::os::unix::fs::symlink(&precious, &path).unwrap();
+        let mut f = create_partial(&path).unwrap();
+        f.write_all(b"new").unwrap();
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&precious).unwrap(), b"keep");
+        // At a partial about to be resumed: the resume fails, nothing is written.
+        let data = vec![3u8; 4000];
+        let i = info(DropKind::File, &data, "f");
+        let mut first =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        first.begin(&i, 0).await.unwrap();
+        first.write(piece(&data[..1000])).await.unwrap();
+        first.abort(true).await;
+        let mut second =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        let partial = second.partial.clone().unwrap();
+        fs::remove_file(&partial).unwrap();
+        std::os::unix::fs::symlink(&precious, &partial).unwrap();
+        assert!(second.begin(&i, 1000).await.is_err());
+        assert_eq!(fs::read(&precious).unwrap(), b"keep");
     }
 
     #[test]

@@ -133,8 +133,8 @@ pub struct Limit {
 pub struct Common {
     /// The room passphrase. Prefer DEADDROP_ROOM or the prompt: a command-line argument is
     /// visible to other users in `ps` and stays in shell history.
-    #[arg(long, env = "DEADDROP_ROOM", hide_env_values = true)]
-    pub room: Option<String>,
+    #[arg(long, env = "DEADDROP_ROOM", hide_env_values = true, value_parser = parse_room)]
+    pub room: Option<RoomArg>,
     /// How you are shown to others in the room [default: this host's name].
     #[arg(long)]
     pub name: Option<String>,
@@ -174,4 +174,20 @@ pub fn default_receive_dir() -> PathBuf {
         // No home folder at all (a service account): a folder of its own here.
         None => PathBuf::from("deaddrop"),
     }
+}
+
+/// `--room`'s value (or DEADDROP_ROOM's): zeroized when dropped, never `Debug`-printed. Taken
+/// out of the parsed arguments into the passphrase, so no plain copy of ours outlives parsing.
+/// (The process's own argument and environment memory keeps its copy: prefer the prompt.)
+#[derive(Clone)]
+pub struct RoomArg(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for RoomArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomArg(<redacted>)")
+    }
+}
+
+fn parse_room(text: &str) -> Result<RoomArg, String> {
+    Ok(RoomArg(zeroize::Zeroizing::new(text.to_owned())))
 }

@@ -44,8 +44,8 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 const LINGER: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let common = match &cli.command {
+    let mut cli = Cli::parse();
+    let common = match &mut cli.command {
         Command::Run { common, .. }
         | Command::SendMsg { common, .. }
         | Command::SendFile { common, .. }
@@ -59,7 +59,8 @@ fn main() -> ExitCode {
             message: legacy::WARNING.into(),
         });
     }
-    let result = passphrase(common).and_then(|pass| {
+    let room = common.room.take();
+    let result = passphrase(room).and_then(|pass| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -108,17 +109,20 @@ fn init_logging(verbose: u8) {
 }
 
 /// The passphrase from `--room`/`DEADDROP_ROOM`, else a hidden prompt.
-fn passphrase(common: &Common) -> Result<Passphrase> {
-    let text = match &common.room {
-        Some(room) => room.clone(),
+fn passphrase(room: Option<cli::RoomArg>) -> Result<Passphrase> {
+    let text = match room {
+        Some(room) => room.0,
         None if std::io::stdin().is_terminal() || std::io::stderr().is_terminal() => {
-            rpassword::prompt_password("Room passphrase: ").context("cannot read the passphrase")?
+            zeroize::Zeroizing::new(
+                rpassword::prompt_password("Room passphrase: ")
+                    .context("cannot read the passphrase")?,
+            )
         }
         None => bail!(
             "no room passphrase: pass --room, set DEADDROP_ROOM, or run in a terminal to be asked"
         ),
     };
-    Ok(Passphrase::new(text)?)
+    Ok(Passphrase::from_zeroizing(text)?)
 }
 
 fn hint(e: &anyhow::Error) -> Option<&'static str> {

@@ -5,7 +5,7 @@
 //! ```text
 //! hostile garbage     --to ADDR:PORT --count N             datagrams of random bytes and sizes
 //!                     (every command takes --from IP: the source address to attack from)
-//! hostile announce    --to ADDR:PORT --ids N --count N [--ports N]  announcements, N fake ids
+//! hostile announce    --to ADDR:PORT --ids N --count N [--ports N] [--listen]  announcements
 //! hostile fake-holder --to ADDR:PORT --seconds S [--ports N] [--every MS] [--words FILE|--silent]
 //!                     a fake holder: announces fresh ids, answers hellos with one guess each
 //! hostile member      --room P --port P --drop dotfiles|tree:N:DEPTH|listing --seconds S
@@ -109,21 +109,35 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
         "garbage" => {
             let (to, count, s) = (target(args), num(args, "--count", 10_000), udp(args));
             let mut buf = [0u8; 1500];
+            let mut sent = 0u64;
             for i in 0..count {
                 let len = (i as usize * 7919) % buf.len();
                 random_bytes(&mut buf[..len]);
                 if i % 3 == 0 && len >= 6 {
                     buf[..6].copy_from_slice(b"DDRP\x01\x01"); // looks like ours, is not
                 }
-                let _ = s.send_to(&buf[..len], to);
+                if s.send_to(&buf[..len], to).is_ok() {
+                    sent += 1;
+                }
             }
-            serde_json::json!({"sent": count})
+            serde_json::json!({"sent": sent})
         }
         "announce" => {
             let (to, s) = (target(args), udp(args));
             let (ids, count) = (num(args, "--ids", 1000), num(args, "--count", 10_000));
-            let port = num(args, "--port", 9);
+            // With --listen, the announced port is a real listener of ours: the connections
+            // that arrive show what the flood made the receiver do.
+            let listener = args.iter().any(|a| a == "--listen").then(|| {
+                let l = TcpListener::bind((from(args), 0)).unwrap();
+                l.set_nonblocking(true).unwrap();
+                l
+            });
+            let port = match &listener {
+                Some(l) => u64::from(l.local_addr().unwrap().port()),
+                None => num(args, "--port", 9),
+            };
             let ports = num(args, "--ports", 1).max(1);
+            let mut sent = 0u64;
             for i in 0..count {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&(i % ids).to_be_bytes());
@@ -132,9 +146,23 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
                     port: (port + i % ports).clamp(1, 65535) as u16,
                     generation: i,
                 };
-                let _ = s.send_to(&b.encode(), to);
+                if s.send_to(&b.encode(), to).is_ok() {
+                    sent += 1;
+                }
             }
-            serde_json::json!({"sent": count, "ids": ids})
+            // Connections the flood caused, counted for a second after it.
+            let mut connections = 0;
+            if let Some(l) = listener {
+                let end = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < end {
+                    match l.accept() {
+                        Ok(_) => connections += 1,
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }
+            serde_json::json!({"sent": sent, "ids": ids, "connections": connections,
+                "seconds": start.elapsed().as_secs_f64()})
         }
         "silent" | "half" => {
             let (to, count) = (target(args), num(args, "--count", 100));
@@ -272,8 +300,9 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
                     .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
                     .collect();
                 for _ in 0..num(args, "--times", 100) {
-                    let _ = s.send_to(&bytes, to);
-                    sent += 1;
+                    if s.send_to(&bytes, to).is_ok() {
+                        sent += 1;
+                    }
                 }
             }
             serde_json::json!({"sent": sent})

@@ -463,6 +463,7 @@ async fn handle_connection(
     if !slot.member() {
         return;
     }
+    tracing::debug!("session with a room member at {addr} opened");
     let mut conn = Conn {
         inner,
         addr,

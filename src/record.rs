@@ -46,6 +46,17 @@ fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("AES-256 key is 32 bytes"))
 }
 
+/// A matching pair of record keys from one secret, for fuzz targets (built with `--cfg
+/// fuzzing`) and tests: real keys only ever come from the handshake.
+#[cfg(any(test, fuzzing))]
+pub fn key_pair_for_fuzzing(secret: [u8; 32]) -> (SendKey, RecvKey) {
+    use zeroize::Zeroizing;
+    (
+        SendKey(Zeroizing::new(secret)),
+        RecvKey(Zeroizing::new(secret)),
+    )
+}
+
 /// Seals outgoing records.
 pub struct Sealer {
     key: LessSafeKey,

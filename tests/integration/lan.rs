@@ -446,10 +446,21 @@ fn a_256_mib_file_reaches_two_hosts_with_everyone() {
             "copy differs"
         );
     }
+    // The holder counted two deliveries, to the two hosts.
     let fetched: Vec<_> = (0..2)
         .map(|_| s.wait_event(T, "fetched").unwrap())
         .collect();
-    assert_eq!(fetched.len(), 2);
+    let delivered: Vec<_> = fetched.iter().map(|f| f["delivered"].clone()).collect();
+    assert_eq!(delivered, [1, 2], "{fetched:?}");
+    let mut hosts: Vec<String> = fetched
+        .iter()
+        .map(|f| {
+            let addr: std::net::SocketAddr = f["address"].as_str().unwrap().parse().unwrap();
+            addr.ip().to_string()
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, [lan.ip(2), lan.ip(3)], "{fetched:?}");
     s.interrupt();
     s.wait(T);
 }

@@ -646,8 +646,8 @@ fn failed(addr: SocketAddr, result: Option<OpenError>) -> Outcome {
     }
 }
 
-/// Finds the holder of `token` within `wait` and fetches it into `sink`. Returns the drop and
-/// the holder's name. Handshakes with every holder found run at once (a silent stranger delays
+/// Finds the holder of `token` within `wait` and fetches it into `sink`. Returns the drop, the
+/// holder's name and its address. Handshakes with every holder found run at once (a silent stranger delays
 /// no one); the fetches themselves run one at a time, since they share the sink.
 pub async fn fetch_token<S: Sink>(
     ctx: &ClientContext,
@@ -656,7 +656,7 @@ pub async fn fetch_token<S: Sink>(
     wait: Duration,
     sink: &mut S,
     mut progress: impl FnMut(u64, u64) + Send,
-) -> Result<(DropInfo, String), FindError> {
+) -> Result<(DropInfo, String, SocketAddr), FindError> {
     let deadline = std::time::Instant::now() + wait;
     let open =
         |ctx: ClientContext, addr, t| async move { HolderSession::open(&ctx, addr, t).await };
@@ -673,10 +673,10 @@ pub async fn fetch_token<S: Sink>(
                 None => return ControlFlow::Continue(failed(attempt.addr, None)),
             };
             let outcome = hs.fetch(token, sink, &mut progress).await;
-            let name = hs.name.clone();
+            let (name, addr) = (hs.name.clone(), hs.addr);
             hs.close().await;
             match outcome {
-                Ok(FetchOutcome::Done(info)) => ControlFlow::Break(Ok((info, name))),
+                Ok(FetchOutcome::Done(info)) => ControlFlow::Break(Ok((info, name, addr))),
                 Ok(FetchOutcome::Refused(Refusal::NotFound)) => {
                     ControlFlow::Continue(Outcome::Complete)
                 }

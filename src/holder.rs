@@ -547,11 +547,16 @@ impl Conn<'_> {
                     }
                 }
                 Request::Ack { token } => {
-                    if let Some((t, ticket)) = self.reserved
-                        && t == token
-                    {
-                        self.reserved = None;
-                        self.complete(token, ticket);
+                    // `Acked` means counted. An Ack without a reservation, or on a grant that a
+                    // newer connection of the same receiver has taken over, counts nothing.
+                    let counted = match self.reserved {
+                        Some((t, ticket)) if t == token => {
+                            self.reserved = None;
+                            self.complete(token, ticket)
+                        }
+                        _ => false,
+                    };
+                    if counted {
                         s.send_reply(&Reply::Acked { token }).await?;
                     } else {
                         let reason = Refusal::NotFound;
@@ -579,11 +584,13 @@ impl Conn<'_> {
         }
     }
 
-    fn complete(&self, token: Token, ticket: Ticket) {
+    /// Counts an acknowledged delivery; false if it could not be (a stale grant, or the drop
+    /// is gone).
+    fn complete(&self, token: Token, ticket: Ticket) -> bool {
         let done = self
             .inner
             .mutate(|st| st.complete(token, self.peer, ticket, Instant::now()));
-        let Ok(c) = done else { return };
+        let Ok(c) = done else { return false };
         let inner = self.inner;
         (inner.events)(Event::Fetched {
             token: token.into(),
@@ -602,6 +609,7 @@ impl Conn<'_> {
             }),
             None => {}
         }
+        true
     }
 }
 
@@ -807,6 +815,63 @@ mod tests {
             "one more guess after a second"
         );
         assert_eq!(h.len(), 1, "guessing burned nothing");
+    }
+
+    /// A member's session with the holder, as receiver `me`, after the hello exchange.
+    async fn member_session(to: SocketAddr, me: PeerId) -> Session<TcpStream> {
+        let stream = TcpStream::connect(to).await.unwrap();
+        let pass = Passphrase::new("secret123".into()).unwrap();
+        let mut s = transport::connect(stream, &pass, me, Timeouts::default())
+            .await
+            .unwrap();
+        s.send_request(&Request::Hello { name: "r".into() })
+            .await
+            .unwrap();
+        assert!(matches!(s.recv_reply().await.unwrap(), Reply::Hello { .. }));
+        s
+    }
+
+    /// Sends a Fetch and reads the whole transfer up to `End`.
+    async fn fetch_all(s: &mut Session<TcpStream>, token: Token) {
+        s.send_request(&Request::Fetch { token, offset: 0 })
+            .await
+            .unwrap();
+        loop {
+            match s.recv_reply().await.unwrap() {
+                Reply::End { .. } => return,
+                Reply::Start { .. } | Reply::Data(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn regression_an_ack_on_a_grant_taken_over_is_refused_not_confirmed() {
+        // A receiver's second connection took its reservation over; an Ack that then arrived
+        // on the first was answered Acked but not counted, so Acked did not mean counted.
+        let h = holder().await;
+        let me = PeerId::random();
+        let mut first = member_session(h.local_addr(), me).await;
+        first.send_request(&Request::List).await.unwrap();
+        let Reply::Listing(drops) = first.recv_reply().await.unwrap() else {
+            panic!("a listing")
+        };
+        let token = drops[0].token;
+        fetch_all(&mut first, token).await;
+        let mut second = member_session(h.local_addr(), me).await;
+        fetch_all(&mut second, token).await;
+        first.send_request(&Request::Ack { token }).await.unwrap();
+        assert_eq!(
+            first.recv_reply().await.unwrap(),
+            Reply::Refused {
+                token,
+                reason: Refusal::NotFound
+            }
+        );
+        assert_eq!(h.len(), 1, "nothing counted");
+        second.send_request(&Request::Ack { token }).await.unwrap();
+        assert_eq!(second.recv_reply().await.unwrap(), Reply::Acked { token });
+        assert_eq!(h.len(), 0, "counted, and used up");
     }
 
     async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {

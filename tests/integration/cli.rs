@@ -237,6 +237,28 @@ fn list_shows_drops_without_fetching_them() {
 }
 
 #[test]
+fn fetch_json_names_the_holder_and_its_address() {
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "with an address"]);
+    let offered_at = s
+        .seen
+        .iter()
+        .find_map(|l| {
+            let v = json(l);
+            (v["event"] == "offered").then(|| v["address"].as_str().unwrap().to_owned())
+        })
+        .unwrap();
+    let out = room.cmd(&["fetch", "--json", &token]).output().unwrap();
+    assert_ok(&out);
+    let msg = json(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    assert_eq!(msg["event"], "message");
+    assert_eq!(msg["text"], "with an address");
+    assert_eq!(msg["from"], "alice");
+    assert_eq!(msg["address"], offered_at.as_str(), "{msg}");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
 fn fetch_by_token_then_it_is_gone() {
     let room = Room::new("secret123");
     let (mut s, token) = sender(&room, &["--ttl", "20s", "by token"]);

@@ -558,7 +558,7 @@ async fn fetch(
             });
         }
     };
-    let (info, holder) =
+    let (info, holder, address) =
         match client::fetch_token(&ctx, &discovery, token, wait, &mut sink, progress).await {
             Ok(found) => found,
             Err(e) => {
@@ -587,7 +587,7 @@ async fn fetch(
                 _ if ui.json() => ui.event(&Event::Message {
                     token: token.into(),
                     from: holder,
-                    address: String::new(),
+                    address: address.to_string(),
                     text: String::from_utf8_lossy(text).into_owned(),
                     sent_unix: info.created_unix,
                 }),
@@ -606,7 +606,7 @@ async fn fetch(
                     path: path.display().to_string(),
                     size: info.size,
                     from: holder,
-                    address: String::new(),
+                    address: address.to_string(),
                 });
             }
         }

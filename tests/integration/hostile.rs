@@ -164,6 +164,59 @@ fn guesses_are_held_to_the_documented_rate_and_burn_nothing() {
 }
 
 #[test]
+fn guesses_from_many_addresses_are_bounded_overall() {
+    // 16 addresses guessing as fast as they can: each gets its first guess, then all of them
+    // share the overall budget (20 at once, then 2 per second), not 10 each.
+    let room = Room::new("secret123");
+    let mut s = Proc::spawn(room.cmd(&["send-msg", "--json", "--ttl", "30s", "guarded"]));
+    let offered = s.wait_event(T, "offered").unwrap();
+    let to = offered["address"].as_str().unwrap().to_owned();
+    let start = std::time::Instant::now();
+    let guessers: Vec<_> = (0..16)
+        .map(|i| {
+            attack_in_background(strings(&[
+                "guess",
+                "--to",
+                &to,
+                "--from",
+                &format!("127.0.2.{}", 10 + i),
+                "--count",
+                "30",
+            ]))
+        })
+        .collect();
+    let answered: u64 = guessers
+        .into_iter()
+        .map(|g| g.join().unwrap()["answered"].as_u64().unwrap())
+        .sum();
+    let secs = start.elapsed().as_secs_f64();
+    let bound = 16.0 + 20.0 + 2.0 * secs.ceil() + 1.0;
+    eprintln!(
+        "figure: {answered} of 480 guesses from 16 addresses answered in {secs:.2} s (bound {bound})"
+    );
+    assert!(
+        answered as f64 <= bound,
+        "{answered} answered; bound {bound}"
+    );
+    assert!(
+        answered >= 16,
+        "every address got its first guess: {answered}"
+    );
+    // A member is not locked out by it.
+    let out = room
+        .cmd(&["fetch", "--wait", "3s", offered["token"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        b"guarded",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
 fn silent_and_half_open_connections_do_not_block_a_delivery() {
     let room = Room::new("secret123");
     let mut s = Proc::spawn(room.cmd(&[

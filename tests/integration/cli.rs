@@ -513,3 +513,55 @@ fn several_senders_and_receivers_share_one_host() {
         assert_eq!(s.wait(T).code(), Some(0));
     }
 }
+
+#[test]
+fn run_saves_files_into_a_folder_of_its_own_in_downloads_by_default() {
+    // Saving into the current folder (often the home folder) by default let a drop land next to
+    // a user's dotfiles; now files go where browsers put them, in a folder of their own.
+    let home = tempfile::tempdir().unwrap();
+    let room = Room::new("secret123");
+    let mut c = room.cmd(&["run", "--json"]);
+    c.env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .current_dir(home.path());
+    let mut r = Proc::spawn(c);
+    let listening = r.wait_event(T, "listening").unwrap();
+    let folder = home.path().join("Downloads").join("deaddrop");
+    assert_eq!(listening["folder"], folder.display().to_string().as_str());
+    assert!(
+        !folder.exists(),
+        "made when the first file arrives, not before"
+    );
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join(".profile");
+    std::fs::write(&path, b"echo hi").unwrap();
+    let mut s = Proc::spawn(room.cmd(&["send-file", "--json", path.to_str().unwrap()]));
+    let got = r.wait_event(T, "received").expect("the file arrives");
+    assert_eq!(
+        got["path"],
+        folder.join("_profile").display().to_string().as_str()
+    );
+    assert_eq!(std::fs::read(folder.join("_profile")).unwrap(), b"echo hi");
+    let in_home: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(in_home, ["Downloads"], "nothing else in the home folder");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn run_refuses_a_receive_folder_that_is_not_one_at_start() {
+    let room = Room::new("secret123");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = room
+        .cmd(&["run", "--dir", file.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a folder") && err.contains(file.path().to_str().unwrap()),
+        "{err}"
+    );
+}

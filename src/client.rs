@@ -761,13 +761,15 @@ mod tests {
     use crate::message::DropKind;
     use tokio::net::TcpListener;
 
-    /// A holder serving `content` as drop `token` to one session, with `idle` patience.
+    /// A holder serving `content` as drop `token` to one session, with `idle` patience. It
+    /// confirms the Ack if `confirm`, else exits right after reading it.
     async fn one_drop_holder(
         pass: Passphrase,
         listener: TcpListener,
         token: Token,
         content: &'static [u8],
         idle: Duration,
+        confirm: bool,
     ) -> Vec<Request> {
         let (mut stream, _) = listener.accept().await.unwrap();
         let t = Timeouts {
@@ -819,10 +821,51 @@ mod tests {
             let req = s.recv_request().await.unwrap().unwrap();
             heard.push(req.clone());
             if let Request::Ack { .. } = req {
-                s.send_reply(&Reply::Acked { token }).await.unwrap();
+                if confirm {
+                    s.send_reply(&Reply::Acked { token }).await.unwrap();
+                }
                 return heard;
             }
         }
+    }
+
+    fn context(pass: Passphrase, idle: Duration) -> ClientContext {
+        ClientContext {
+            pass,
+            id: PeerId([2; 16]),
+            name: "r".into(),
+            bind_ip: Ipv4Addr::LOCALHOST,
+            timeouts: Timeouts {
+                idle,
+                ..Timeouts::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn regression_a_message_counted_by_a_holder_that_then_exits_is_still_shown() {
+        // The load test's holder exited right after counting the last drop; its confirmation
+        // never came back and the receiver dropped a message it held, verified.
+        let pass = Passphrase::new("secret123".into()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = Token([9; 16]);
+        let idle = Timeouts::default().idle;
+        let holder = tokio::spawn(one_drop_holder(
+            pass.clone(),
+            listener,
+            token,
+            b"hi",
+            idle,
+            false,
+        ));
+        let ctx = context(pass, idle);
+        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
+        let mut sink = MemorySink::new(100);
+        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Done(_)));
+        assert_eq!(sink.data, b"hi");
+        assert_eq!(holder.await.unwrap(), [Request::Ack { token }]);
     }
 
     /// Holds content in memory but takes `delay` to "save" it.
@@ -854,17 +897,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let token = Token([8; 16]);
         let idle = Duration::from_millis(600);
-        let holder = tokio::spawn(one_drop_holder(pass.clone(), listener, token, b"hi", idle));
-        let ctx = ClientContext {
-            pass,
-            id: PeerId([2; 16]),
-            name: "r".into(),
-            bind_ip: Ipv4Addr::LOCALHOST,
-            timeouts: Timeouts {
-                idle,
-                ..Timeouts::default()
-            },
-        };
+        let holder = tokio::spawn(one_drop_holder(
+            pass.clone(),
+            listener,
+            token,
+            b"hi",
+            idle,
+            true,
+        ));
+        let ctx = context(pass, idle);
         let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
         let mut sink = SlowSink(MemorySink::new(100), idle * 3);
         let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
@@ -875,77 +916,5 @@ mod tests {
             "{heard:?}"
         );
         assert_eq!(heard.last(), Some(&Request::Ack { token }));
-    }
-
-    #[tokio::test]
-    async fn regression_a_message_counted_by_a_holder_that_then_exits_is_still_shown() {
-        // The load test's holder exited right after counting the last drop; its confirmation
-        // never came back and the receiver dropped a message it held, verified.
-        let pass = Passphrase::new("secret123".into()).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = Token([9; 16]);
-        let server_pass = pass.clone();
-        let holder = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let t = Timeouts::default();
-            let hello = transport::read_client_hello(&mut stream, t.handshake)
-                .await
-                .unwrap();
-            let mut s = transport::accept(stream, &hello, &server_pass, PeerId([1; 16]), t)
-                .await
-                .unwrap();
-            assert!(matches!(
-                s.recv_request().await.unwrap(),
-                Some(Request::Hello { .. })
-            ));
-            s.send_reply(&Reply::Hello { name: "h".into() })
-                .await
-                .unwrap();
-            assert!(matches!(
-                s.recv_request().await.unwrap(),
-                Some(Request::Fetch { .. })
-            ));
-            let info = DropInfo {
-                token,
-                kind: DropKind::Message,
-                size: 2,
-                name: "message".into(),
-                created_unix: 0,
-                ttl_left_ms: 1000,
-                fetches_left: 1,
-                executable: false,
-            };
-            s.send_reply(&Reply::Start { info, offset: 0 })
-                .await
-                .unwrap();
-            let mut frame = vec![0; transport::DATA_FRAME_OVERHEAD];
-            transport::data_frame(&mut frame);
-            frame.extend_from_slice(b"hi");
-            s.send_data_frame(&mut frame).await.unwrap();
-            s.send_reply(&Reply::End {
-                hash: *blake3::hash(b"hi").as_bytes(),
-            })
-            .await
-            .unwrap();
-            assert_eq!(
-                s.recv_request().await.unwrap(),
-                Some(Request::Ack { token })
-            );
-            // Counted; now the holder is gone without confirming.
-        });
-        let ctx = ClientContext {
-            pass,
-            id: PeerId([2; 16]),
-            name: "r".into(),
-            bind_ip: Ipv4Addr::LOCALHOST,
-            timeouts: Timeouts::default(),
-        };
-        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
-        let mut sink = MemorySink::new(100);
-        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
-        assert!(matches!(outcome, FetchOutcome::Done(_)));
-        assert_eq!(sink.data, b"hi");
-        holder.await.unwrap();
     }
 }

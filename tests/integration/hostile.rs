@@ -48,6 +48,16 @@ fn receiver(room: &Room) -> Proc {
     r
 }
 
+/// A member fetches the drop of an `offered` event and gets `text`.
+fn member_fetches(room: &Room, offered: &serde_json::Value, text: &[u8]) {
+    let token = offered["token"].as_str().unwrap();
+    let out = room
+        .cmd(&["fetch", "--wait", "3s", token])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, text, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn messages(lines: &[String], text: &str) -> usize {
     lines
         .iter()
@@ -150,16 +160,7 @@ fn guesses_are_held_to_the_documented_rate_and_burn_nothing() {
     );
     assert!(g["cut"].as_u64().unwrap() >= 40 - allowed);
     // Nothing was burned: a member still gets it.
-    let out = room
-        .cmd(&["fetch", "--wait", "3s", offered["token"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.stdout,
-        b"guarded",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    member_fetches(&room, &offered, b"guarded");
     assert_eq!(s.wait(T).code(), Some(0));
 }
 
@@ -203,16 +204,7 @@ fn guesses_from_many_addresses_are_bounded_overall() {
         "every address got its first guess: {answered}"
     );
     // A member is not locked out by it.
-    let out = room
-        .cmd(&["fetch", "--wait", "3s", offered["token"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.stdout,
-        b"guarded",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    member_fetches(&room, &offered, b"guarded");
     assert_eq!(s.wait(T).code(), Some(0));
 }
 

@@ -13,7 +13,8 @@
 //! - **overall**: a source that has failed within [`CLEAN_AFTER`] also needs a token from a
 //!   shared bucket ([`GLOBAL_BURST`], then [`GLOBAL_PER_SECOND`]). A source with no recent failure
 //!   does not, so a flood of failures from other addresses never blocks a real peer's first
-//!   handshake: room members never fail, so they stay clean.
+//!   handshake: room members never fail, so they stay clean (and a source that proves
+//!   membership is clean again at once, whatever it mistyped before).
 //!
 //! The worst case over a day is therefore the global rate, plus one guess per attacker source per
 //! [`CLEAN_AFTER`] (the failure that makes it unclean). SECURITY.md has the figures.
@@ -231,16 +232,20 @@ impl GuessBudget {
     /// Ends an attempt: gives the tokens back unless a guess was spent.
     pub fn settle(&mut self, charge: Charge, how: Settled, now: Instant) {
         let cfg = self.cfg;
-        let refund = how != Settled::Guessed;
-        if refund && charge.global {
+        if how != Settled::Guessed && charge.global {
             self.global.give_back(cfg.global_burst);
         }
         if let Some(s) = self.sources.get_mut(&charge.key) {
             s.open = s.open.saturating_sub(1);
-            if refund {
-                s.bucket.give_back(cfg.burst);
-            } else {
-                s.failed_at = Some(now);
+            match how {
+                // Proven in the room: its earlier failures (a mistyped passphrase) no longer
+                // make it share the bucket of the failing.
+                Settled::Member => {
+                    s.bucket.give_back(cfg.burst);
+                    s.failed_at = None;
+                }
+                Settled::NoGuess => s.bucket.give_back(cfg.burst),
+                Settled::Guessed => s.failed_at = Some(now),
             }
         }
     }
@@ -411,9 +416,21 @@ mod tests {
         assert!(guess(&mut b, "10.0.2.7", now));
         assert!(!guess(&mut b, "10.0.2.7", now));
         assert!(b.wait_for(ip("10.0.2.7"), now) > Duration::ZERO);
-        // ...and is clean again after a quiet while.
+        // ...and is clean again after a quiet while, or at once by proving membership.
         let later = now + CLEAN_AFTER;
         assert!(b.try_start(ip("10.0.2.7"), later).is_some());
+        while b.global.take(GLOBAL_BURST, GLOBAL_PER_SECOND, later) {}
+        assert!(guess(&mut b, "10.0.3.7", later));
+        assert!(
+            !guess(&mut b, "10.0.3.7", later),
+            "unclean: waits for the global bucket"
+        );
+        b.global = Bucket::full(GLOBAL_BURST, later);
+        let c = b.try_start(ip("10.0.3.7"), later).unwrap();
+        b.settle(c, Settled::Member, later);
+        while b.global.take(GLOBAL_BURST, GLOBAL_PER_SECOND, later) {}
+        let c = b.try_start(ip("10.0.3.7"), later).expect("clean again");
+        b.settle(c, Settled::Member, later);
     }
 
     #[test]

@@ -735,7 +735,11 @@ fn run_list_and_fetch_stay_flat_under_two_million_announced_ids() {
     // Nothing listens at the announced ports (4), unless something on this machine happens to
     // listen on all addresses at one of them and hangs up on a handshake (1: "busy").
     let code = fetch.wait(T).code();
-    assert!(matches!(code, Some(4) | Some(1)), "{code:?}: {}", fetch.stderr());
+    assert!(
+        matches!(code, Some(4) | Some(1)),
+        "{code:?}: {}",
+        fetch.stderr()
+    );
     for (victim, kib) in [("run", run_kib), ("list", list_kib), ("fetch", fetch_kib)] {
         eprintln!("figure: {victim} peak RSS {kib} KiB under 2,000,000 announced ids");
         assert!(kib < MAX_RSS_KIB, "{victim} peaked at {kib} KiB");

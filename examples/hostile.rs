@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deaddrop::beacon::Beacon;
-use deaddrop::handshake::{Client, Server};
-use deaddrop::id::{PeerId, random_bytes};
-use deaddrop::secret::Passphrase;
+use deaddrop::protocol::beacon::Beacon;
+use deaddrop::protocol::handshake::{Client, Server};
+use deaddrop::protocol::id::{PeerId, random_bytes};
+use deaddrop::protocol::secret::Passphrase;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -476,7 +476,7 @@ fn fake_holder(args: &[String]) -> serde_json::Value {
 /// The stream of a folder drop with `entries` entries nested `depth` deep: chains of folders
 /// `c<i>/d/d/...`, each folder an entry of its own.
 fn deep_tree(entries: u64, depth: usize) -> Vec<u8> {
-    use deaddrop::tree::Header;
+    use deaddrop::storage::tree::Header;
     let mut out = Vec::new();
     let mut n = 0;
     let mut chain = 0;
@@ -502,10 +502,10 @@ fn deep_tree(entries: u64, depth: usize) -> Vec<u8> {
 /// so everything it sends is authentic; the receiver's safe-receiving rules must hold anyway.
 fn member(args: &[String]) -> serde_json::Value {
     use deaddrop::discovery::{Discovery, DiscoveryConfig, resolve};
-    use deaddrop::holder::{Holder, HolderOptions};
-    use deaddrop::message::DropKind;
-    use deaddrop::source::Source;
-    use deaddrop::store::{DropSpec, FetchLimit};
+    use deaddrop::protocol::message::DropKind;
+    use deaddrop::session::holder::{Holder, HolderOptions};
+    use deaddrop::storage::source::Source;
+    use deaddrop::storage::store::{DropSpec, FetchLimit};
     let pass = Passphrase::new(arg(args, "--room").expect("--room")).unwrap();
     let port = num(args, "--port", 48557) as u16;
     let seconds = Duration::from_secs(num(args, "--seconds", 30));
@@ -549,7 +549,7 @@ fn member(args: &[String]) -> serde_json::Value {
         let mut offered = 0;
         match what.as_str() {
             "dotfiles" => {
-                use deaddrop::tree::Header;
+                use deaddrop::storage::tree::Header;
                 offer(
                     DropKind::File,
                     ".bash_profile",
@@ -568,9 +568,11 @@ fn member(args: &[String]) -> serde_json::Value {
             }
             "listing" => {
                 // As many drops as a listing carries, each with the longest name.
-                for i in 0..deaddrop::message::MAX_LISTING {
-                    let name =
-                        format!("{i:04}{}", "n".repeat(deaddrop::message::MAX_DROP_NAME - 4));
+                for i in 0..deaddrop::protocol::message::MAX_LISTING {
+                    let name = format!(
+                        "{i:04}{}",
+                        "n".repeat(deaddrop::protocol::message::MAX_DROP_NAME - 4)
+                    );
                     offer(DropKind::Other(9), &name, vec![0u8; 1]);
                     offered += 1;
                 }

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use deaddrop::discovery::{self, Discovery, DiscoveryConfig};
 use deaddrop::event::Event;
-use deaddrop::holder::{Holder, HolderOptions};
-use deaddrop::secret::Passphrase;
-use deaddrop::store::FetchLimit;
+use deaddrop::protocol::secret::Passphrase;
+use deaddrop::session::holder::{Holder, HolderOptions};
+use deaddrop::storage::store::FetchLimit;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -45,7 +45,7 @@ async fn main() {
     let scope = discovery::resolve(&DiscoveryConfig {
         port: arg(&args, "--port")
             .map(|v| v.parse().unwrap())
-            .unwrap_or(deaddrop::beacon::DEFAULT_PORT),
+            .unwrap_or(deaddrop::protocol::beacon::DEFAULT_PORT),
         interface: arg(&args, "--interface"),
         peers: Vec::new(),
     })

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::id::Token;
-use crate::message::{DropKind, Refusal};
+use crate::protocol::id::Token;
+use crate::protocol::message::{DropKind, Refusal};
 
 /// Which drop an event is about: a native token, or a token of the original script's protocol
 /// (`--legacy`), which is any string. Serialized as text either way.

@@ -1,55 +1,54 @@
 //! deaddrop: a peer-to-peer dead drop for local networks.
 //!
-//! People on one LAN join a room by a shared passphrase. A holder offers a drop (a message or a
-//! file); every running receiver in the room fetches it over an end-to-end encrypted session; the
-//! drop is gone once fetched (once, by default) or when its time-to-live runs out.
+//! People on one LAN join a room by a shared passphrase. A holder offers a drop (a message, a
+//! file or a folder); every running receiver in the room fetches it over an end-to-end encrypted
+//! session; the drop is gone once fetched (once, by default) or when its time-to-live runs out.
 //!
 //! # Layout
 //!
-//! Pure protocol core (bytes and `now` in, bytes and decisions out):
-//! - [`codec`]: checked big-endian reading and writing shared by every decoder.
-//! - [`id`]: per-process [`id::PeerId`]s and drop [`id::Token`]s.
-//! - [`secret`]: the passphrase type.
-//! - [`beacon`]: discovery datagrams (announce, query).
-//! - [`handshake`]: SPAKE2 with key confirmation and the HKDF key schedule.
-//! - [`record`]: the AES-256-GCM record layer.
-//! - [`message`]: the requests and replies inside a session.
-//! - [`store`]: a holder's drops: fetch limits, burn-once, expiry.
-//! - [`limit`]: the per-source rate limit on passphrase guesses.
+//! The crate is in layers, each a folder; the pure parts take bytes and `now` in and give bytes
+//! and decisions out, and the I/O shell around them is tokio.
 //!
-//! I/O shell (tokio):
-//! - [`transport`]: a session over a stream: handshake with timeouts, then records.
-//! - [`discovery`]: UDP sockets, broadcast targets, interface confinement.
-//! - [`holder`]: serves drops to room members and announces them.
-//! - [`client`]: one session with one holder: list, fetch, acknowledge.
-//! - [`receiver`]: `run`: follows announcements and fetches every new drop.
-//! - [`event`]: what the library reports to the program using it.
-//! - [`fsx`]: opening without following symlinks, renaming without replacing.
+//! [`protocol`]: what goes on the wire, pure.
+//! - [`protocol::codec`]: checked big-endian reading and writing shared by every decoder.
+//! - [`protocol::id`]: per-process [`protocol::id::PeerId`]s and drop [`protocol::id::Token`]s.
+//! - [`protocol::secret`]: the passphrase type.
+//! - [`protocol::beacon`]: discovery datagrams (announce, query).
+//! - [`protocol::handshake`]: SPAKE2 with key confirmation and the HKDF key schedule.
+//! - [`protocol::record`]: the AES-256-GCM record layer.
+//! - [`protocol::message`]: the requests and replies inside a session.
+//!
+//! [`discovery`]: how holders and receivers find each other: interfaces, UDP beacons (broadcast,
+//! IPv6 multicast, unicast peers) and the sockets they use.
+//!
+//! [`session`]: sessions and the two roles.
+//! - [`session::transport`]: a session over a stream: handshake with timeouts, then records.
+//! - [`session::limit`]: the guess budget both roles use (pure).
+//! - [`session::contacts`]: which holders a receiver contacts, when, in what order (pure).
+//! - [`session::holder`]: serves drops to room members and announces them.
+//! - [`session::client`]: one session with one holder (list, fetch, acknowledge); `list` and
+//!   `fetch` across the room.
+//! - [`session::receiver`]: `run`: follows announcements and fetches every new drop.
+//!
+//! [`storage`]: drops on disk and in memory.
+//! - [`storage::store`]: a holder's drops: fetch limits, burn-once, expiry (pure).
+//! - [`storage::source`]: a drop's content, streamed from memory or disk, checked for changes.
+//! - [`storage::tree`]: the folder stream format and safe unpacking.
+//! - [`storage::names`]: peer-supplied names made safe (pure).
+//! - [`storage::sink`]: receiving into hidden partial files, verified, then published.
+//! - [`storage::fsx`]: opening without following symlinks, renaming without replacing.
+//!
+//! Beside them: [`legacy`] (the original script's protocol, for `--legacy`), [`event`] (what the
+//! library reports to the program using it) and [`units`] (sizes and durations for people).
 //!
 //! The library never prints, prompts or exits; the `deaddrop` binary does.
 
-pub mod beacon;
-pub mod client;
-pub mod codec;
-pub mod contacts;
 pub mod discovery;
 pub mod event;
-pub mod fsx;
-pub mod handshake;
-pub mod holder;
-pub mod id;
 pub mod legacy;
-pub mod limit;
-pub mod message;
-pub mod names;
 #[cfg(test)]
 mod properties;
-pub mod receiver;
-pub mod record;
-pub mod secret;
-pub mod sink;
-pub mod source;
-pub mod store;
-pub mod transport;
-pub mod tree;
+pub mod protocol;
+pub mod session;
+pub mod storage;
 pub mod units;

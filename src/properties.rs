@@ -6,16 +6,18 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::beacon::Beacon;
-use crate::handshake;
-use crate::id::{PeerId, Token};
 use crate::legacy::{fernet, wire};
-use crate::message::{DropInfo, DropKind, MAX_DROP_NAME, MAX_PEER_NAME, Refusal, Reply, Request};
-use crate::names;
-use crate::record;
-use crate::secret::Passphrase;
-use crate::store::{DropSpec, DropStore, FetchLimit, Gone};
-use crate::tree::Header;
+use crate::protocol::beacon::Beacon;
+use crate::protocol::handshake;
+use crate::protocol::id::{PeerId, Token};
+use crate::protocol::message::{
+    DropInfo, DropKind, MAX_DROP_NAME, MAX_PEER_NAME, Refusal, Reply, Request,
+};
+use crate::protocol::record;
+use crate::protocol::secret::Passphrase;
+use crate::storage::names;
+use crate::storage::store::{DropSpec, DropStore, FetchLimit, Gone};
+use crate::storage::tree::Header;
 
 fn token() -> impl Strategy<Value = Token> {
     any::<[u8; 16]>().prop_map(Token)
@@ -45,7 +47,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
 }
 
 fn bounded_string(max_bytes: usize) -> impl Strategy<Value = String> {
-    ".{0,40}".prop_map(move |s: String| crate::codec::truncate_utf8(&s, max_bytes).to_owned())
+    ".{0,40}"
+        .prop_map(move |s: String| crate::protocol::codec::truncate_utf8(&s, max_bytes).to_owned())
 }
 
 fn drop_info() -> impl Strategy<Value = DropInfo> {

@@ -1,6 +1,6 @@
 #![no_main]
 //! Discovery datagrams, as any host on the LAN can send them.
-use deaddrop::beacon::Beacon;
+use deaddrop::protocol::beacon::Beacon;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

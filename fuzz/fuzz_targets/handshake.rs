@@ -1,9 +1,9 @@
 #![no_main]
 //! Handshake messages from an unauthenticated peer: a ClientHello to a holder, a ServerHello to a
 //! fetcher, and a ClientFinish after a real exchange.
-use deaddrop::handshake::{Client, Server};
-use deaddrop::id::PeerId;
-use deaddrop::secret::Passphrase;
+use deaddrop::protocol::handshake::{Client, Server};
+use deaddrop::protocol::id::PeerId;
+use deaddrop::protocol::secret::Passphrase;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

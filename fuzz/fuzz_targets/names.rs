@@ -1,6 +1,6 @@
 #![no_main]
 //! File and folder names from peers.
-use deaddrop::names::{MAX_COMPONENT, sanitize_component, sanitize_relative};
+use deaddrop::storage::names::{MAX_COMPONENT, sanitize_component, sanitize_relative};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! The record layer as a receiver sees it: a byte stream of headers and sealed records. The
 //! input chooses the records' sizes and contents and at most one flipped bit on the wire; the
 //! stream must open back to exactly the records sent, up to the flipped one, and never past it.
-use deaddrop::record::{
+use deaddrop::protocol::record::{
     HEADER_LEN, MAX_PLAINTEXT, Opener, Sealer, TAG_LEN, key_pair_for_fuzzing, parse_header,
 };
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 #![no_main]
 //! Every message a room member can send inside a session (the plaintext of one record).
-use deaddrop::message::{Reply, Request};
+use deaddrop::protocol::message::{Reply, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

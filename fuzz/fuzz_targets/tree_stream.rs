@@ -1,6 +1,6 @@
 #![no_main]
 //! Folder streams: entry headers read one after another, as unpacking does.
-use deaddrop::tree::Header;
+use deaddrop::storage::tree::Header;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::secret::Passphrase;
+use crate::protocol::secret::Passphrase;
 
 const VERSION: u8 = 0x80;
 /// How far in the future a timestamp may be when a TTL is checked (the spec's clock skew).
@@ -91,7 +91,7 @@ impl Key {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.encrypt(plaintext, now, crate::id::random_array())
+        self.encrypt(plaintext, now, crate::protocol::id::random_array())
     }
 
     /// Checks and decrypts a token. With `ttl`, also refuses tokens older than `ttl` seconds or

@@ -15,14 +15,14 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::fernet::Key;
 use super::wire::{self, Datagram, Kind, Reply, Request};
-use crate::client::{Chunk, FetchError, Sink, connect_tcp};
 use crate::discovery::{Scope, udp_socket};
 use crate::event::{DropId, Event, Events};
-use crate::holder::MAX_MESSAGE;
-use crate::id::Token;
-use crate::message::{DropInfo, DropKind};
-use crate::secret::Passphrase;
-use crate::sink::{Destination, FileSink};
+use crate::protocol::id::Token;
+use crate::protocol::message::{DropInfo, DropKind};
+use crate::protocol::secret::Passphrase;
+use crate::session::client::{Chunk, FetchError, Sink, connect_tcp};
+use crate::session::holder::MAX_MESSAGE;
+use crate::storage::sink::{Destination, FileSink};
 
 const CONNECT: Duration = Duration::from_secs(3);
 const LINE: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Passphrase;
+use crate::protocol::secret::Passphrase;
 
 /// The original's discovery port (UDP broadcast).
 pub const UDP_PORT: u16 = 48555;
@@ -178,7 +178,7 @@ impl Reply {
 /// The payload for `plaintext`: a fresh random salt, then the Fernet token made with the key
 /// derived from the passphrase and that salt. Blocking (scrypt).
 pub fn seal_payload(pass: &Passphrase, plaintext: &[u8]) -> Vec<u8> {
-    let salt: [u8; SALT_LEN] = crate::id::random_array();
+    let salt: [u8; SALT_LEN] = crate::protocol::id::random_array();
     let token = super::fernet::Key::derive(pass, &salt).encrypt_now(plaintext);
     let mut payload = Vec::with_capacity(SALT_LEN + token.len());
     payload.extend_from_slice(&salt);

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use deaddrop::legacy::{fernet, wire};
-use deaddrop::secret::Passphrase;
+use deaddrop::protocol::secret::Passphrase;
 
 use crate::files::data;
 use crate::util::{Proc, Room, assert_ok, json};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use deaddrop::beacon::Beacon;
+use deaddrop::protocol::beacon::Beacon;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// What the relay does to the holder's bytes.

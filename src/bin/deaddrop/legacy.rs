@@ -10,7 +10,7 @@ use deaddrop::discovery::{self, DiscoveryConfig, Scope};
 use deaddrop::event::Event;
 use deaddrop::legacy::net::{self, Caps, Got, Offer, Outcome, ReceiveOptions};
 use deaddrop::legacy::wire::{self, Kind};
-use deaddrop::secret::Passphrase;
+use deaddrop::protocol::secret::Passphrase;
 use deaddrop::units::{format_duration, format_size};
 
 use crate::cli::{Common, Limit};

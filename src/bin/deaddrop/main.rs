@@ -14,18 +14,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use deaddrop::client::{self, ClientContext, FindError};
 use deaddrop::discovery::{self, Discovery, DiscoveryConfig};
 use deaddrop::event::{Event, Events, Throttle};
-use deaddrop::holder::{Holder, HolderOptions, MAX_MESSAGE};
-use deaddrop::id::{PeerId, Token};
-use deaddrop::message::{DropKind, Refusal};
-use deaddrop::receiver::{self, ReceiverOptions};
-use deaddrop::secret::Passphrase;
-use deaddrop::sink::{self, Destination, DropSink, FileSink};
-use deaddrop::source::Source;
-use deaddrop::store::FetchLimit;
-use deaddrop::transport::Timeouts;
+use deaddrop::protocol::id::{PeerId, Token};
+use deaddrop::protocol::message::{DropKind, Refusal};
+use deaddrop::protocol::secret::Passphrase;
+use deaddrop::session::client::{self, ClientContext, FindError};
+use deaddrop::session::holder::{Holder, HolderOptions, MAX_MESSAGE};
+use deaddrop::session::receiver::{self, ReceiverOptions};
+use deaddrop::session::transport::Timeouts;
+use deaddrop::storage::sink::{self, Destination, DropSink, FileSink};
+use deaddrop::storage::source::Source;
+use deaddrop::storage::store::FetchLimit;
 use deaddrop::units::{format_duration, format_size};
 use tokio::sync::mpsc;
 
@@ -143,12 +143,15 @@ fn display_name(common: &Common) -> String {
         .name
         .clone()
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
-    deaddrop::codec::truncate_utf8(&name, deaddrop::message::MAX_PEER_NAME).to_owned()
+    deaddrop::protocol::codec::truncate_utf8(&name, deaddrop::protocol::message::MAX_PEER_NAME)
+        .to_owned()
 }
 
 async fn open_discovery(common: &Common) -> Result<Discovery> {
     let scope = discovery::resolve(&DiscoveryConfig {
-        port: common.port.unwrap_or(deaddrop::beacon::DEFAULT_PORT),
+        port: common
+            .port
+            .unwrap_or(deaddrop::protocol::beacon::DEFAULT_PORT),
         interface: common.interface.clone(),
         peers: common.peer.clone(),
     })
@@ -615,7 +618,7 @@ async fn fetch(
 }
 
 fn sink_offset(sink: &DropSink) -> u64 {
-    use deaddrop::client::Sink;
+    use deaddrop::session::client::Sink;
     sink.offset()
 }
 
@@ -657,7 +660,7 @@ async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> 
                         "from": l.holder,
                         "address": l.addr.to_string(),
                         "ttl_left_ms": d.ttl_left_ms,
-                        "fetches_left": (d.fetches_left != deaddrop::message::EVERYONE).then_some(d.fetches_left),
+                        "fetches_left": (d.fetches_left != deaddrop::protocol::message::EVERYONE).then_some(d.fetches_left),
                     })
                     .to_string(),
                 );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{Local, SecondsFormat, TimeZone, Utc};
 use deaddrop::event::{DropId, Event};
-use deaddrop::message::{DropInfo, EVERYONE};
+use deaddrop::protocol::message::{DropInfo, EVERYONE};
 use deaddrop::units::{format_duration, format_size};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -166,8 +166,8 @@ pub fn listing_row(d: &DropInfo, holder: &str) -> String {
         d.token,
         d.kind.as_str(),
         size(d.size),
-        sanitize(deaddrop::codec::truncate_utf8(&d.name, 20), false),
-        sanitize(deaddrop::codec::truncate_utf8(holder, 16), false),
+        sanitize(deaddrop::protocol::codec::truncate_utf8(&d.name, 20), false),
+        sanitize(deaddrop::protocol::codec::truncate_utf8(holder, 16), false),
         format_duration(Duration::from_millis(d.ttl_left_ms)),
         left
     )
@@ -230,7 +230,7 @@ impl Ui {
         } = event
         {
             let arrow = if *sending { "to" } else { "from" };
-            let peer = sanitize(deaddrop::codec::truncate_utf8(peer, 16), false);
+            let peer = sanitize(deaddrop::protocol::codec::truncate_utf8(peer, 16), false);
             self.progress(
                 &transfer_key(token, &peer, *sending),
                 &format!("{arrow} {peer}"),
@@ -280,7 +280,7 @@ fn transfer_key(token: &DropId, peer: &str, sending: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deaddrop::id::Token;
+    use deaddrop::protocol::id::Token;
 
     #[test]
     fn terminal_escapes_and_bidi_are_neutralised() {
@@ -296,7 +296,7 @@ mod tests {
     fn human_lines_for_received_files_are_sanitized() {
         let (line, to_stdout) = human(&Event::Received {
             token: Token([0; 16]).into(),
-            kind: deaddrop::message::DropKind::File,
+            kind: deaddrop::protocol::message::DropKind::File,
             path: "./a\x1b[2Jb.txt".into(),
             size: 2048,
             from: "alice".into(),

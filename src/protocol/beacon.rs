@@ -2,8 +2,8 @@
 //! derived from the passphrase and no drop metadata, so an eavesdropper learns only that a
 //! deaddrop process exists and when its drops change.
 
-use crate::codec::{DecodeError, Put, Reader};
-use crate::id::PeerId;
+use crate::protocol::codec::{DecodeError, Put, Reader};
+use crate::protocol::id::PeerId;
 
 /// Every deaddrop datagram and TCP stream starts with these bytes.
 pub const MAGIC: [u8; 4] = *b"DDRP";

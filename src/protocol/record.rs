@@ -12,7 +12,7 @@
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use crate::handshake::{RecvKey, SendKey};
+use crate::protocol::handshake::{RecvKey, SendKey};
 
 /// Bytes before each record's ciphertext.
 pub const HEADER_LEN: usize = 4;

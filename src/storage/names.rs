@@ -76,9 +76,9 @@ fn shorten(name: &str, max: usize) -> String {
     }
     let (stem, ext) = split_ext(name);
     if ext.len() > 16 || stem.is_empty() {
-        return crate::codec::truncate_utf8(name, max).to_owned();
+        return crate::protocol::codec::truncate_utf8(name, max).to_owned();
     }
-    let stem = crate::codec::truncate_utf8(stem, max - ext.len());
+    let stem = crate::protocol::codec::truncate_utf8(stem, max - ext.len());
     format!("{stem}{ext}")
 }
 
@@ -150,8 +150,10 @@ pub fn numbered(name: &str, n: u32) -> String {
     }
     let (stem, ext) = split_ext(name);
     let suffix = format!(" ({n})");
-    let stem =
-        crate::codec::truncate_utf8(stem, MAX_COMPONENT.saturating_sub(suffix.len() + ext.len()));
+    let stem = crate::protocol::codec::truncate_utf8(
+        stem,
+        MAX_COMPONENT.saturating_sub(suffix.len() + ext.len()),
+    );
     format!("{stem}{suffix}{ext}")
 }
 

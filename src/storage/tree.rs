@@ -16,8 +16,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::codec::{DecodeError, Put, Reader};
-use crate::names::{self, MAX_PATH, PathError};
+use crate::protocol::codec::{DecodeError, Put, Reader};
+use crate::storage::names::{self, MAX_PATH, PathError};
 
 const TYPE_END: u8 = 0;
 const TYPE_DIR: u8 = 1;

@@ -13,12 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::{Chunk, FetchError, MemorySink, Sink};
-use crate::fsx;
-use crate::id::Token;
-use crate::message::{DropInfo, DropKind};
-use crate::names;
-use crate::tree;
+use crate::protocol::id::Token;
+use crate::protocol::message::{DropInfo, DropKind};
+use crate::session::client::{Chunk, FetchError, MemorySink, Sink};
+use crate::storage::fsx;
+use crate::storage::names;
+use crate::storage::tree;
 
 const PARTIAL_PREFIX: &str = ".deaddrop-";
 const PARTIAL_SUFFIX: &str = ".part";

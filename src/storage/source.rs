@@ -14,9 +14,9 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use crate::message::DropKind;
-use crate::names;
-use crate::tree::{self, Header, MAX_ENTRIES};
+use crate::protocol::message::DropKind;
+use crate::storage::names;
+use crate::storage::tree::{self, Header, MAX_ENTRIES};
 
 /// A file as it was when offered. A different length or modification time later means it
 /// changed.

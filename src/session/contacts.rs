@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled};
+use crate::session::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled};
 
 /// Holder endpoints tracked at once.
 pub const MAX_ENDPOINTS: usize = 512;

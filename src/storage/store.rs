@@ -18,8 +18,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::id::{PeerId, Token, random_array};
-use crate::message::{DropInfo, DropKind, EVERYONE, Refusal};
+use crate::protocol::id::{PeerId, Token, random_array};
+use crate::protocol::message::{DropInfo, DropKind, EVERYONE, Refusal};
 
 /// How many receivers may fetch a drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

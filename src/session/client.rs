@@ -11,13 +11,13 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::beacon::Beacon;
-use crate::contacts::{Attempt, Book, Mode, Outcome};
 use crate::discovery::Discovery;
-use crate::id::{PeerId, Token};
-use crate::message::{DropInfo, Refusal, Reply, Request};
-use crate::secret::Passphrase;
-use crate::transport::{self, Session, SessionError, Timeouts};
+use crate::protocol::beacon::Beacon;
+use crate::protocol::id::{PeerId, Token};
+use crate::protocol::message::{DropInfo, Refusal, Reply, Request};
+use crate::protocol::secret::Passphrase;
+use crate::session::contacts::{Attempt, Book, Mode, Outcome};
+use crate::session::transport::{self, Session, SessionError, Timeouts};
 
 /// Who this process is when it talks to holders.
 #[derive(Debug, Clone)]
@@ -758,7 +758,7 @@ pub async fn list_room(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::DropKind;
+    use crate::protocol::message::DropKind;
     use tokio::net::TcpListener;
 
     /// A holder serving `content` as drop `token` to one session, with `idle` patience. It

@@ -10,16 +10,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::beacon::Beacon;
 use crate::discovery::Discovery;
 use crate::event::{Event, Events, Throttle};
-use crate::id::{PeerId, Token};
-use crate::limit::{GuessBudget, Settled};
-use crate::message::{DropKind, Refusal, Reply, Request};
-use crate::secret::Passphrase;
-use crate::source::{self, Prepared, Produced, Source, SourceError};
-use crate::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError, Ticket};
-use crate::transport::{self, Session, SessionError, Timeouts};
+use crate::protocol::beacon::Beacon;
+use crate::protocol::id::{PeerId, Token};
+use crate::protocol::message::{DropKind, Refusal, Reply, Request};
+use crate::protocol::secret::Passphrase;
+use crate::session::limit::{GuessBudget, Settled};
+use crate::session::transport::{self, Session, SessionError, Timeouts};
+use crate::storage::source::{self, Prepared, Produced, Source, SourceError};
+use crate::storage::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError, Ticket};
 
 /// Content bytes per data record.
 pub const DATA_CHUNK: usize = (1 << 20) - 16;
@@ -757,7 +757,7 @@ mod tests {
     use super::*;
     use crate::discovery::{DiscoveryConfig, resolve};
     use crate::event::ignore;
-    use crate::handshake;
+    use crate::protocol::handshake;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn holder() -> Holder {

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::beacon::{Beacon, MAX_DATAGRAM};
+use crate::protocol::beacon::{Beacon, MAX_DATAGRAM};
 
 /// Where discovery may go, as the user configured it.
 #[derive(Debug, Clone, Default)]
@@ -243,7 +243,7 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::PeerId;
+    use crate::protocol::id::PeerId;
 
     #[tokio::test]
     async fn confining_to_loopback_sends_only_to_its_broadcast() {

@@ -2,8 +2,8 @@
 //! then fields. Requests go from the fetching side (client) to the holder (server), replies back.
 //! Unknown kinds decode to `Unknown` so a newer peer's extra messages are skipped, not fatal.
 
-use crate::codec::{DecodeError, Put, Reader};
-use crate::id::Token;
+use crate::protocol::codec::{DecodeError, Put, Reader};
+use crate::protocol::id::Token;
 
 /// Peer display names (`--name`) are cut to this many bytes.
 pub const MAX_PEER_NAME: usize = 64;
@@ -308,7 +308,7 @@ impl Reply<'_> {
                 for d in drops.iter().take(MAX_LISTING) {
                     let before = b.len();
                     d.put(b);
-                    if b.len() - start > crate::record::MAX_PLAINTEXT {
+                    if b.len() - start > crate::protocol::record::MAX_PLAINTEXT {
                         b.truncate(before);
                         break;
                     }
@@ -614,7 +614,7 @@ mod tests {
             .collect();
         let bytes = enc_rep(&Reply::Listing(drops.clone()));
         assert!(
-            bytes.len() <= crate::record::MAX_PLAINTEXT,
+            bytes.len() <= crate::protocol::record::MAX_PLAINTEXT,
             "{}",
             bytes.len()
         );

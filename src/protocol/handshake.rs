@@ -18,10 +18,10 @@ use ring::{digest, hkdf, hmac};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use zeroize::Zeroizing;
 
-use crate::beacon::{MAGIC, VERSION};
-use crate::codec::{Put, Reader};
-use crate::id::{PeerId, random_array};
-use crate::secret::Passphrase;
+use crate::protocol::beacon::{MAGIC, VERSION};
+use crate::protocol::codec::{Put, Reader};
+use crate::protocol::id::{PeerId, random_array};
+use crate::protocol::secret::Passphrase;
 
 const KIND_CLIENT_HELLO: u8 = 0x11;
 const KIND_SERVER_HELLO: u8 = 0x12;

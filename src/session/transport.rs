@@ -8,12 +8,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::codec::DecodeError;
-use crate::handshake::{self, HandshakeError, MAX_HANDSHAKE_MESSAGE};
-use crate::id::PeerId;
-use crate::message::{DATA_KIND, Reply, Request};
-use crate::record::{self, HEADER_LEN, Opener, RecordError, Sealer};
-use crate::secret::Passphrase;
+use crate::protocol::codec::DecodeError;
+use crate::protocol::handshake::{self, HandshakeError, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::id::PeerId;
+use crate::protocol::message::{DATA_KIND, Reply, Request};
+use crate::protocol::record::{self, HEADER_LEN, Opener, RecordError, Sealer};
+use crate::protocol::secret::Passphrase;
 
 /// How long to wait on a peer.
 #[derive(Debug, Clone, Copy)]
@@ -340,8 +340,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Token;
-    use crate::message::{DropInfo, DropKind};
+    use crate::protocol::id::Token;
+    use crate::protocol::message::{DropInfo, DropKind};
     use tokio::io::{DuplexStream, duplex};
 
     fn pass(s: &str) -> Passphrase {

@@ -1,5 +1,5 @@
 //! The receiver (`deaddrop run`): follows announcements, syncs with each holder whose drops
-//! changed, and fetches every new drop it is allowed to. The bookkeeping ([`crate::contacts::Book`],
+//! changed, and fetches every new drop it is allowed to. The bookkeeping ([`crate::session::contacts::Book`],
 //! [`SeenDrops`]) is pure and bounded; [`run`] wires it to sockets.
 
 use std::collections::HashMap;
@@ -9,18 +9,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::client::{
+use crate::discovery::Discovery;
+use crate::event::{Event, Events, Throttle};
+use crate::protocol::id::Token;
+use crate::protocol::message::{DropInfo, DropKind, Refusal};
+use crate::session::client::{
     ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink, Queries, Sessions,
     announced, sleep_until_std, timeouts_for,
 };
-use crate::contacts::{Book, Mode, Outcome};
-use crate::discovery::Discovery;
-use crate::event::{Event, Events, Throttle};
-use crate::holder::{ANNOUNCE_EVERY, MAX_MESSAGE};
-use crate::id::Token;
-use crate::message::{DropInfo, DropKind, Refusal};
-use crate::sink::{self, Destination, FileSink};
-use crate::transport::Timeouts;
+use crate::session::contacts::{Book, Mode, Outcome};
+use crate::session::holder::{ANNOUNCE_EVERY, MAX_MESSAGE};
+use crate::session::transport::Timeouts;
+use crate::storage::sink::{self, Destination, FileSink};
 use crate::units::format_size;
 
 /// Drops remembered as seen at once.

@@ -501,7 +501,7 @@ fn deep_tree(entries: u64, depth: usize) -> Vec<u8> {
 /// A room member offering crafted drops with the library's own holder: it knows the passphrase,
 /// so everything it sends is authentic; the receiver's safe-receiving rules must hold anyway.
 fn member(args: &[String]) -> serde_json::Value {
-    use deaddrop::discovery::{Discovery, DiscoveryConfig, resolve};
+    use deaddrop::discovery::{Discovery, Scope};
     use deaddrop::protocol::message::DropKind;
     use deaddrop::session::holder::{Holder, HolderOptions};
     use deaddrop::storage::source::Source;
@@ -512,13 +512,7 @@ fn member(args: &[String]) -> serde_json::Value {
     let what = arg(args, "--drop").expect("--drop");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let scope = resolve(&DiscoveryConfig {
-            port,
-            interface: Some("127.0.0.1".into()),
-            peers: vec![],
-        })
-        .await
-        .unwrap();
+        let scope = Scope::loopback(port);
         let opts = HolderOptions {
             name: "member".into(),
             ..HolderOptions::default()

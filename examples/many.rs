@@ -46,7 +46,7 @@ async fn main() {
         port: arg(&args, "--port")
             .map(|v| v.parse().unwrap())
             .unwrap_or(deaddrop::protocol::beacon::DEFAULT_PORT),
-        interface: arg(&args, "--interface"),
+        interfaces: arg(&args, "--interface").into_iter().collect(),
         peers: Vec::new(),
     })
     .await

@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -142,7 +142,12 @@ pub async fn fetch_from(
     caps: Caps,
     files: Option<&Destination>,
 ) -> Result<Fetched, LegacyError> {
-    let stream = connect_tcp(bind_ip, addr, CONNECT).await?;
+    let stream = connect_tcp(
+        Some(bind_ip.into()).filter(|ip: &std::net::IpAddr| !ip.is_unspecified()),
+        addr,
+        CONNECT,
+    )
+    .await?;
     let mut stream = BufReader::new(stream);
     in_time(
         LINE,
@@ -291,8 +296,8 @@ pub enum Outcome {
 }
 
 fn local_ip(scope: &Scope) -> Ipv4Addr {
-    if !scope.bind_ip.is_unspecified() {
-        return scope.bind_ip;
+    if !scope.bind_v4().is_unspecified() {
+        return scope.bind_v4();
     }
     if_addrs::get_if_addrs()
         .ok()
@@ -307,7 +312,7 @@ fn local_ip(scope: &Scope) -> Ipv4Addr {
 
 async fn broadcast(sock: &UdpSocket, scope: &Scope, d: &Datagram) {
     let bytes = d.encode();
-    for target in &scope.targets {
+    for target in scope.targets().filter(SocketAddr::is_ipv4) {
         if let Err(e) = sock.send_to(&bytes, target).await {
             tracing::debug!("legacy send to {target} failed: {e}");
         }
@@ -330,9 +335,9 @@ pub async fn serve(
             .await
             .map_err(io::Error::other)?
     };
-    let listener = TcpListener::bind((scope.bind_ip, 0)).await?;
+    let listener = TcpListener::bind((scope.bind_v4(), 0)).await?;
     let address = listener.local_addr()?;
-    let sock = udp_socket(SocketAddrV4::new(scope.bind_ip, 0), false)?;
+    let sock = udp_socket(SocketAddr::from((scope.bind_v4(), 0)), false)?;
     let room = wire::room_id(pass);
     let expires_at = unix_now() + offer.ttl.as_secs_f64();
     let deadline = Instant::now() + offer.ttl + Duration::from_secs_f64(wire::EXPIRY_GRACE_SECS);
@@ -485,7 +490,7 @@ pub async fn receive(
     events: Events,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let sock = udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scope.port), true)?;
+    let sock = udp_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, scope.port)), true)?;
     let room = wire::room_id(&pass);
     events(Event::Listening {
         discovery_port: scope.port,
@@ -557,7 +562,7 @@ async fn take(
     events: &Events,
 ) -> Result<(), LegacyError> {
     let files = opts.files.clone().map(Destination::Folder);
-    let fetched = fetch_from(pass, scope.bind_ip, holder, id, opts.caps, files.as_ref()).await?;
+    let fetched = fetch_from(pass, scope.bind_v4(), holder, id, opts.caps, files.as_ref()).await?;
     deliver(fetched, id, events);
     Ok(())
 }
@@ -603,14 +608,14 @@ pub async fn find(
     files: &Destination,
 ) -> Result<Fetched, LegacyError> {
     for peer in peers {
-        match fetch_from(pass, scope.bind_ip, *peer, token, caps, Some(files)).await {
+        match fetch_from(pass, scope.bind_v4(), *peer, token, caps, Some(files)).await {
             Err(LegacyError::NotFound) => continue,
             Err(e) if peers.len() == 1 => return Err(e),
             Err(e) => tracing::info!("legacy peer {peer}: {e}"),
             ok => return ok,
         }
     }
-    let sock = udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, scope.port), true)?;
+    let sock = udp_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, scope.port)), true)?;
     let room = wire::room_id(pass);
     let deadline = Instant::now() + wait;
     let mut tried = HashSet::new();
@@ -634,7 +639,7 @@ pub async fn find(
         if !tried.insert(holder) {
             continue;
         }
-        match fetch_from(pass, scope.bind_ip, holder, token, caps, Some(files)).await {
+        match fetch_from(pass, scope.bind_v4(), holder, token, caps, Some(files)).await {
             Err(LegacyError::NotFound) => continue,
             other => return other,
         }

@@ -2,6 +2,8 @@
 //! derived from the passphrase and no drop metadata, so an eavesdropper learns only that a
 //! deaddrop process exists and when its drops change.
 
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
 use crate::protocol::codec::{DecodeError, Put, Reader};
 use crate::protocol::id::PeerId;
 
@@ -16,8 +18,10 @@ pub const MAX_DATAGRAM: usize = 64;
 
 const KIND_ANNOUNCE: u8 = 0x01;
 const KIND_QUERY: u8 = 0x02;
+const KIND_FORWARDED: u8 = 0x03;
 const ANNOUNCE_LEN: usize = 4 + 1 + 1 + 16 + 2 + 8;
 const QUERY_LEN: usize = 4 + 1 + 1 + 16;
+const FORWARDED_HEAD_LEN: usize = 4 + 1 + 1 + 16 + 2 + 4;
 
 /// A discovery datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +112,69 @@ impl Beacon {
     }
 }
 
+/// A beacon one process heard by unicast on the shared discovery port and passes on to the other
+/// processes on its host (a unicast datagram to a shared port reaches only one of them). Sent
+/// to the loopback broadcast address and accepted only from a loopback source.
+///
+/// ```text
+/// "DDRP" 01 03 | origin ip[16] (IPv4 as ::ffff:a.b.c.d) | origin port u16 | scope id u32 | beacon
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Where the beacon came from (an IPv6 link-local origin keeps its scope id).
+    pub origin: SocketAddr,
+    /// The beacon itself (an announcement or a query, never another forwarded one).
+    pub beacon: Beacon,
+}
+
+/// Any datagram on the discovery port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagram {
+    Beacon(Beacon),
+    Forwarded(Forwarded),
+}
+
+impl Forwarded {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FORWARDED_HEAD_LEN + ANNOUNCE_LEN);
+        b.put_bytes(&MAGIC);
+        b.put_u8(VERSION);
+        b.put_u8(KIND_FORWARDED);
+        let (ip, scope) = match self.origin {
+            SocketAddr::V4(a) => (a.ip().to_ipv6_mapped(), 0),
+            SocketAddr::V6(a) => (*a.ip(), a.scope_id()),
+        };
+        b.put_bytes(&ip.octets());
+        b.put_u16(self.origin.port());
+        b.put_u32(scope);
+        b.put_bytes(&self.beacon.encode());
+        debug_assert!(b.len() <= MAX_DATAGRAM);
+        b
+    }
+}
+
+impl Datagram {
+    /// Parses one datagram: a beacon, or a forwarded one. Anything else is an error.
+    pub fn decode(datagram: &[u8]) -> Result<Datagram, DecodeError> {
+        if datagram.len() > 5 && datagram[..4] == MAGIC && datagram[5] == KIND_FORWARDED {
+            if datagram[4] != VERSION {
+                return Err(DecodeError::UnsupportedVersion(datagram[4]));
+            }
+            let mut r = Reader::new(&datagram[6..]);
+            let ip = Ipv6Addr::from(r.array::<16>()?);
+            let port = r.u16()?;
+            let scope = r.u32()?;
+            let origin = match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), port),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)),
+            };
+            let beacon = Beacon::decode(&datagram[FORWARDED_HEAD_LEN..])?;
+            return Ok(Datagram::Forwarded(Forwarded { origin, beacon }));
+        }
+        Beacon::decode(datagram).map(Datagram::Beacon)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +235,44 @@ mod tests {
             Beacon::decode(&[0u8; 65_507]),
             Err(DecodeError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn forwarded_golden_bytes_and_round_trips() {
+        let f = Forwarded {
+            origin: "10.0.0.7:41000".parse().unwrap(),
+            beacon: announce(),
+        };
+        let mut expected = b"DDRP\x01\x03".to_vec();
+        expected.extend([0; 10]);
+        expected.extend([0xff, 0xff, 10, 0, 0, 7]);
+        expected.extend(41000u16.to_be_bytes());
+        expected.extend([0, 0, 0, 0]);
+        expected.extend(announce().encode());
+        assert_eq!(f.encode(), expected);
+        assert!(expected.len() <= MAX_DATAGRAM);
+        assert_eq!(Datagram::decode(&expected).unwrap(), Datagram::Forwarded(f));
+        let v6 = Forwarded {
+            origin: SocketAddr::V6(SocketAddrV6::new("fe80::7".parse().unwrap(), 9, 0, 3)),
+            beacon: Beacon::Query {
+                id: PeerId([1; 16]),
+            },
+        };
+        assert_eq!(
+            Datagram::decode(&v6.encode()).unwrap(),
+            Datagram::Forwarded(v6)
+        );
+        assert_eq!(
+            Datagram::decode(&announce().encode()).unwrap(),
+            Datagram::Beacon(announce())
+        );
+        // A forwarded datagram never carries another, and every truncation fails.
+        let mut nested = f.encode()[..FORWARDED_HEAD_LEN].to_vec();
+        nested.extend(f.encode()[..32].to_vec());
+        assert!(Datagram::decode(&nested).is_err());
+        for n in 0..expected.len() {
+            assert!(Datagram::decode(&expected[..n]).is_err(), "{n}");
+        }
     }
 
     #[test]

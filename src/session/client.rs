@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, Heard, Scope};
 use crate::protocol::beacon::Beacon;
 use crate::protocol::id::{PeerId, Token};
 use crate::protocol::message::{DropInfo, Refusal, Reply, Request};
@@ -26,8 +27,9 @@ pub struct ClientContext {
     pub id: PeerId,
     /// How this process is shown to holders.
     pub name: String,
-    /// The local address outgoing connections use (unspecified: let routing choose).
-    pub bind_ip: Ipv4Addr,
+    /// Where this process may go: outgoing connections leave from a chosen address when
+    /// confined.
+    pub scope: Arc<Scope>,
     pub timeouts: Timeouts,
 }
 
@@ -182,15 +184,18 @@ pub enum FetchOutcome {
     Refused(Refusal),
 }
 
-/// Opens a TCP connection from the configured local address, with a timeout.
+/// Opens a TCP connection (from `local`, if given), with a timeout.
 pub async fn connect_tcp(
-    bind_ip: Ipv4Addr,
+    local: Option<IpAddr>,
     to: SocketAddr,
     limit: Duration,
 ) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    if !bind_ip.is_unspecified() {
-        socket.bind((bind_ip, 0).into())?;
+    let socket = match to {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = local.filter(|ip| ip.is_ipv4() == to.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = timeout(limit, socket.connect(to))
         .await
@@ -242,7 +247,7 @@ impl HolderSession {
             error,
             authenticated: false,
         };
-        let stream = connect_tcp(ctx.bind_ip, addr, timeouts.connect)
+        let stream = connect_tcp(ctx.scope.local_for(addr), addr, timeouts.connect)
             .await
             .map_err(|e| before(e.into()))?;
         let mut session = transport::connect(stream, &ctx.pass, ctx.id, timeouts)
@@ -436,13 +441,14 @@ impl Queries {
 }
 
 /// The TCP endpoint an announcement points to, if it is one: `None` for queries and our own.
-pub fn announced(beacon: Beacon, src: SocketAddr, me: PeerId) -> Option<(SocketAddr, u64)> {
-    match beacon {
-        Beacon::Announce {
+pub fn announced(heard: Heard, me: PeerId) -> Option<(SocketAddr, u64)> {
+    match heard {
+        Heard::Announce {
+            endpoint,
             id,
-            port,
             generation,
-        } if id != me => Some((SocketAddr::new(src.ip(), port), generation)),
+            ..
+        } if id != me => Some((endpoint, generation)),
         _ => None,
     }
 }
@@ -608,8 +614,8 @@ where
             .min(deadline)
             .max(floor);
         tokio::select! {
-            (beacon, src) = discovery.recv() => {
-                if let Some((addr, generation)) = announced(beacon, src, ctx.id) {
+            heard = discovery.recv() => {
+                if let Some((addr, generation)) = announced(heard, ctx.id) {
                     book.on_announce(addr, generation, std::time::Instant::now());
                 }
             }
@@ -834,7 +840,7 @@ mod tests {
             pass,
             id: PeerId([2; 16]),
             name: "r".into(),
-            bind_ip: Ipv4Addr::LOCALHOST,
+            scope: Arc::new(Scope::loopback(1)),
             timeouts: Timeouts {
                 idle,
                 ..Timeouts::default()

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, Heard};
 use crate::event::{Event, Events, Throttle};
 use crate::protocol::beacon::Beacon;
 use crate::protocol::id::{PeerId, Token};
@@ -118,16 +118,16 @@ fn unix_now() -> u64 {
 }
 
 impl Holder {
-    /// Binds a TCP listener on an ephemeral port of the discovery scope's address and starts
-    /// serving, announcing and expiring.
+    /// Listens on one ephemeral TCP port on every address of the discovery scope (a dual-stack
+    /// wildcard when unconfined) and starts serving, announcing and expiring.
     pub async fn start(
         pass: Passphrase,
         opts: HolderOptions,
         discovery: Discovery,
         events: Events,
     ) -> std::io::Result<Holder> {
-        let listener = TcpListener::bind((discovery.scope().bind_ip, 0)).await?;
-        let address = listener.local_addr()?;
+        let listeners = bind_listeners(&discovery.scope().listen_addrs())?;
+        let address = listeners[0].local_addr()?;
         let store = DropStore::new();
         let (generation, _) = watch::channel(store.generation());
         let inner = Arc::new(Inner {
@@ -141,12 +141,19 @@ impl Holder {
             address,
         });
         let discovery = Arc::new(discovery);
-        let tasks = vec![
-            tokio::spawn(accept_loop(inner.clone(), listener)),
+        let slots = Arc::new(Mutex::new(Slots::new(
+            inner.opts.max_connections,
+            inner.opts.max_connections_per_source,
+        )));
+        let mut tasks: Vec<JoinHandle<()>> = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(inner.clone(), l, slots.clone())))
+            .collect();
+        tasks.extend([
             tokio::spawn(announce_loop(inner.clone(), discovery.clone())),
             tokio::spawn(answer_queries(inner.clone(), discovery)),
             tokio::spawn(expire_loop(inner.clone())),
-        ];
+        ]);
         Ok(Holder { inner, tasks })
     }
 
@@ -154,7 +161,8 @@ impl Holder {
         self.inner.id
     }
 
-    /// The TCP address room members connect to.
+    /// The TCP address room members connect to (the first one, when there are several; they
+    /// share the port).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.address
     }
@@ -257,14 +265,66 @@ pub enum OfferError {
     Store(#[from] StoreError),
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
-    let slots = Arc::new(Mutex::new(Slots::new(
-        inner.opts.max_connections,
-        inner.opts.max_connections_per_source,
-    )));
+/// TCP listeners on `addrs` (ports 0), all on one port: announcements carry one.
+fn bind_listeners(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let listen = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if addr.is_ipv6() {
+            // The wildcard takes IPv4 too (as ::ffff:a.b.c.d); a specific address is one family.
+            s.set_only_v6(!addr.ip().is_unspecified())?;
+        }
+        #[cfg(unix)]
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        TcpListener::from_std(s.into())
+    };
+    let mut last = None;
+    for _ in 0..20 {
+        let first = match listen(addrs[0]) {
+            Ok(l) => l,
+            // No IPv6 on this host: IPv4 only.
+            Err(e) if addrs.len() == 1 && addrs[0].ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                tracing::debug!("no dual-stack listener ({e}); IPv4 only");
+                return Ok(vec![listen((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?]);
+            }
+            Err(e) => return Err(e),
+        };
+        let port = first.local_addr()?.port();
+        let mut all = vec![first];
+        let rest: std::io::Result<Vec<TcpListener>> = addrs[1..]
+            .iter()
+            .map(|a| {
+                let mut a = *a;
+                a.set_port(port);
+                listen(a)
+            })
+            .collect();
+        match rest {
+            Ok(rest) => {
+                all.extend(rest);
+                return Ok(all);
+            }
+            // That port is taken on another address: try another.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no common port")))
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<Slots>>) {
     loop {
         let (stream, addr) = match listener.accept().await {
-            Ok(c) => c,
+            Ok((stream, addr)) => (
+                stream,
+                SocketAddr::new(addr.ip().to_canonical(), addr.port()),
+            ),
             Err(e) => {
                 // Out of file descriptors, typically: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -703,8 +763,10 @@ async fn answer_queries(inner: Arc<Inner>, discovery: Arc<Discovery>) {
     let mut window = Instant::now();
     let mut answered = 0u32;
     loop {
-        let (beacon, src) = discovery.recv().await;
-        let Beacon::Query { id } = beacon else {
+        let Heard::Query {
+            id, reply_to: src, ..
+        } = discovery.recv().await
+        else {
             continue;
         };
         if id == inner.id || !inner.worth_finding() {
@@ -755,7 +817,7 @@ async fn expire_loop(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{DiscoveryConfig, resolve};
+    use crate::discovery::Scope;
     use crate::event::ignore;
     use crate::protocol::handshake;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -766,13 +828,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let scope = resolve(&DiscoveryConfig {
-            port,
-            interface: Some("127.0.0.1".into()),
-            peers: vec![],
-        })
-        .await
-        .unwrap();
+        let scope = Scope::loopback(port);
         let pass = Passphrase::new("secret123".into()).unwrap();
         let h = Holder::start(
             pass,

@@ -110,12 +110,7 @@ pub async fn run(
 ) {
     (events)(Event::Listening {
         discovery_port: discovery.scope().port,
-        targets: discovery
-            .scope()
-            .targets
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        targets: discovery.scope().targets().map(|t| t.to_string()).collect(),
         folder: opts.files.as_ref().map(|d| d.display().to_string()),
     });
     let me = ctx.id;
@@ -151,8 +146,8 @@ pub async fn run(
             .map(|w| w.max(now + Duration::from_millis(1)));
         tokio::select! {
             _ = &mut shutdown => break,
-            (beacon, src) = discovery.recv() => {
-                if let Some((addr, generation)) = announced(beacon, src, me) {
+            heard = discovery.recv() => {
+                if let Some((addr, generation)) = announced(heard, me) {
                     book.on_announce(addr, generation, Instant::now());
                 }
             }

@@ -144,12 +144,21 @@ pub struct Common {
     /// UDP port for discovery [default: 48557; with --legacy: 48555].
     #[arg(long, env = "DEADDROP_PORT")]
     pub port: Option<u16>,
-    /// Confine discovery and connections to one interface, by name (eth0) or IPv4 address.
-    #[arg(long, env = "DEADDROP_INTERFACE", value_name = "NAME|ADDR")]
-    pub interface: Option<String>,
-    /// Also reach this peer by unicast, where broadcast does not get through (repeatable).
-    /// PORT is the peer's discovery port; with --legacy, its fetch port (default 48556), and
-    /// only `fetch` uses it.
+    /// Confine discovery and connections to these interfaces, by name (eth0) or by one of
+    /// their addresses (repeatable, or comma-separated). By default every interface that is up
+    /// is used, except loopback, VPN tunnels and container or VM bridges (docker0, br-*,
+    /// virbr*, veth*, vEthernet...), which are used only when named here.
+    #[arg(
+        long,
+        env = "DEADDROP_INTERFACE",
+        value_name = "NAME|ADDR",
+        value_delimiter = ','
+    )]
+    pub interface: Vec<String>,
+    /// Also reach this peer by unicast, where broadcast and multicast do not get through, e.g.
+    /// on another subnet (repeatable): 10.0.5.7, host:48557, fd00::7, [fe80::1%eth0]:48557.
+    /// Either side may name the other. PORT is the peer's discovery port; with --legacy, its
+    /// fetch port (default 48556), and only `fetch` uses it.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub peer: Vec<String>,
     /// Speak the original p2p_dead_drop.py protocol, to exchange drops with people still running

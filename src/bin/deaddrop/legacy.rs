@@ -25,7 +25,7 @@ pub const WARNING: &str = "--legacy speaks the original p2p_dead_drop.py protoco
 async fn scope(common: &Common) -> Result<Scope> {
     Ok(discovery::resolve(&DiscoveryConfig {
         port: common.port.unwrap_or(wire::UDP_PORT),
-        interface: common.interface.clone(),
+        interfaces: common.interface.clone(),
         peers: Vec::new(),
     })
     .await?)

@@ -131,8 +131,8 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         Some(
             "another program may hold the discovery port; choose another with --port (every peer must use the same)",
         )
-    } else if text.contains("no IPv4 interface") {
-        Some("use an interface name from the list above, or one of its IPv4 addresses")
+    } else if text.contains("no interface is named") {
+        Some("use an interface name from the list above, or one of its addresses")
     } else {
         None
     }
@@ -152,7 +152,7 @@ async fn open_discovery(common: &Common) -> Result<Discovery> {
         port: common
             .port
             .unwrap_or(deaddrop::protocol::beacon::DEFAULT_PORT),
-        interface: common.interface.clone(),
+        interfaces: common.interface.clone(),
         peers: common.peer.clone(),
     })
     .await?;
@@ -164,7 +164,7 @@ fn client_context(pass: Passphrase, common: &Common, discovery: &Discovery) -> C
         pass,
         id: PeerId::random(),
         name: display_name(common),
-        bind_ip: discovery.scope().bind_ip,
+        scope: std::sync::Arc::new(discovery.scope().clone()),
         timeouts: Timeouts::default(),
     }
 }

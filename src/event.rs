@@ -52,7 +52,8 @@ pub enum Event {
     /// A receiver is listening for announcements.
     Listening {
         discovery_port: u16,
-        /// Where queries and announcements are sent.
+        /// The discovery paths in use ("broadcast 10.0.0.255:48557", "mDNS on eth0 (IPv4,
+        /// IPv6)", "peer 10.0.5.7:48557").
         targets: Vec<String>,
         /// Where files and folders are saved (`None`: messages only).
         folder: Option<String>,

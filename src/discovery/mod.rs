@@ -14,6 +14,7 @@
 //! Everything heard arrives, checked against the scope, as [`Heard`] from [`Discovery::recv`].
 
 pub mod interfaces;
+pub mod mdns;
 
 use std::collections::VecDeque;
 use std::io;
@@ -352,6 +353,8 @@ pub enum Path {
     Unicast,
     /// Unicast to another process on this host, which passed it on.
     Forwarded,
+    /// DNS-SD over multicast DNS.
+    Mdns,
 }
 
 /// Something heard on the discovery paths, from an admitted source.
@@ -406,6 +409,7 @@ const QUEUE: usize = 1024;
 const RECENT_FORWARDS: usize = 32;
 
 struct Sockets {
+    mdns: Option<Arc<mdns::Mdns>>,
     unicast_v4: Option<Arc<UdpSocket>>,
     unicast_v6: Option<Arc<UdpSocket>>,
     forward: Option<UdpSocket>,
@@ -502,7 +506,9 @@ impl Discovery {
             readers_of.push((s.clone(), Role::Unicast));
         }
         let forward = udp_socket(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).ok();
+        let mdns = mdns::Mdns::start(&scope.interfaces).map(Arc::new);
         let sockets = Arc::new(Sockets {
+            mdns: mdns.clone(),
             unicast_v4,
             unicast_v6,
             forward,
@@ -510,10 +516,18 @@ impl Discovery {
             scope,
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let readers = readers_of
+        let mut readers: Vec<JoinHandle<()>> = readers_of
             .into_iter()
             .map(|(socket, role)| tokio::spawn(read(socket, role, sockets.clone(), tx.clone())))
             .collect();
+        if let Some(m) = mdns {
+            for v6 in [false, true] {
+                if m.socket(v6).is_some() {
+                    let task = read_mdns(m.clone(), v6, sockets.clone(), tx.clone());
+                    readers.push(tokio::spawn(task));
+                }
+            }
+        }
         Ok(Self {
             sockets,
             heard: tokio::sync::Mutex::new(rx),
@@ -541,6 +555,57 @@ impl Discovery {
 
     pub async fn send_to(&self, beacon: &Beacon, to: SocketAddr) -> io::Result<()> {
         self.sockets.send(&beacon.encode(), to).await
+    }
+
+    /// Asks for holders on every path: a query beacon to every target, and an mDNS query.
+    pub async fn query(&self, me: PeerId) {
+        self.send_all(&Beacon::Query { id: me }).await;
+        if let Some(m) = &self.sockets.mdns {
+            m.query().await;
+        }
+    }
+
+    /// Announces a holder on every path: the beacon to every target, and its DNS-SD records
+    /// (sent when they changed, and once more a second later). Call it on the holder's
+    /// announcement schedule.
+    pub async fn announce(&self, id: PeerId, port: u16, generation: u64) -> usize {
+        if let Some(m) = &self.sockets.mdns {
+            m.publish(mdns::Published {
+                id,
+                port,
+                generation,
+            })
+            .await;
+        }
+        self.send_all(&Beacon::Announce {
+            id,
+            port,
+            generation,
+        })
+        .await
+    }
+
+    /// The paths in use, for people: broadcast targets, mDNS interfaces, peers.
+    pub fn paths(&self) -> Vec<String> {
+        let scope = &self.sockets.scope;
+        let mut out: Vec<String> = scope
+            .broadcast
+            .iter()
+            .map(|t| format!("broadcast {t}"))
+            .collect();
+        if let Some(m) = &self.sockets.mdns {
+            for (name, v4, v6) in m.paths() {
+                let families = match (v4, v6) {
+                    (true, true) => "IPv4, IPv6",
+                    (true, false) => "IPv4",
+                    (false, true) => "IPv6",
+                    (false, false) => continue,
+                };
+                out.push(format!("mDNS on {name} ({families})"));
+            }
+        }
+        out.extend(scope.peers.iter().map(|p| format!("peer {p}")));
+        out
     }
 
     /// The next thing heard from an admitted source. Garbage, oversized datagrams and sources
@@ -599,6 +664,36 @@ impl Sockets {
                 true
             }
             None => false,
+        }
+    }
+}
+
+async fn read_mdns(m: Arc<mdns::Mdns>, v6: bool, s: Arc<Sockets>, tx: mpsc::Sender<Heard>) {
+    let socket = m.socket(v6).expect("checked before spawning");
+    let mut buf = vec![0u8; mdns::READ_BUFFER];
+    loop {
+        let Ok((n, src)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if !s.scope.admits(src) {
+            continue;
+        }
+        for found in m.handle(&buf[..n], src, v6).await {
+            if found.goodbye {
+                continue;
+            }
+            let mut endpoint = src;
+            endpoint.set_ip(canonical(src.ip()));
+            endpoint.set_port(found.port);
+            let heard = Heard::Announce {
+                endpoint,
+                id: found.id,
+                generation: found.generation,
+                path: Path::Mdns,
+            };
+            if tx.send(heard).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -13,7 +13,6 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::discovery::{Discovery, Heard, Scope};
-use crate::protocol::beacon::Beacon;
 use crate::protocol::id::{PeerId, Token};
 use crate::protocol::message::{DropInfo, Refusal, Reply, Request};
 use crate::protocol::secret::Passphrase;
@@ -433,7 +432,7 @@ impl Queries {
 
     /// Sends a query now and plans the next one.
     pub async fn send(&mut self, discovery: &Discovery, me: PeerId) {
-        discovery.send_all(&Beacon::Query { id: me }).await;
+        discovery.query(me).await;
         let gap = QUERY_GAPS.get(self.sent).copied().or(self.every);
         self.sent += 1;
         self.next = gap.map(|g| Instant::now() + g);

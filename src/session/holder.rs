@@ -321,10 +321,12 @@ fn bind_listeners(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<Slots>>) {
     loop {
         let (stream, addr) = match listener.accept().await {
-            Ok((stream, addr)) => (
-                stream,
-                SocketAddr::new(addr.ip().to_canonical(), addr.port()),
-            ),
+            // An IPv4 client on the dual-stack listener shows as ::ffff:a.b.c.d; an IPv6 one
+            // keeps its scope.
+            Ok((stream, addr)) => match addr.ip().to_canonical() {
+                ip @ IpAddr::V4(_) => (stream, SocketAddr::new(ip, addr.port())),
+                IpAddr::V6(_) => (stream, addr),
+            },
             Err(e) => {
                 // Out of file descriptors, typically: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -744,15 +746,8 @@ async fn announce_loop(inner: Arc<Inner>, discovery: Arc<Discovery>) {
                 }
                 _ = tokio::time::sleep(delay) => {}
             }
-            if !inner.is_empty() {
-                let beacon = Beacon::Announce {
-                    id: inner.id,
-                    port,
-                    generation,
-                };
-                if discovery.send_all(&beacon).await == 0 {
-                    tracing::warn!("no discovery target is reachable");
-                }
+            if !inner.is_empty() && discovery.announce(inner.id, port, generation).await == 0 {
+                tracing::debug!("no beacon target is reachable");
             }
         }
     }

@@ -110,7 +110,7 @@ pub async fn run(
 ) {
     (events)(Event::Listening {
         discovery_port: discovery.scope().port,
-        targets: discovery.scope().targets().map(|t| t.to_string()).collect(),
+        targets: discovery.paths(),
         folder: opts.files.as_ref().map(|d| d.display().to_string()),
     });
     let me = ctx.id;

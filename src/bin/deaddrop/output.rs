@@ -71,7 +71,7 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             folder,
         } => (
             format!(
-                "Listening for drops on UDP {discovery_port} (asking {}); {}. Ctrl-C to stop.",
+                "Listening for drops on UDP {discovery_port} ({}); {}. Ctrl-C to stop.",
                 targets.join(", "),
                 match folder {
                     Some(f) => format!("files go to {f}"),

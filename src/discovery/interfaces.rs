@@ -75,8 +75,10 @@ impl NetInterface {
             IpAddr::V4(v4) => self.v4.iter().any(|a| a.contains(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => self.v4.iter().any(|a| a.contains(v4)),
+                // A link-local source is on this link if it came by this interface, and only
+                // if IPv6 link-local is in use on it.
                 None if v6.segments()[0] & 0xffc0 == 0xfe80 => {
-                    scope == self.index && self.index != 0
+                    scope == self.index && self.index != 0 && self.v6.iter().any(V6::is_link_local)
                 }
                 None => self.v6.iter().any(|a| !a.is_link_local() && a.contains(v6)),
             },

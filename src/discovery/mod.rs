@@ -224,13 +224,15 @@ impl Scope {
         self.broadcast.iter().chain(&self.peers).copied()
     }
 
-    /// Whether a datagram or connection from `src` is within the configured confinement.
+    /// Whether a broadcast or multicast from `src` is heard: it must come from a network of a
+    /// chosen interface (so a container bridge left out by default is not listened to even
+    /// by a socket bound to the wildcard address), from this host, or from a named peer.
+    /// Unicast datagrams are taken from anywhere: they were sent to an address of ours.
     pub fn admits(&self, src: SocketAddr) -> bool {
         let ip = canonical(src.ip());
-        if !self.confined || self.peers.iter().any(|p| canonical(p.ip()) == ip) {
-            return true;
-        }
-        self.interfaces.iter().any(|i| i.reaches(ip, scope_id(src)))
+        ip.is_loopback()
+            || self.peers.iter().any(|p| canonical(p.ip()) == ip)
+            || self.interface_of(src).is_some()
     }
 
     /// The interface a source belongs to, if it is on one of the chosen ones.
@@ -523,7 +525,7 @@ impl Discovery {
         if let Some(m) = mdns {
             for v6 in [false, true] {
                 if m.socket(v6).is_some() {
-                    let task = read_mdns(m.clone(), v6, sockets.clone(), tx.clone());
+                    let task = read_mdns(m.clone(), v6, tx.clone());
                     readers.push(tokio::spawn(task));
                 }
             }
@@ -668,17 +670,17 @@ impl Sockets {
     }
 }
 
-async fn read_mdns(m: Arc<mdns::Mdns>, v6: bool, s: Arc<Sockets>, tx: mpsc::Sender<Heard>) {
+async fn read_mdns(m: Arc<mdns::Mdns>, v6: bool, tx: mpsc::Sender<Heard>) {
     let socket = m.socket(v6).expect("checked before spawning");
     let mut buf = vec![0u8; mdns::READ_BUFFER];
     loop {
         let Ok((n, src)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        if !s.scope.admits(src) {
-            continue;
-        }
-        for found in m.handle(&buf[..n], src, v6).await {
+        // `handle` hears only the interfaces mDNS runs on.
+        let found = m.handle(&buf[..n], src, v6).await;
+        tracing::trace!("mDNS: {n} bytes from {src}: {} holder(s)", found.len());
+        for found in found {
             if found.goodbye {
                 continue;
             }
@@ -707,22 +709,16 @@ async fn read(socket: Arc<UdpSocket>, role: Role, s: Arc<Sockets>, tx: mpsc::Sen
             continue;
         };
         let heard = match (Datagram::decode(&buf[..n]), role) {
-            (Ok(Datagram::Beacon(b)), Role::Shared | Role::Unicast) if s.scope.admits(src) => {
-                let path = if matches!(role, Role::Unicast) {
-                    Path::Unicast
-                } else {
-                    Path::Broadcast
-                };
-                Heard::of(b, src, path)
+            (Ok(Datagram::Beacon(b)), Role::Shared) if s.scope.admits(src) => {
+                Heard::of(b, src, Path::Broadcast)
             }
-            (Ok(Datagram::Beacon(b)), Role::Catcher) if s.scope.admits(src) => {
+            (Ok(Datagram::Beacon(b)), Role::Unicast) => Heard::of(b, src, Path::Unicast),
+            (Ok(Datagram::Beacon(b)), Role::Catcher) => {
                 s.forward(src, b).await;
                 Heard::of(b, src, Path::Unicast)
             }
             (Ok(Datagram::Forwarded(f)), Role::Shared)
-                if canonical(src.ip()).is_loopback()
-                    && !s.forwarded_by_me(&f)
-                    && s.scope.admits(f.origin) =>
+                if canonical(src.ip()).is_loopback() && !s.forwarded_by_me(&f) =>
             {
                 Heard::of(f.beacon, f.origin, Path::Forwarded)
             }
@@ -760,6 +756,7 @@ mod tests {
         );
         assert!(scope.admits("127.0.0.5:1".parse().unwrap()));
         assert!(!scope.admits("10.1.2.3:1".parse().unwrap()));
+        assert!(!scope.admits("[fe80::1%1]:1".parse().unwrap()));
         assert_eq!(
             scope.listen_addrs(),
             vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]

@@ -265,7 +265,9 @@ pub enum OfferError {
     Store(#[from] StoreError),
 }
 
-/// TCP listeners on `addrs` (ports 0), all on one port: announcements carry one.
+/// TCP listeners on `addrs` (ports 0), all on one port: announcements carry one. An address
+/// that cannot be bound yet (an IPv6 address still being checked for duplicates when an
+/// interface has just come up) is left out, as long as one can be.
 fn bind_listeners(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let listen = |addr: SocketAddr| -> std::io::Result<TcpListener> {
         let s = socket2::Socket::new(
@@ -284,38 +286,46 @@ fn bind_listeners(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
         s.set_nonblocking(true)?;
         TcpListener::from_std(s.into())
     };
+    let not_yet = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrNotAvailable;
     let mut last = None;
     for _ in 0..20 {
-        let first = match listen(addrs[0]) {
-            Ok(l) => l,
-            // No IPv6 on this host: IPv4 only.
-            Err(e) if addrs.len() == 1 && addrs[0].ip() == std::net::Ipv6Addr::UNSPECIFIED => {
-                tracing::debug!("no dual-stack listener ({e}); IPv4 only");
-                return Ok(vec![listen((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?]);
+        let mut all: Vec<TcpListener> = Vec::new();
+        let mut port = 0;
+        let mut retry = false;
+        for addr in addrs {
+            let mut a = *addr;
+            a.set_port(port);
+            match listen(a) {
+                Ok(l) => {
+                    port = l.local_addr()?.port();
+                    all.push(l);
+                }
+                Err(e) if not_yet(&e) => {
+                    tracing::debug!("not listening on {a} yet: {e}");
+                    last = Some(e);
+                }
+                // That port is taken on another address: start over with another.
+                Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    last = Some(e);
+                    retry = true;
+                    break;
+                }
+                // No IPv6 on this host: IPv4 only.
+                Err(e) if addrs.len() == 1 && addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                    tracing::debug!("no dual-stack listener ({e}); IPv4 only");
+                    return Ok(vec![listen((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?]);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        };
-        let port = first.local_addr()?.port();
-        let mut all = vec![first];
-        let rest: std::io::Result<Vec<TcpListener>> = addrs[1..]
-            .iter()
-            .map(|a| {
-                let mut a = *a;
-                a.set_port(port);
-                listen(a)
-            })
-            .collect();
-        match rest {
-            Ok(rest) => {
-                all.extend(rest);
-                return Ok(all);
-            }
-            // That port is taken on another address: try another.
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
-            Err(e) => return Err(e),
+        }
+        if !retry && !all.is_empty() {
+            return Ok(all);
+        }
+        if !retry {
+            break;
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no common port")))
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to listen on")))
 }
 
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<Slots>>) {

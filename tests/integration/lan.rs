@@ -195,6 +195,173 @@ impl Lan {
         format!("10.77.0.{host}")
     }
 
+    /// The addresses of host `host`'s eth0 (IPv4 and IPv6, link-local included).
+    pub fn addresses(&self, host: usize) -> Vec<std::net::IpAddr> {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.names[host - 1],
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let cidr = l
+                    .split_whitespace()
+                    .skip_while(|w| !w.starts_with("inet"))
+                    .nth(1)?;
+                cidr.split('/').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Drops the frames crossing the switch that match each of `matches` (nftables, bridge
+    /// family), e.g. `ether type ip ether daddr ff:ff:ff:ff:ff:ff`; each rule counts what it
+    /// dropped ([`Lan::filtered`]).
+    pub fn drop_on_bridge(&self, matches: &[&str]) {
+        let nft = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.switch, "nft"])
+                .args(args)
+                .output()
+                .expect("run nft");
+            assert!(
+                out.status.success(),
+                "nft {}: {} (is nftables installed?)",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        nft(&["add", "table", "bridge", "lanfilter"]);
+        nft(&["add chain bridge lanfilter fw { type filter hook forward priority 0; }"]);
+        for m in matches {
+            nft(&[&format!("add rule bridge lanfilter fw {m} counter drop")]);
+        }
+    }
+
+    /// Packets the bridge filter's rules have matched, in order.
+    pub fn filtered(&self) -> Vec<u64> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "nft",
+                "list",
+                "table",
+                "bridge",
+                "lanfilter",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split("packets ")
+            .skip(1)
+            .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// Takes every host's IPv4 address away and gives it `fd77::N/64` instead; waits until the
+    /// IPv6 addresses (link-local too) are usable.
+    pub fn ipv6_only(&self, hosts: usize) {
+        for i in 1..=hosts {
+            let host = self.names[i - 1].as_str();
+            let _ = Command::new("ip")
+                .args(["-n", host, "route", "del", "default"])
+                .status();
+            sh(&[
+                "-n",
+                host,
+                "addr",
+                "del",
+                &format!("10.77.0.{i}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("fd77::{i}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
+        self.wait_ipv6(hosts);
+    }
+
+    /// Waits until no host has a tentative (duplicate-address-checking) IPv6 address.
+    pub fn wait_ipv6(&self, hosts: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for host in &self.names[..hosts] {
+            loop {
+                let out = Command::new("ip")
+                    .args(["-n", host, "-6", "addr", "show", "dev", "eth0"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.contains("inet6 fe80") && !text.contains("tentative") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "IPv6 not ready: {text}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Gives host `host` a bridge named `docker0` (172.17.0.1/16) with a "container" behind
+    /// it (172.17.0.2); returns the container's index for [`Lan::cmd`].
+    pub fn add_container(&mut self, host: usize) -> usize {
+        let h = self.names[host - 1].clone();
+        let c = format!("{}c{host}", self.tag);
+        sh(&["-n", &h, "link", "add", "docker0", "type", "bridge"]);
+        sh(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            "172.17.0.1/16",
+            "brd",
+            "+",
+            "dev",
+            "docker0",
+        ]);
+        sh(&["-n", &h, "link", "set", "docker0", "up"]);
+        sh(&["netns", "add", &c]);
+        self.names.push(c.clone());
+        sh(&[
+            "link", "add", "name", "eth0", "netns", &c, "type", "veth", "peer", "name", "vethc0",
+            "netns", &h,
+        ]);
+        sh(&["-n", &h, "link", "set", "vethc0", "master", "docker0", "up"]);
+        sh(&[
+            "-n",
+            &c,
+            "addr",
+            "add",
+            "172.17.0.2/16",
+            "brd",
+            "+",
+            "dev",
+            "eth0",
+        ]);
+        sh(&["-n", &c, "link", "set", "eth0", "up"]);
+        sh(&["-n", &c, "link", "set", "lo", "up"]);
+        sh(&["-n", &c, "route", "add", "default", "via", "172.17.0.1"]);
+        self.names.len()
+    }
+
     /// `deaddrop ARGS` on host `host` (1-based), in room `pass`.
     pub fn cmd(&self, host: usize, pass: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
@@ -452,15 +619,18 @@ fn a_256_mib_file_reaches_two_hosts_with_everyone() {
         .collect();
     let delivered: Vec<_> = fetched.iter().map(|f| f["delivered"].clone()).collect();
     assert_eq!(delivered, [1, 2], "{fetched:?}");
-    let mut hosts: Vec<String> = fetched
+    // From hosts 2 and 3, over IPv4 or IPv6 link-local, whichever was found first.
+    let mut hosts: Vec<usize> = fetched
         .iter()
         .map(|f| {
             let addr: std::net::SocketAddr = f["address"].as_str().unwrap().parse().unwrap();
-            addr.ip().to_string()
+            (2..=3)
+                .find(|h| lan.addresses(*h).contains(&addr.ip()))
+                .unwrap_or_else(|| panic!("{addr} is not host 2's or 3's"))
         })
         .collect();
     hosts.sort();
-    assert_eq!(hosts, [lan.ip(2), lan.ip(3)], "{fetched:?}");
+    assert_eq!(hosts, [2, 3], "{fetched:?}");
     s.interrupt();
     s.wait(T);
 }

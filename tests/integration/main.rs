@@ -6,5 +6,6 @@ mod files;
 mod hostile;
 mod lan;
 mod legacy;
+mod paths;
 mod relay;
 mod util;

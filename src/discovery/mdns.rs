@@ -40,6 +40,9 @@ use crate::protocol::id::{PeerId, random_array};
 
 /// The service type holders publish.
 pub const SERVICE: &str = "_deaddrop._tcp.local";
+/// The service type `deaddrop doctor` publishes while it runs, so doctors see each other (the
+/// port is the discovery port; nothing connects to it).
+pub const DOCTOR_SERVICE: &str = "_deaddrop-doctor._udp.local";
 /// The DNS-SD service-type enumeration name (RFC 6763 §9).
 const SERVICES: &str = "_services._dns-sd._udp.local";
 pub const PORT: u16 = 5353;
@@ -71,8 +74,8 @@ impl Names {
         }
     }
 
-    pub fn instance(&self) -> String {
-        format!("{}.{SERVICE}", self.label)
+    pub fn instance(&self, service: &str) -> String {
+        format!("{}.{service}", self.label)
     }
 
     pub fn host(&self) -> String {
@@ -108,11 +111,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A PTR query for the service, as sent to the group.
-pub fn query() -> Vec<u8> {
+/// A PTR query for `service`, as sent to the group.
+pub fn query(service: &str) -> Vec<u8> {
     let mut p = Packet::new_query(0);
     p.questions.push(Question::new(
-        Name::new_unchecked(SERVICE),
+        Name::new_unchecked(service),
         QTYPE::TYPE(TYPE::PTR),
         QCLASS::CLASS(CLASS::IN),
         false,
@@ -122,7 +125,7 @@ pub fn query() -> Vec<u8> {
 
 /// The records of a holder; `which` picks them: PTR, SRV, TXT, addresses.
 struct Records<'a> {
-    names: &'a Names,
+    service: &'a str,
     p: &'a Published,
     addrs: &'a [IpAddr],
     ttl: u32,
@@ -131,7 +134,7 @@ struct Records<'a> {
 impl Records<'_> {
     fn ptr(&self, instance: &str) -> ResourceRecord<'static> {
         ResourceRecord::new(
-            Name::new_unchecked(SERVICE),
+            Name::new_unchecked(self.service).into_owned(),
             CLASS::IN,
             self.ttl,
             RData::PTR(PTR(Name::new_unchecked(instance).into_owned())),
@@ -204,12 +207,18 @@ impl Records<'_> {
     }
 }
 
-/// An unsolicited announcement of every record (a goodbye when `goodbye`: TTL 0), with
-/// `addrs` the interface's addresses.
-pub fn announcement(names: &Names, p: &Published, addrs: &[IpAddr], goodbye: bool) -> Vec<u8> {
-    let (instance, host) = (names.instance(), names.host());
+/// An unsolicited announcement of every record of `service` (a goodbye when `goodbye`: TTL 0),
+/// with `addrs` the interface's addresses.
+pub fn announcement(
+    service: &str,
+    names: &Names,
+    p: &Published,
+    addrs: &[IpAddr],
+    goodbye: bool,
+) -> Vec<u8> {
+    let (instance, host) = (names.instance(service), names.host());
     let r = Records {
-        names,
+        service,
         p,
         addrs,
         ttl: if goodbye { 0 } else { TTL },
@@ -220,7 +229,6 @@ pub fn announcement(names: &Names, p: &Published, addrs: &[IpAddr], goodbye: boo
     out.answers.push(r.srv(&instance, &host));
     out.answers.push(r.txt(&instance));
     out.answers.extend(r.addresses(&host, None));
-    let _ = r.names;
     out.build_bytes_vec_compressed()
         .expect("an announcement builds")
 }
@@ -237,6 +245,7 @@ pub enum Reply {
 /// The answer to a query, if it asks for any of our records: `None` for responses, garbage and
 /// questions about other names. `addrs` are the addresses of the interface the query came on.
 pub fn respond(
+    service: &str,
     query: &[u8],
     from_port: u16,
     names: &Names,
@@ -248,9 +257,9 @@ pub fn respond(
         return None;
     }
     let legacy = from_port != PORT;
-    let (instance, host) = (names.instance(), names.host());
+    let (instance, host) = (names.instance(service), names.host());
     let r = Records {
-        names,
+        service,
         p,
         addrs,
         ttl: if legacy { LEGACY_TTL } else { TTL },
@@ -258,7 +267,7 @@ pub fn respond(
     // Known-answer suppression (RFC 6762 §7.1): an asker that already holds our PTR with more
     // than half its lifetime left does not need it again.
     let known_ptr = q.answers.iter().any(|a| {
-        same_name(&a.name, SERVICE)
+        same_name(&a.name, service)
             && a.ttl > TTL / 2
             && matches!(&a.rdata, RData::PTR(PTR(n)) if same_name(n, &instance))
     });
@@ -268,7 +277,7 @@ pub fn respond(
     for question in &q.questions {
         let t = question.qtype;
         let is = |ty: TYPE| t == QTYPE::TYPE(ty) || t == QTYPE::ANY;
-        if same_name(&question.qname, SERVICE) && is(TYPE::PTR) {
+        if same_name(&question.qname, service) && is(TYPE::PTR) {
             if !known_ptr {
                 out.answers.push(r.ptr(&instance));
                 with_records = true;
@@ -279,7 +288,7 @@ pub fn respond(
                     Name::new_unchecked(SERVICES),
                     CLASS::IN,
                     r.ttl,
-                    RData::PTR(PTR(Name::new_unchecked(SERVICE))),
+                    RData::PTR(PTR(Name::new_unchecked(service))),
                 )
                 .into_owned(),
             );
@@ -331,10 +340,10 @@ pub fn respond(
     ))
 }
 
-/// The deaddrop holders a response names: an instance of our service with its SRV port and a TXT
-/// of our version, id and generation, in the same packet. Anything else (queries, other
-/// services, other versions, malformed records) is left out.
-pub fn parse(packet: &[u8]) -> Vec<Found> {
+/// The instances of `service` a response names: each with its SRV port and a TXT of our version,
+/// id and generation, in the same packet. Anything else (queries, other services, other
+/// versions, malformed records) is left out.
+pub fn parse(service: &str, packet: &[u8]) -> Vec<Found> {
     let Ok(p) = Packet::parse(packet) else {
         return Vec::new();
     };
@@ -342,7 +351,7 @@ pub fn parse(packet: &[u8]) -> Vec<Found> {
         return Vec::new();
     }
     let records: Vec<&ResourceRecord> = p.answers.iter().chain(&p.additional_records).collect();
-    let service = SERVICE.to_ascii_lowercase();
+    let service = service.to_ascii_lowercase();
     // Instances of the service, by name: (port, ttl) from SRV, then the TXT fields.
     let mut ports: HashMap<String, (u16, u32)> = HashMap::new();
     for r in &records {
@@ -412,6 +421,7 @@ fn mdns_interfaces(chosen: &[NetInterface]) -> Vec<NetInterface> {
 
 /// The mDNS sockets of one process, joined to the group on the chosen interfaces only.
 pub struct Mdns {
+    service: &'static str,
     v4: Option<UdpSocket>,
     v6: Option<UdpSocket>,
     interfaces: Vec<NetInterface>,
@@ -462,9 +472,10 @@ fn mdns_socket(v6: bool) -> io::Result<socket2::Socket> {
 }
 
 impl Mdns {
-    /// Opens the mDNS sockets and joins the group on each of `chosen`'s eligible interfaces.
-    /// `None` if there is none, or no socket could be had (the path is then simply absent).
-    pub fn start(chosen: &[NetInterface]) -> Option<Mdns> {
+    /// Opens the mDNS sockets for `service` and joins the group on each of `chosen`'s eligible
+    /// interfaces. `None` if there is none, or no socket could be had (the path is then simply
+    /// absent).
+    pub fn start(service: &'static str, chosen: &[NetInterface]) -> Option<Mdns> {
         let interfaces = mdns_interfaces(chosen);
         if interfaces.is_empty() {
             return None;
@@ -512,6 +523,7 @@ impl Mdns {
             return None;
         }
         Some(Mdns {
+            service,
             v4,
             v6,
             interfaces,
@@ -585,7 +597,7 @@ impl Mdns {
 
     /// Asks every interface for holders.
     pub async fn query(&self) {
-        let q = query();
+        let q = query(self.service);
         self.multicast_all(|_| q.clone()).await;
     }
 
@@ -617,7 +629,8 @@ impl Mdns {
         };
         if due {
             let names = self.names.clone();
-            self.multicast_all(|i| announcement(&names, &p, &Self::addrs_of(i), false))
+            let service = self.service;
+            self.multicast_all(|i| announcement(service, &names, &p, &Self::addrs_of(i), false))
                 .await;
         }
     }
@@ -635,8 +648,14 @@ impl Mdns {
         };
         let published = self.state.lock().expect("mdns state").published;
         if let Some(p) = published
-            && let Some((answer, how)) =
-                respond(packet, src.port(), &self.names, &p, &Self::addrs_of(i))
+            && let Some((answer, how)) = respond(
+                self.service,
+                packet,
+                src.port(),
+                &self.names,
+                &p,
+                &Self::addrs_of(i),
+            )
         {
             match how {
                 Reply::Unicast => {
@@ -666,7 +685,7 @@ impl Mdns {
             }
             return Vec::new();
         }
-        parse(packet)
+        parse(self.service, packet)
     }
 }
 
@@ -677,7 +696,7 @@ impl Drop for Mdns {
             return;
         };
         for i in &self.interfaces {
-            let bytes = announcement(&self.names, &p, &Self::addrs_of(i), true);
+            let bytes = announcement(self.service, &self.names, &p, &Self::addrs_of(i), true);
             if let (Some(s), Some(a)) = (&self.v4, i.v4.first()) {
                 let sock = socket2::SockRef::from(s);
                 if sock.set_multicast_if_v4(&a.ip).is_ok() {
@@ -718,13 +737,13 @@ mod tests {
     #[test]
     fn an_announcement_carries_only_what_a_beacon_does() {
         let names = Names::random();
-        let bytes = announcement(&names, &published(), &addrs(), false);
+        let bytes = announcement(SERVICE, &names, &published(), &addrs(), false);
         let p = Packet::parse(&bytes).unwrap();
         assert!(p.has_flags(PacketFlag::RESPONSE | PacketFlag::AUTHORITATIVE_ANSWER));
         let mut txt = Vec::new();
         for r in &p.answers {
             match &r.rdata {
-                RData::PTR(PTR(n)) => assert!(same_name(n, &names.instance())),
+                RData::PTR(PTR(n)) => assert!(same_name(n, &names.instance(SERVICE))),
                 RData::SRV(s) => {
                     assert_eq!(s.port, 41234);
                     assert!(same_name(&s.target, &names.host()));
@@ -750,7 +769,7 @@ mod tests {
         assert!(names.label.starts_with("dd-") && names.label.len() == 19);
         assert_ne!(names, Names::random());
         assert_eq!(
-            parse(&bytes),
+            parse(SERVICE, &bytes),
             [Found {
                 id: PeerId([0xab; 16]),
                 port: 41234,
@@ -758,16 +777,24 @@ mod tests {
                 goodbye: false
             }]
         );
-        let bye = announcement(&names, &published(), &addrs(), true);
-        assert!(parse(&bye)[0].goodbye);
+        let bye = announcement(SERVICE, &names, &published(), &addrs(), true);
+        assert!(parse(SERVICE, &bye)[0].goodbye);
     }
 
     #[test]
     fn a_browse_query_is_answered_with_everything_needed_to_connect() {
         let names = Names::random();
-        let (answer, how) = respond(&query(), PORT, &names, &published(), &addrs()).unwrap();
+        let (answer, how) = respond(
+            SERVICE,
+            &query(SERVICE),
+            PORT,
+            &names,
+            &published(),
+            &addrs(),
+        )
+        .unwrap();
         assert_eq!(how, Reply::Multicast);
-        let found = parse(&answer);
+        let found = parse(SERVICE, &answer);
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].port, found[0].generation), (41234, 77));
         let p = Packet::parse(&answer).unwrap();
@@ -779,8 +806,8 @@ mod tests {
     fn queries_for_the_instance_the_host_and_the_service_list_are_answered() {
         let names = Names::random();
         for (qname, ty, want) in [
-            (names.instance(), TYPE::SRV, "SRV"),
-            (names.instance(), TYPE::TXT, "TXT"),
+            (names.instance(SERVICE), TYPE::SRV, "SRV"),
+            (names.instance(SERVICE), TYPE::TXT, "TXT"),
             (names.host(), TYPE::A, "A"),
             (names.host(), TYPE::AAAA, "AAAA"),
             (SERVICES.to_string(), TYPE::PTR, "PTR"),
@@ -793,7 +820,7 @@ mod tests {
                 true,
             ));
             let bytes = q.build_bytes_vec().unwrap();
-            let (answer, _) = respond(&bytes, PORT, &names, &published(), &addrs())
+            let (answer, _) = respond(SERVICE, &bytes, PORT, &names, &published(), &addrs())
                 .unwrap_or_else(|| panic!("{qname} {want} unanswered"));
             let p = Packet::parse(&answer).unwrap();
             assert!(
@@ -813,9 +840,9 @@ mod tests {
             false,
         ));
         let other = other.build_bytes_vec().unwrap();
-        assert!(respond(&other, PORT, &names, &published(), &addrs()).is_none());
-        let response = announcement(&names, &published(), &addrs(), false);
-        assert!(respond(&response, PORT, &names, &published(), &addrs()).is_none());
+        assert!(respond(SERVICE, &other, PORT, &names, &published(), &addrs()).is_none());
+        let response = announcement(SERVICE, &names, &published(), &addrs(), false);
+        assert!(respond(SERVICE, &response, PORT, &names, &published(), &addrs()).is_none());
     }
 
     #[test]
@@ -829,7 +856,8 @@ mod tests {
             false,
         ));
         let bytes = q.build_bytes_vec().unwrap();
-        let (answer, how) = respond(&bytes, 40000, &names, &published(), &addrs()).unwrap();
+        let (answer, how) =
+            respond(SERVICE, &bytes, 40000, &names, &published(), &addrs()).unwrap();
         assert_eq!(how, Reply::Unicast);
         let p = Packet::parse(&answer).unwrap();
         assert_eq!(p.id(), 0x4242);
@@ -852,20 +880,23 @@ mod tests {
                 Name::new_unchecked(SERVICE),
                 CLASS::IN,
                 TTL,
-                RData::PTR(PTR(Name::new_unchecked(&names.instance()))),
+                RData::PTR(PTR(Name::new_unchecked(&names.instance(SERVICE)))),
             )
             .into_owned(),
         );
         let bytes = q.build_bytes_vec().unwrap();
-        assert!(respond(&bytes, PORT, &names, &published(), &addrs()).is_none());
+        assert!(respond(SERVICE, &bytes, PORT, &names, &published(), &addrs()).is_none());
     }
 
     #[test]
     fn responses_of_other_services_versions_and_garbage_name_no_holder() {
-        assert!(parse(b"\x00\x00garbage").is_empty());
-        assert!(parse(&query()).is_empty(), "a query names nobody");
+        assert!(parse(SERVICE, b"\x00\x00garbage").is_empty());
+        assert!(
+            parse(SERVICE, &query(SERVICE)).is_empty(),
+            "a query names nobody"
+        );
         let names = Names::random();
-        let ann = announcement(&names, &published(), &[], false);
+        let ann = announcement(SERVICE, &names, &published(), &[], false);
         let mut bad = Packet::parse(&ann).unwrap();
         for r in bad.answers.iter_mut() {
             if let RData::TXT(_) = r.rdata {
@@ -877,7 +908,7 @@ mod tests {
             }
         }
         assert!(
-            parse(&bad.build_bytes_vec().unwrap()).is_empty(),
+            parse(SERVICE, &bad.build_bytes_vec().unwrap()).is_empty(),
             "version 2"
         );
         assert_eq!(parse_id("zz"), None);

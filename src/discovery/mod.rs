@@ -13,6 +13,7 @@
 //!
 //! Everything heard arrives, checked against the scope, as [`Heard`] from [`Discovery::recv`].
 
+pub mod doctor;
 pub mod interfaces;
 pub mod mdns;
 
@@ -508,7 +509,7 @@ impl Discovery {
             readers_of.push((s.clone(), Role::Unicast));
         }
         let forward = udp_socket(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).ok();
-        let mdns = mdns::Mdns::start(&scope.interfaces).map(Arc::new);
+        let mdns = mdns::Mdns::start(mdns::SERVICE, &scope.interfaces).map(Arc::new);
         let sockets = Arc::new(Sockets {
             mdns: mdns.clone(),
             unicast_v4,

@@ -565,3 +565,35 @@ fn run_refuses_a_receive_folder_that_is_not_one_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn two_doctors_on_one_host_see_each_other_and_say_so_in_plain_words() {
+    let room = Room::new("secret123");
+    let doctor = || {
+        let mut c = room.cmd(&["doctor", "--wait", "1500ms"]);
+        c.env_remove("DEADDROP_ROOM");
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (doctor(), doctor());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (ta, tb) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    // Without mDNS (not on loopback), a doctor shows as a process asking for drops.
+    let me = |t: &str| t.split_whitespace().nth(2).unwrap().to_owned();
+    assert!(
+        ta.contains(&format!("{} receiver 127.0.0.1 on broadcast", me(&tb))),
+        "{ta}\n---\n{tb}"
+    );
+    assert!(
+        tb.contains(&format!("{} receiver 127.0.0.1 on broadcast", me(&ta))),
+        "{tb}"
+    );
+    assert!(ta.contains("ok: broadcast carries discovery on lo"), "{ta}");
+    assert!(ta.contains("Interfaces") && ta.contains("Verdict"), "{ta}");
+    assert_eq!(a.status.code(), Some(0), "{ta}");
+}

@@ -267,6 +267,39 @@ impl Lan {
             .collect()
     }
 
+    /// Isolates the hosts' switch ports from each other (as an access point's client isolation
+    /// does), or lifts it; the switch itself answers at 10.77.0.254, like a gateway.
+    pub fn isolate_clients(&self, on: bool) {
+        let _ = Command::new("ip")
+            .args([
+                "-n",
+                &self.switch,
+                "addr",
+                "add",
+                "10.77.0.254/24",
+                "dev",
+                "br0",
+            ])
+            .output();
+        for i in 1..=self.names.len() {
+            let port = format!("p{i}");
+            let state = if on { "on" } else { "off" };
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.switch,
+                    "bridge",
+                    "link",
+                    "set",
+                    "dev",
+                    &port,
+                ])
+                .args(["isolated", state])
+                .output();
+        }
+    }
+
     /// Takes every host's IPv4 address away and gives it `fd77::N/64` instead; waits until the
     /// IPv6 addresses (link-local too) are usable.
     pub fn ipv6_only(&self, hosts: usize) {

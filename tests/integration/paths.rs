@@ -290,3 +290,123 @@ fn a_third_party_dns_sd_browser_sees_a_holder_and_only_the_allowed_records() {
     s.interrupt();
     s.wait(T);
 }
+
+/// `deaddrop doctor --json` on `host`, with the room passphrase if given.
+fn doctor(lan: &Lan, host: usize, pass: Option<&str>) -> Proc {
+    let mut c = lan.cmd(
+        host,
+        pass.unwrap_or(""),
+        &["doctor", "--json", "--wait", "2s"],
+    );
+    if pass.is_none() {
+        c.env_remove("DEADDROP_ROOM");
+    }
+    Proc::spawn(c)
+}
+
+/// The doctor's report, and its exit code.
+fn report(mut p: Proc) -> (serde_json::Value, Option<i32>) {
+    let line = p
+        .wait_line(T, |l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report: {}", p.stderr()));
+    (json(&line), p.wait(T).code())
+}
+
+fn verdict(report: &serde_json::Value) -> String {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["text"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[test]
+fn two_doctors_see_each_other_name_the_paths_and_try_the_room_handshake() {
+    let Some(lan) = Lan::new(3) else { return };
+    // Hosts that have been up a moment: IPv6 addresses past duplicate detection.
+    lan.wait_ipv6(3);
+    let mut holder = sender(&lan, 3, &["send-msg", "for the room"]);
+    let (a, b) = (
+        doctor(&lan, 1, Some("secret123")),
+        doctor(&lan, 2, Some("another room")),
+    );
+    let ((ra, code_a), (rb, code_b)) = (report(a), report(b));
+    for (mine, theirs) in [(&ra, &rb), (&rb, &ra)] {
+        let them = mine["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == theirs["me"])
+            .unwrap_or_else(|| panic!("{} did not see {}: {mine}", mine["me"], theirs["me"]));
+        assert_eq!(them["role"], "doctor", "{them}");
+        for path in ["broadcast", "mdns-ipv4", "mdns-ipv6"] {
+            assert!(
+                them["paths"].as_array().unwrap().iter().any(|p| p == path),
+                "{path} in {them}"
+            );
+        }
+        assert!(
+            verdict(mine).contains("broadcast and mDNS both work on eth0"),
+            "{mine}"
+        );
+    }
+    let holder_seen = |r: &serde_json::Value| {
+        r["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["role"] == "holder")
+            .cloned()
+            .unwrap_or_else(|| panic!("no holder in {r}"))
+    };
+    assert_eq!(
+        holder_seen(&ra)["handshake"],
+        "ok, 1 drop(s) on offer to us"
+    );
+    assert!(
+        holder_seen(&rb)["handshake"]
+            .as_str()
+            .unwrap()
+            .contains("wrong passphrase"),
+        "{rb}"
+    );
+    assert_eq!(code_a, Some(0), "{ra}");
+    assert_eq!(
+        code_b,
+        Some(7),
+        "a passphrase no holder accepts is a problem: {rb}"
+    );
+    assert!(
+        verdict(&rb).contains("none accepted the passphrase"),
+        "{rb}"
+    );
+    holder.interrupt();
+    holder.wait(T);
+}
+
+#[test]
+fn doctor_names_client_isolation_and_says_mdns_carries_discovery_without_broadcast() {
+    let Some(lan) = Lan::new(2) else { return };
+    lan.isolate_clients(true);
+    let (a, b) = (doctor(&lan, 1, None), doctor(&lan, 2, None));
+    for (r, code) in [report(a), report(b)] {
+        assert!(r["seen"].as_array().unwrap().is_empty(), "{r}");
+        let v = verdict(&r);
+        assert!(v.contains("isolates clients"), "{v}");
+        assert_eq!(code, Some(7));
+    }
+    lan.isolate_clients(false);
+    lan.drop_on_bridge(&[BROADCAST]);
+    let (a, b) = (doctor(&lan, 1, None), doctor(&lan, 2, None));
+    for (r, code) in [report(a), report(b)] {
+        let v = verdict(&r);
+        assert!(
+            v.contains("broadcast does not get through on eth0")
+                && v.contains("mDNS carries discovery"),
+            "{v}"
+        );
+        assert_eq!(code, Some(0));
+    }
+}

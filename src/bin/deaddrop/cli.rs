@@ -17,6 +17,7 @@ Exit codes:
   4    fetch: no holder in the room offers that token
   5    fetch: the drop exists but was refused (already taken, or already fetched by you)
   6    fetch/list: holders answered but none accepted the passphrase
+  7    doctor: it found a problem (its findings say what to do)
   130  interrupted by Ctrl-C while holding a drop (the drop is withdrawn)";
 
 #[derive(Debug, Parser)]
@@ -111,6 +112,20 @@ pub enum Command {
     List {
         /// How long to collect answers from holders.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Find out why devices do or don't see each other: shows the interfaces and which
+    /// discovery paths (broadcast, mDNS over IPv4 and IPv6, unicast peers) work on them, lists
+    /// the deaddrop processes heard (random ids and addresses only), and says what to do. Run
+    /// it on two devices at once: they see each other and name the paths between them. With
+    /// the room passphrase (--room or DEADDROP_ROOM; never asked for), it also tries the room
+    /// handshake with every holder it hears.
+    #[command(after_help = EXIT_CODES)]
+    Doctor {
+        /// How long to listen.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
         wait: Duration,
         #[command(flatten)]
         common: Common,

@@ -2,6 +2,7 @@
 //! outcomes to exit codes. All protocol work is in the library.
 
 mod cli;
+mod doctor;
 mod interrupt;
 mod legacy;
 mod output;
@@ -38,6 +39,8 @@ pub(crate) const EXIT_EXPIRED: u8 = 3;
 pub(crate) const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
 const EXIT_NO_ROOM: u8 = 6;
+pub(crate) const EXIT_PROBLEM: u8 = 7;
+const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// After its last drop is used up, a sender keeps answering for this long, so that fetchers
 /// racing for a one-time drop hear "already taken" rather than "no such drop".
@@ -50,7 +53,8 @@ fn main() -> ExitCode {
         | Command::SendMsg { common, .. }
         | Command::SendFile { common, .. }
         | Command::Fetch { common, .. }
-        | Command::List { common, .. } => common,
+        | Command::List { common, .. }
+        | Command::Doctor { common, .. } => common,
     };
     init_logging(common.verbose);
     let ui = Ui::new(common.json);
@@ -60,6 +64,17 @@ fn main() -> ExitCode {
         });
     }
     let room = common.room.take();
+    if let Command::Doctor { wait, common } = cli.command {
+        // Never asks for the passphrase: it only adds the handshake check.
+        let pass = match room.map(|r| Passphrase::from_zeroizing(r.0)).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                report_error(&ui, &e.to_string());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        return doctor::run(pass, wait, &common, &ui);
+    }
     let result = passphrase(room).and_then(|pass| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -138,7 +153,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     }
 }
 
-fn display_name(common: &Common) -> String {
+pub(crate) fn display_name(common: &Common) -> String {
     let name = common
         .name
         .clone()
@@ -147,15 +162,18 @@ fn display_name(common: &Common) -> String {
         .to_owned()
 }
 
-async fn open_discovery(common: &Common) -> Result<Discovery> {
-    let scope = discovery::resolve(&DiscoveryConfig {
+pub(crate) fn discovery_config(common: &Common) -> DiscoveryConfig {
+    DiscoveryConfig {
         port: common
             .port
             .unwrap_or(deaddrop::protocol::beacon::DEFAULT_PORT),
         interfaces: common.interface.clone(),
         peers: common.peer.clone(),
-    })
-    .await?;
+    }
+}
+
+async fn open_discovery(common: &Common) -> Result<Discovery> {
+    let scope = discovery::resolve(&discovery_config(common)).await?;
     Ok(Discovery::bind(scope)?)
 }
 
@@ -287,6 +305,7 @@ async fn dispatch(
         Command::List { common, .. } if common.legacy => {
             bail!("list is not available with --legacy: the original protocol cannot list drops")
         }
+        Command::Doctor { .. } => unreachable!("handled before the passphrase"),
         Command::List { wait, common } => {
             interrupted(list(pass, wait, common, ui.clone()), &interrupt, &ui).await
         }

@@ -4,6 +4,12 @@
 loopback. Prints median and spread; record the figures in BENCHMARKS.md.
 
     sudo python3 bench/latency.py [--sends 20] [--bin target/release/deaddrop]
+    sudo python3 bench/latency.py --paths     # each discovery path on its own (namespace LAN)
+
+With --paths, the LAN is filtered so that one path carries discovery at a time: broadcast (mDNS
+dropped), mDNS over IPv4 (broadcast and IPv6 dropped), mDNS over IPv6 (hosts without IPv4),
+and unicast (broadcast and mDNS dropped; the holder names the receiver with --peer, then the
+receiver names the holder).
 """
 import argparse
 import json
@@ -51,9 +57,9 @@ def wait_event(q, kind, text=None, timeout=15.0):
             return stamp
 
 
-def measure(binary, sends, recv_prefix, send_prefix, extra):
+def measure(binary, sends, recv_prefix, send_prefix, extra, recv_extra=(), send_extra=()):
     env = dict(os.environ, DEADDROP_ROOM="bench-room")
-    receiver = subprocess.Popen(recv_prefix + [binary, "run", "--json", *extra],
+    receiver = subprocess.Popen(recv_prefix + [binary, "run", "--json", *extra, *recv_extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     lines = reader(receiver)
     try:
@@ -62,7 +68,7 @@ def measure(binary, sends, recv_prefix, send_prefix, extra):
         for i in range(sends):
             text = f"bench message {i}"
             t0 = time.perf_counter()
-            sender = subprocess.Popen(send_prefix + [binary, "send-msg", "--ttl", "10s", *extra, text],
+            sender = subprocess.Popen(send_prefix + [binary, "send-msg", "--ttl", "10s", *extra, *send_extra, text],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             try:
                 shown = wait_event(lines, "message", text)
@@ -94,13 +100,40 @@ def report(name, samples, overhead):
           f"min={s[0]:.1f}  max={s[-1]:.1f} ms  (process-spawn overhead included: {overhead:.1f} ms)")
 
 
+BROADCAST = "ether type ip ether daddr ff:ff:ff:ff:ff:ff"
+MDNS = "udp dport 5353"
+
+
+def paths(args):
+    """Each discovery path alone on a two-host LAN: (name, LAN set-up, receiver and sender args)."""
+    cases = [
+        ("broadcast only", lambda lan: lan.drop_on_bridge(MDNS), [], []),
+        ("mDNS over IPv4 only", lambda lan: lan.drop_on_bridge(BROADCAST, "ether type ip6"), [], []),
+        ("mDNS over IPv6 only", lambda lan: lan.ipv6_only(), [], []),
+        ("unicast, holder names receiver", lambda lan: lan.drop_on_bridge(BROADCAST, MDNS),
+         [], ["--peer", "10.77.0.2"]),
+        ("unicast, receiver names holder", lambda lan: lan.drop_on_bridge(BROADCAST, MDNS),
+         ["--peer", "10.77.0.1"], []),
+    ]
+    for name, setup, recv_extra, send_extra in cases:
+        with Lan(2) as lan:
+            lan.wait_ipv6()
+            setup(lan)
+            samples = measure(args.bin, args.sends, lan.prefix(2), lan.prefix(1), [], recv_extra, send_extra)
+            report(name, samples, spawn_overhead(lan.prefix(1)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sends", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "deaddrop"))
+    ap.add_argument("--paths", action="store_true", help="each discovery path on its own")
     args = ap.parse_args()
     if args.bin.endswith(os.path.join("release", "deaddrop")):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if args.paths:
+        paths(args)
+        return
     with Lan(2) as lan:
         lan_samples = measure(args.bin, args.sends, lan.prefix(2), lan.prefix(1), [])
         lan_overhead = spawn_overhead(lan.prefix(1))

@@ -45,6 +45,38 @@ class Lan:
             for ns, dev in ((host, "eth0"), (self.switch, f"p{i}")):
                 ip_tc(ns, dev, rate)
 
+    def drop_on_bridge(self, *matches):
+        """Drops frames crossing the switch that match each nftables expression (bridge family)."""
+        def nft(*args):
+            subprocess.run(["ip", "netns", "exec", self.switch, "nft", *args], check=True, capture_output=True)
+        nft("add", "table", "bridge", "bench")
+        nft("add chain bridge bench fw { type filter hook forward priority 0; }")
+        for m in matches:
+            nft(f"add rule bridge bench fw {m} drop")
+
+    def ipv6_only(self):
+        """Replaces every host's IPv4 address with fd77::N/64 and waits for IPv6 to be usable."""
+        import time
+        for i, host in enumerate(self.names, start=1):
+            subprocess.run(["ip", "-n", host, "route", "del", "default"], capture_output=True)
+            ip("-n", host, "addr", "del", f"10.77.0.{i}/24", "dev", "eth0")
+            ip("-n", host, "addr", "add", f"fd77::{i}/64", "dev", "eth0", "nodad")
+        self.wait_ipv6()
+
+    def wait_ipv6(self):
+        """Waits until no host's IPv6 address is still being checked for duplicates."""
+        import time
+        deadline = time.monotonic() + 10
+        for host in self.names:
+            while True:
+                out = subprocess.run(["ip", "-n", host, "-6", "addr", "show", "dev", "eth0"],
+                                     capture_output=True, text=True).stdout
+                if "inet6 fe80" in out and "tentative" not in out:
+                    break
+                if time.monotonic() > deadline:
+                    sys.exit(f"IPv6 not ready on {host}")
+                time.sleep(0.1)
+
     def addr(self, host):
         return f"10.77.0.{host}"
 

@@ -433,7 +433,11 @@ impl Queries {
     /// Sends a query now and plans the next one.
     pub async fn send(&mut self, discovery: &Discovery, me: PeerId) {
         discovery.query(me).await;
-        let gap = QUERY_GAPS.get(self.sent).copied().or(self.every);
+        // The start-up gaps, but never longer than the steady interval.
+        let gap = match (QUERY_GAPS.get(self.sent).copied(), self.every) {
+            (Some(g), Some(e)) => Some(g.min(e)),
+            (g, e) => g.or(e),
+        };
         self.sent += 1;
         self.next = gap.map(|g| Instant::now() + g);
     }

@@ -18,11 +18,13 @@ use crate::session::client::{
     announced, sleep_until_std, timeouts_for,
 };
 use crate::session::contacts::{Book, Mode, Outcome};
-use crate::session::holder::{ANNOUNCE_EVERY, MAX_MESSAGE};
+use crate::session::holder::MAX_MESSAGE;
 use crate::session::transport::Timeouts;
 use crate::storage::sink::{self, Destination, FileSink};
 use crate::units::format_size;
 
+/// How often `run` asks its `--peer`s for drops.
+pub const PEER_QUERY_EVERY: Duration = Duration::from_millis(750);
 /// Drops remembered as seen at once.
 pub const MAX_SEEN: usize = 100_000;
 /// How long a seen drop is remembered after its holder said it expires.
@@ -130,7 +132,8 @@ pub async fn run(
     let mut book = Book::new(Mode::Follow);
     let mut syncs: Sessions<Outcome> = Sessions::default();
     // Unicast peers do not hear each other's broadcasts: keep asking them.
-    let mut queries = Queries::new((!discovery.scope().peers.is_empty()).then_some(ANNOUNCE_EVERY));
+    let mut queries =
+        Queries::new((!discovery.scope().peers.is_empty()).then_some(PEER_QUERY_EVERY));
     let mut next_prune = Instant::now() + Duration::from_secs(10);
     tokio::pin!(shutdown);
     loop {

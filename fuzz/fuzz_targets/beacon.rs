@@ -1,10 +1,14 @@
 #![no_main]
-//! Discovery datagrams, as any host on the LAN can send them.
-use deaddrop::protocol::beacon::Beacon;
+//! Discovery datagrams, as any host on the LAN can send them: beacons and forwarded beacons.
+use deaddrop::protocol::beacon::{Beacon, Datagram};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(b) = Beacon::decode(data) {
-        assert_eq!(Beacon::decode(&b.encode()), Ok(b));
+    match Datagram::decode(data) {
+        Ok(Datagram::Beacon(b)) => assert_eq!(Beacon::decode(&b.encode()), Ok(b)),
+        Ok(Datagram::Forwarded(f)) => {
+            assert_eq!(Datagram::decode(&f.encode()), Ok(Datagram::Forwarded(f)))
+        }
+        Err(_) => {}
     }
 });

@@ -449,8 +449,13 @@ async fn conclude(
             Some("connect to a network, or name an interface with --interface"),
         ));
     }
+    let mut tunnels: Vec<&str> = Vec::new();
     for r in routes {
-        if is_tunnel(&r.interface) && !used.iter().any(|i| i.name == r.interface) {
+        if is_tunnel(&r.interface)
+            && !used.iter().any(|i| i.name == r.interface)
+            && !tunnels.contains(&r.interface.as_str())
+        {
+            tunnels.push(&r.interface);
             let names: Vec<&str> = used.iter().map(|i| i.name.as_str()).collect();
             out.push(Finding::new(
                 Level::Info,

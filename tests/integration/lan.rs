@@ -300,6 +300,15 @@ impl Lan {
         }
     }
 
+    /// Gives host `host` a VPN-like tunnel `tun0` that holds the default route.
+    pub fn vpn_default_route(&self, host: usize) {
+        let h = self.names[host - 1].as_str();
+        sh(&["-n", h, "tuntap", "add", "dev", "tun0", "mode", "tun"]);
+        sh(&["-n", h, "link", "set", "tun0", "up"]);
+        sh(&["-n", h, "addr", "add", "10.8.0.2/32", "dev", "tun0"]);
+        sh(&["-n", h, "route", "replace", "default", "dev", "tun0"]);
+    }
+
     /// Takes every host's IPv4 address away and gives it `fd77::N/64` instead; waits until the
     /// IPv6 addresses (link-local too) are usable.
     pub fn ipv6_only(&self, hosts: usize) {

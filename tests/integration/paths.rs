@@ -387,7 +387,7 @@ fn two_doctors_see_each_other_name_the_paths_and_try_the_room_handshake() {
 }
 
 #[test]
-fn doctor_names_client_isolation_and_says_mdns_carries_discovery_without_broadcast() {
+fn doctor_names_client_isolation_filtered_broadcast_and_a_vpn_on_the_default_route() {
     let Some(lan) = Lan::new(2) else { return };
     lan.isolate_clients(true);
     let (a, b) = (doctor(&lan, 1, None), doctor(&lan, 2, None));

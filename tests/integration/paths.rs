@@ -409,4 +409,18 @@ fn doctor_names_client_isolation_filtered_broadcast_and_a_vpn_on_the_default_rou
         );
         assert_eq!(code, Some(0));
     }
+    lan.vpn_default_route(1);
+    let (a, b) = (doctor(&lan, 1, None), doctor(&lan, 2, None));
+    let ((ra, _), _) = (report(a), report(b));
+    let notes: Vec<&serde_json::Value> = ra["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "info")
+        .collect();
+    assert_eq!(notes.len(), 1, "{ra}");
+    assert_eq!(
+        notes[0]["text"],
+        "tun0 (a VPN tunnel) holds the default route; discovery uses eth0"
+    );
 }

@@ -462,12 +462,61 @@ fn bad_input_is_a_usage_error_with_a_clear_message() {
             vec!["send-msg", "--everyone", "--max-fetches", "2", "x"],
             "cannot be used with",
         ),
+        (
+            vec!["send-msg", "--ttl", "0", "x"],
+            "between 1 ms and 7 days",
+        ),
+        (
+            vec!["send-file", "--ttl", "100d", "x"],
+            "between 1 ms and 7 days",
+        ),
+        (
+            vec!["list", "--legacy"],
+            "list is not available with --legacy",
+        ),
+        (
+            vec!["run", "--legacy", "--peer", "127.0.0.1"],
+            "--peer with --legacy",
+        ),
+        (
+            vec!["send-msg", "--legacy", "--everyone", "x"],
+            "--max-fetches and --everyone do not apply",
+        ),
     ] {
         let out = room.cmd(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+        // A usage line, when there is one, is the subcommand's own, and never lists the
+        // options that came from the environment (the room, the port) as if required.
+        if let Some(line) = err.lines().find(|l| l.starts_with("Usage:")) {
+            assert!(
+                line.starts_with(&format!("Usage: deaddrop {}", args[0])),
+                "{line}"
+            );
+            assert!(
+                !line.contains("--room") && !line.contains("--port <"),
+                "{line}"
+            );
+        }
     }
+    let out = Command::new(bin())
+        .args(["run", "--port", "0"])
+        .env("DEADDROP_ROOM", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--port 0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'--port <PORT>'"));
+    // Help shows which variables are read, never their values.
+    let out = room
+        .cmd(&["run", "--help"])
+        .env("DEADDROP_PORT", "4242")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("DEADDROP_PORT]"), "{help}");
+    assert!(!help.contains("4242") && !help.contains("DEADDROP_PORT="), "{help}");
     let out = Command::new(bin())
         .args(["run", "--interface", "nosuch0", "--port", "1"])
         .env("DEADDROP_ROOM", "x")
@@ -486,7 +535,11 @@ fn no_passphrase_and_no_terminal_is_a_clear_error() {
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing passphrase is a usage error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEADDROP_ROOM"));
 }
 

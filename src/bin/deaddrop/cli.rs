@@ -6,6 +6,7 @@ use std::time::Duration;
 use std::path::Path;
 
 use clap::{Args, Parser, Subcommand};
+use deaddrop::storage::store::MAX_TTL;
 use deaddrop::units::{parse_duration, parse_size};
 
 pub const EXIT_CODES: &str = "\
@@ -43,7 +44,7 @@ pub struct Cli {
 pub enum Command {
     /// Join the room and take every new drop as it appears: show messages, save files and
     /// folders (until Ctrl-C).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop run [OPTIONS]")]
     Run {
         /// Save files and folders here, created when the first one arrives [default: your
         /// Downloads folder, in deaddrop/ (~/Downloads/deaddrop)]. `--dir .` saves into the
@@ -61,12 +62,12 @@ pub enum Command {
         common: Common,
     },
     /// Offer a message to the room and wait until it is fetched or expires.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop send-msg [OPTIONS] <TEXT|->")]
     SendMsg {
         /// The message; `-` reads it from standard input.
         text: String,
-        /// How long the drop is on offer: 30, 30s, 5m, 2h.
-        #[arg(long, default_value = "12s", value_parser = parse_duration)]
+        /// How long the drop is on offer: 30, 30s, 5m, 2h (at most 7 days).
+        #[arg(long, default_value = "12s", value_parser = parse_ttl)]
         ttl: Duration,
         #[command(flatten)]
         limit: Limit,
@@ -76,12 +77,12 @@ pub enum Command {
     /// Offer a file or a folder (as one drop, its tree kept) and wait until it is fetched or
     /// expires. The content is read from disk as it is sent; a file that changes meanwhile
     /// stops that fetch.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop send-file [OPTIONS] <PATH>")]
     SendFile {
         /// The file or folder to offer.
         path: PathBuf,
-        /// How long the drop is on offer: 30, 30s, 5m, 2h.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        /// How long the drop is on offer: 30, 30s, 5m, 2h (at most 7 days).
+        #[arg(long, default_value = "5m", value_parser = parse_ttl)]
         ttl: Duration,
         #[command(flatten)]
         limit: Limit,
@@ -90,7 +91,7 @@ pub enum Command {
     },
     /// Fetch one drop by its token: a message to standard output, a file or folder into --dir.
     /// An interrupted file fetch resumes where it stopped when run again.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop fetch [OPTIONS] <TOKEN>")]
     Fetch {
         /// The drop's token, as printed by send-msg, send-file or list (with --legacy: the
         /// original script's token).
@@ -108,7 +109,7 @@ pub enum Command {
         common: Common,
     },
     /// Show the drops on offer in the room, without fetching them.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop list [OPTIONS]")]
     List {
         /// How long to collect answers from holders.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -122,7 +123,7 @@ pub enum Command {
     /// it on two devices at once: they see each other and name the paths between them. With
     /// the room passphrase (--room or DEADDROP_ROOM; never asked for), it also tries the room
     /// handshake with every holder it hears.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_CODES, override_usage = "deaddrop doctor [OPTIONS]")]
     Doctor {
         /// How long to listen.
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
@@ -157,7 +158,12 @@ pub struct Common {
     #[arg(long)]
     pub json: bool,
     /// UDP port for discovery [default: 48557; with --legacy: 48555].
-    #[arg(long, env = "DEADDROP_PORT")]
+    #[arg(
+        long,
+        env = "DEADDROP_PORT",
+        hide_env_values = true,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub port: Option<u16>,
     /// Confine discovery and connections to these interfaces, by name (eth0) or by one of
     /// their addresses (repeatable, or comma-separated). By default every interface that is up
@@ -214,4 +220,13 @@ impl std::fmt::Debug for RoomArg {
 
 fn parse_room(text: &str) -> Result<RoomArg, String> {
     Ok(RoomArg(zeroize::Zeroizing::new(text.to_owned())))
+}
+
+/// A time-to-live: a duration between 1 ms and 7 days.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err("the time-to-live must be between 1 ms and 7 days".into());
+    }
+    Ok(ttl)
 }

@@ -59,9 +59,9 @@ pub async fn run(
     interrupt: Interrupt,
 ) -> Result<u8> {
     if !common.peer.is_empty() {
-        bail!(
-            "--peer with --legacy only works for fetch: the original protocol has no way to ask a peer for its drops"
-        );
+        return Err(crate::usage(
+            "--peer with --legacy only works for fetch: the original protocol has no way to ask a peer for its drops",
+        ));
     }
     if let Some(dir) = &files {
         crate::check_receive_dir(dir)?;
@@ -95,9 +95,9 @@ pub async fn send(
     interrupt: Interrupt,
 ) -> Result<u8> {
     if limit.everyone || limit.max_fetches != 1 {
-        bail!(
-            "--legacy drops are fetched once, as the original script does: --max-fetches and --everyone do not apply"
-        );
+        return Err(crate::usage(
+            "--legacy drops are fetched once, as the original script does: --max-fetches and --everyone do not apply",
+        ));
     }
     let (kind, name, plaintext) = match what {
         What::Message(text) => (Kind::Message, "message".to_owned(), text.into_bytes()),

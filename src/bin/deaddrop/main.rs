@@ -88,6 +88,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.is::<Usage>() => {
+            report_error(&ui, &format!("{e:#}"));
+            ui.err("\nFor more information, try '--help'.");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             report_error(&ui, &format!("{e:#}"));
             if let Some(hint) = hint(&e) {
@@ -96,6 +101,15 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// A mistake in how the command was called (exit code 2, like clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Usage(String);
+
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
 }
 
 /// A fatal error: on stderr for people, and as an `error` event for `--json` readers.
@@ -133,9 +147,11 @@ fn passphrase(room: Option<cli::RoomArg>) -> Result<Passphrase> {
                     .context("cannot read the passphrase")?,
             )
         }
-        None => bail!(
-            "no room passphrase: pass --room, set DEADDROP_ROOM, or run in a terminal to be asked"
-        ),
+        None => {
+            return Err(usage(
+                "no room passphrase: pass --room, set DEADDROP_ROOM, or run in a terminal to be asked",
+            ));
+        }
     };
     Ok(Passphrase::from_zeroizing(text)?)
 }
@@ -291,7 +307,11 @@ async fn dispatch(
                 Ok(t) => t,
                 Err(e) => {
                     use clap::CommandFactory;
-                    Cli::command()
+                    // The error shows fetch's own usage line.
+                    let mut cmd = Cli::command();
+                    cmd.build();
+                    cmd.find_subcommand_mut("fetch")
+                        .expect("fetch is a subcommand")
                         .error(
                             clap::error::ErrorKind::InvalidValue,
                             format!("invalid value {token:?} for '<TOKEN>': {e}"),
@@ -303,7 +323,9 @@ async fn dispatch(
             interrupted(fetch, &interrupt, &ui).await
         }
         Command::List { common, .. } if common.legacy => {
-            bail!("list is not available with --legacy: the original protocol cannot list drops")
+            return Err(usage(
+                "list is not available with --legacy: the original protocol cannot list drops",
+            ));
         }
         Command::Doctor { .. } => unreachable!("handled before the passphrase"),
         Command::List { wait, common } => {

@@ -516,7 +516,10 @@ fn bad_input_is_a_usage_error_with_a_clear_message() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("DEADDROP_PORT]"), "{help}");
-    assert!(!help.contains("4242") && !help.contains("DEADDROP_PORT="), "{help}");
+    assert!(
+        !help.contains("4242") && !help.contains("DEADDROP_PORT="),
+        "{help}"
+    );
     let out = Command::new(bin())
         .args(["run", "--interface", "nosuch0", "--port", "1"])
         .env("DEADDROP_ROOM", "x")

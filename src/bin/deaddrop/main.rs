@@ -322,11 +322,9 @@ async fn dispatch(
             let fetch = fetch(pass, token, out, dir, wait, common, ui.clone());
             interrupted(fetch, &interrupt, &ui).await
         }
-        Command::List { common, .. } if common.legacy => {
-            return Err(usage(
-                "list is not available with --legacy: the original protocol cannot list drops",
-            ));
-        }
+        Command::List { common, .. } if common.legacy => Err(usage(
+            "list is not available with --legacy: the original protocol cannot list drops",
+        )),
         Command::Doctor { .. } => unreachable!("handled before the passphrase"),
         Command::List { wait, common } => {
             interrupted(list(pass, wait, common, ui.clone()), &interrupt, &ui).await

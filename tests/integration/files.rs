@@ -172,7 +172,7 @@ fn fetch_by_token_into_a_folder_an_exact_path_and_stdout() {
     let path = src.path().join("notes.txt");
     let bytes = data(300_000, 9);
     fs::write(&path, &bytes).unwrap();
-    let (mut s, token) = send(&room, &path, &["--max-fetches", "3"]);
+    let (mut s, token) = send(&room, &path, &["--max-fetches", "4"]);
     let out = room
         .cmd(&["fetch", "--dir", dst.path().to_str().unwrap(), &token])
         .output()
@@ -194,6 +194,38 @@ fn fetch_by_token_into_a_folder_an_exact_path_and_stdout() {
         .unwrap();
     assert_ok(&out);
     assert!(out.stdout == bytes, "stdout differs");
+    // With --json too, stdout still carries only the content; the events go to stderr.
+    let out = room
+        .cmd(&["fetch", "--json", "--out", "-", &token])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(out.stdout == bytes, "stdout differs with --json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let progress = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .count();
+    assert!(progress > 0, "no JSON progress on stderr: {err}");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn a_message_fetched_to_stdout_with_json_is_only_its_text() {
+    let room = Room::new("secret123");
+    let mut s = Proc::spawn(room.cmd(&["send-msg", "--json", "hello there"]));
+    let token = s.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = room
+        .cmd(&["fetch", "--json", "--out", "-", &token])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"hello there");
     assert_eq!(s.wait(T).code(), Some(0));
 }
 

@@ -185,7 +185,8 @@ pub async fn fetch(
     };
     match &fetched.got {
         Got::Message(plain) => match &out {
-            Some(path) if path != Path::new("-") => {
+            Some(path) if path == Path::new("-") => write_stdout(plain)?,
+            Some(path) => {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

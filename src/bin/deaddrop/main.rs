@@ -48,6 +48,11 @@ const LINGER: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    // `fetch --out -`: standard output carries the drop's bytes and nothing else.
+    let stdout_is_content = matches!(
+        &cli.command,
+        Command::Fetch { out: Some(out), .. } if out.as_path() == Path::new("-")
+    );
     let common = match &mut cli.command {
         Command::Run { common, .. }
         | Command::SendMsg { common, .. }
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
         | Command::Doctor { common, .. } => common,
     };
     init_logging(common.verbose);
-    let ui = Ui::new(common.json);
+    let ui = Ui::new(common.json, stdout_is_content);
     if common.legacy {
         ui.event(&Event::Warning {
             message: legacy::WARNING.into(),
@@ -617,7 +622,8 @@ async fn fetch(
         DropKind::Message => {
             let text = &sink.memory.data;
             match &out {
-                Some(path) if path != Path::new("-") => {
+                Some(path) if path == Path::new("-") => write_stdout(text)?,
+                Some(path) => {
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)

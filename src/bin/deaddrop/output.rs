@@ -178,6 +178,8 @@ pub const LISTING_HEADER: &str = "TOKEN                             KIND        
 /// Where the program's output goes: JSON lines, or text with progress bars on a terminal.
 pub struct Ui {
     json: bool,
+    /// Standard output carries a drop's content (`fetch --out -`): every line goes to stderr.
+    stdout_is_content: bool,
     bars: Option<Bars>,
 }
 
@@ -187,12 +189,27 @@ struct Bars {
 }
 
 impl Ui {
-    pub fn new(json: bool) -> Arc<Ui> {
+    /// `stdout_is_content`: standard output is reserved for a drop's bytes, so events and
+    /// lines go to standard error instead.
+    pub fn new(json: bool, stdout_is_content: bool) -> Arc<Ui> {
         let bars = (!json && io::stderr().is_terminal()).then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)),
             active: Mutex::new(HashMap::new()),
         });
-        Arc::new(Ui { json, bars })
+        Arc::new(Ui {
+            json,
+            stdout_is_content,
+            bars,
+        })
+    }
+
+    /// A line where a line of output belongs: stdout, unless it carries content.
+    fn line_out(&self, line: &str) {
+        if self.stdout_is_content {
+            stderr_line(line)
+        } else {
+            stdout_line(line)
+        }
     }
 
     pub fn json(&self) -> bool {
@@ -202,8 +219,8 @@ impl Ui {
     /// A line on standard output, drawn above any progress bars.
     pub fn out(&self, line: &str) {
         match &self.bars {
-            Some(b) => b.multi.suspend(|| stdout_line(line)),
-            None => stdout_line(line),
+            Some(b) => b.multi.suspend(|| self.line_out(line)),
+            None => self.line_out(line),
         }
     }
 
@@ -218,7 +235,7 @@ impl Ui {
     /// Renders one event.
     pub fn event(&self, event: &Event) {
         if self.json {
-            stdout_line(&json_line(event));
+            self.line_out(&json_line(event));
             return;
         }
         if let Event::Progress {

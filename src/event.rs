@@ -100,10 +100,23 @@ pub enum Event {
     UsedUp { token: DropId, delivered: u32 },
     /// A holder's drop ran out of time and is gone.
     Expired { token: DropId, delivered: u32 },
-    /// A receiver's fetch did not happen (the drop is not burned).
+    /// A receiver's fetch failed (the drop is not burned by a failed fetch).
     FetchFailed {
         token: DropId,
+        kind: DropKind,
+        name: String,
         from: String,
+        /// What went wrong and what happens next.
+        reason: String,
+        /// Whether the receiver tries again by itself while the drop is on offer.
+        retrying: bool,
+    },
+    /// A holder's transfer to a receiver stopped before the end (the drop stays on offer
+    /// unless it was withdrawn).
+    SendStopped {
+        token: DropId,
+        to: String,
+        address: String,
         reason: String,
     },
     /// A fetch was refused by the holder.
@@ -120,14 +133,19 @@ pub enum Event {
         from: String,
         address: String,
     },
-    /// A transfer is under way (a few per second at most, and one at the end).
+    /// A file or folder transfer is under way (a few per second at most, and one at the end;
+    /// none for messages).
     Progress {
         token: DropId,
+        /// The drop's name.
+        name: String,
         /// The other end's name.
         peer: String,
         /// True on the holder's side.
         sending: bool,
-        /// Bytes of content done, counting any resumed part.
+        /// Bytes of content that were already there when this transfer began (resumed).
+        resumed: u64,
+        /// Bytes of content done, counting the resumed ones.
         done: u64,
         total: u64,
     },

@@ -42,6 +42,7 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         2 => Refusal::Taken,
         3 => Refusal::AlreadyYours,
         4 => Refusal::Unavailable,
+        5 => Refusal::Withdrawn,
         b => Refusal::Other(b),
     })
 }

@@ -538,14 +538,21 @@ pub async fn receive(
         let holder = SocketAddr::new(src.ip(), port);
         let (pass, opts, scope, events) =
             (pass.clone(), opts.clone(), scope.clone(), events.clone());
+        let kind = match kind {
+            Kind::File => DropKind::File,
+            _ => DropKind::Message,
+        };
         let permit = permits.clone().acquire_owned().await.expect("never closed");
         tokio::spawn(async move {
             let result = take(&pass, &scope, &opts, holder, &id, &events).await;
             if let Err(e) = result {
                 events(Event::FetchFailed {
                     token: DropId::Legacy(id),
+                    kind,
+                    name,
                     from: holder.ip().to_string(),
                     reason: e.to_string(),
+                    retrying: false,
                 });
             }
             drop(permit);

@@ -117,6 +117,8 @@ pub enum Refusal {
     AlreadyYours,
     /// The holder cannot produce the content (the file changed or could not be read).
     Unavailable,
+    /// The sender withdrew the drop (Ctrl-C) while it was being fetched.
+    Withdrawn,
     #[serde(untagged)]
     Other(u8),
 }
@@ -128,6 +130,7 @@ impl Refusal {
             Refusal::Taken => 2,
             Refusal::AlreadyYours => 3,
             Refusal::Unavailable => 4,
+            Refusal::Withdrawn => 5,
             Refusal::Other(b) => b,
         }
     }
@@ -138,6 +141,7 @@ impl Refusal {
             2 => Refusal::Taken,
             3 => Refusal::AlreadyYours,
             4 => Refusal::Unavailable,
+            5 => Refusal::Withdrawn,
             b => Refusal::Other(b),
         }
     }
@@ -150,6 +154,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Taken => "already taken by another receiver",
             Refusal::AlreadyYours => "already fetched by this receiver",
             Refusal::Unavailable => "the holder could not read the drop's content",
+            Refusal::Withdrawn => "the sender withdrew the drop",
             Refusal::Other(_) => "refused by the holder",
         })
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub enum FetchError {
     NoSpace { needed: u64, available: u64 },
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// Saving failed on this side (permissions, a full disk, a folder removed meanwhile).
+    #[error("cannot save in {}: {error}", folder.display())]
+    Save { folder: PathBuf, error: io::Error },
     #[error("the holder broke the protocol: {0}")]
     Protocol(&'static str),
 }
@@ -66,6 +70,42 @@ impl FetchError {
                     | SessionError::Closed
             )
         )
+    }
+
+    /// Whether this side failed to save the drop (no space, no permission...): a cause that
+    /// may pass, worth trying again later.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Save { .. } | FetchError::NoSpace { .. } | FetchError::Io(_)
+        )
+    }
+}
+
+/// Where a fetch stands, for progress reports.
+#[derive(Debug)]
+pub struct Transfer<'a> {
+    pub info: &'a DropInfo,
+    /// The other end's name.
+    pub peer: &'a str,
+    /// Content bytes that were already here when this fetch began (a resumed copy).
+    pub resumed: u64,
+    /// Content bytes here now, counting the resumed ones.
+    pub done: u64,
+}
+
+impl Transfer<'_> {
+    /// The progress event for this transfer (on the holder's side if `sending`).
+    pub fn event(&self, sending: bool) -> crate::event::Event {
+        crate::event::Event::Progress {
+            token: self.info.token.into(),
+            name: self.info.name.clone(),
+            peer: self.peer.to_owned(),
+            sending,
+            resumed: self.resumed,
+            done: self.done,
+            total: self.info.size,
+        }
     }
 }
 
@@ -287,13 +327,13 @@ impl HolderSession {
     }
 
     /// Fetches `token` into `sink` (resuming after what the sink already holds), lets the sink
-    /// verify and publish it, then acknowledges. `progress(done, total)` follows the content.
+    /// verify and publish it, then acknowledges. `progress` follows the content.
     /// On failure the sink is told whether what arrived is worth keeping for a resume.
     pub async fn fetch<S: Sink>(
         &mut self,
         token: Token,
         sink: &mut S,
-        mut progress: impl FnMut(u64, u64) + Send,
+        mut progress: impl FnMut(&Transfer<'_>) + Send,
     ) -> Result<FetchOutcome, FetchError> {
         let result = self.fetch_inner(token, sink, &mut progress).await;
         if let Err(e) = &result {
@@ -306,7 +346,7 @@ impl HolderSession {
         &mut self,
         token: Token,
         sink: &mut S,
-        progress: &mut (impl FnMut(u64, u64) + Send),
+        progress: &mut (impl FnMut(&Transfer<'_>) + Send),
     ) -> Result<FetchOutcome, FetchError> {
         let want = sink.offset();
         self.session
@@ -330,8 +370,17 @@ impl HolderSession {
             return Err(FetchError::Protocol("resume offset beyond the end"));
         }
         sink.begin(&info, offset).await?;
+        let holder = self.name.clone();
         let mut received = offset;
-        progress(received, info.size);
+        let mut report = |done| {
+            progress(&Transfer {
+                info: &info,
+                peer: &holder,
+                resumed: offset,
+                done,
+            })
+        };
+        report(received);
         let hash = loop {
             let len = match self.session.recv_reply().await? {
                 Reply::Data(data) => data.len(),
@@ -347,7 +396,7 @@ impl HolderSession {
             // The record's buffer goes to the sink as it is: [kind][content].
             let record = self.session.take_record(sink.spare());
             sink.write(Chunk::new(record, 1..1 + len)).await?;
-            progress(received, info.size);
+            report(received);
         };
         // Checking and saving can outlast the holder's patience for a record (a folder of a
         // million entries takes a while to unpack): say we are still here meanwhile, three
@@ -664,7 +713,7 @@ pub async fn fetch_token<S: Sink>(
     token: Token,
     wait: Duration,
     sink: &mut S,
-    mut progress: impl FnMut(u64, u64) + Send,
+    mut progress: impl FnMut(&Transfer<'_>) + Send,
 ) -> Result<(DropInfo, String, SocketAddr), FindError> {
     let deadline = std::time::Instant::now() + wait;
     let open =
@@ -871,7 +920,7 @@ mod tests {
         let ctx = context(pass, idle);
         let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
         let mut sink = MemorySink::new(100);
-        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
+        let outcome = hs.fetch(token, &mut sink, |_| {}).await.unwrap();
         assert!(matches!(outcome, FetchOutcome::Done(_)));
         assert_eq!(sink.data, b"hi");
         assert_eq!(holder.await.unwrap(), [Request::Ack { token }]);
@@ -917,7 +966,7 @@ mod tests {
         let ctx = context(pass, idle);
         let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
         let mut sink = SlowSink(MemorySink::new(100), idle * 3);
-        let outcome = hs.fetch(token, &mut sink, |_, _| {}).await.unwrap();
+        let outcome = hs.fetch(token, &mut sink, |_| {}).await.unwrap();
         assert!(matches!(outcome, FetchOutcome::Done(_)));
         let heard = holder.await.unwrap();
         assert!(

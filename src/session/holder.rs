@@ -16,9 +16,10 @@ use crate::protocol::beacon::Beacon;
 use crate::protocol::id::{PeerId, Token};
 use crate::protocol::message::{DropKind, Refusal, Reply, Request};
 use crate::protocol::secret::Passphrase;
+use crate::session::client::Transfer;
 use crate::session::limit::{GuessBudget, Settled};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
-use crate::storage::source::{self, Prepared, Produced, Source, SourceError};
+use crate::storage::source::{self, Prepared, Produced, Source};
 use crate::storage::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError, Ticket};
 
 /// Content bytes per data record.
@@ -71,6 +72,10 @@ struct Inner {
     budget: Mutex<GuessBudget>,
     events: Events,
     address: SocketAddr,
+    /// Set when every drop is withdrawn: transfers under way stop and say so.
+    withdrawn: watch::Sender<bool>,
+    /// Transfers under way.
+    sending: watch::Sender<usize>,
 }
 
 impl Inner {
@@ -139,6 +144,8 @@ impl Holder {
             budget: Mutex::new(GuessBudget::default()),
             events,
             address,
+            withdrawn: watch::channel(false).0,
+            sending: watch::channel(0).0,
         });
         let discovery = Arc::new(discovery);
         let slots = Arc::new(Mutex::new(Slots::new(
@@ -247,9 +254,20 @@ impl Holder {
         }
     }
 
-    /// Withdraws every drop (on shutdown). Receivers are not told; their fetches find nothing.
+    /// Withdraws every drop (on shutdown). Transfers under way are stopped with
+    /// [`Refusal::Withdrawn`], so their receivers delete what arrived; later fetches find nothing.
+    /// See [`Holder::transfers_stopped`] to wait until they were told.
     pub fn withdraw_all(&self) -> Vec<Token> {
-        self.inner.mutate(|s| s.withdraw_all())
+        let tokens = self.inner.mutate(|s| s.withdraw_all());
+        self.inner.withdrawn.send_replace(true);
+        tokens
+    }
+
+    /// Waits, at most `within`, until no transfer is under way (after [`Holder::withdraw_all`]:
+    /// until every receiver was told).
+    pub async fn transfers_stopped(&self, within: Duration) {
+        let mut rx = self.inner.sending.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
     }
 }
 
@@ -592,29 +610,43 @@ impl Conn<'_> {
                             // A partial copy longer than the drop is not a prefix of it: start over.
                             let offset = if offset > grant.info.size { 0 } else { offset };
                             self.reserved = Some((token, grant.ticket));
-                            let (events, name) = (&self.inner.events, self.name.clone());
-                            let total = grant.info.size;
+                            let events = &self.inner.events;
+                            let info = &grant.info;
                             let mut throttle = Throttle::new();
+                            // Messages are too small for progress to mean anything.
+                            let quiet = info.kind == DropKind::Message;
                             let progress = |done, finished| {
-                                if throttle.ready(finished) {
-                                    events(Event::Progress {
-                                        token: token.into(),
-                                        peer: name.clone(),
-                                        sending: true,
+                                if !quiet && throttle.ready(finished) {
+                                    let t = Transfer {
+                                        info,
+                                        peer: &self.name,
+                                        resumed: offset,
                                         done,
-                                        total,
-                                    });
+                                    };
+                                    events(t.event(true));
                                 }
                             };
-                            if let Sent::Aborted(e) =
-                                send_content(s, &grant, offset, progress).await?
-                            {
-                                self.reserved = None;
-                                self.release((token, grant.ticket));
-                                (self.inner.events)(Event::Warning {
-                                    message: format!("a fetch by {} was stopped: {e}", self.name),
-                                });
+                            let sent = send_content(s, self.inner, &grant, offset, progress).await;
+                            let stopped = match &sent {
+                                Ok(Sent::Whole) => None,
+                                Ok(Sent::Aborted(why)) => Some(why.clone()),
+                                Err(e) => Some(e.to_string()),
+                            };
+                            if let Some(reason) = stopped {
+                                if !quiet {
+                                    (self.inner.events)(Event::SendStopped {
+                                        token: token.into(),
+                                        to: self.name.clone(),
+                                        address: self.addr.to_string(),
+                                        reason,
+                                    });
+                                }
+                                if let Ok(Sent::Aborted(_)) = sent {
+                                    self.reserved = None;
+                                    self.release((token, grant.ticket));
+                                }
                             }
+                            sent?;
                         }
                     }
                 }
@@ -688,16 +720,36 @@ impl Conn<'_> {
 /// How sending a drop's content ended, when the session itself did not fail.
 enum Sent {
     Whole,
-    /// The content could not be produced (a file changed or vanished); the fetch was aborted.
-    Aborted(SourceError),
+    /// The content could not be produced (a file changed or vanished), or the drop was
+    /// withdrawn: the receiver was told, and why.
+    Aborted(String),
+}
+
+/// Counts a transfer under way while it lives.
+struct Sending<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Sending<'a> {
+    fn start(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Sending(count)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 async fn send_content(
     s: &mut Session<TcpStream>,
+    inner: &Inner,
     grant: &Grant<Content>,
     offset: u64,
     mut progress: impl FnMut(u64, bool),
 ) -> Result<Sent, SessionError> {
+    let _sending = Sending::start(&inner.sending);
+    let mut withdrawn = inner.withdrawn.subscribe();
     s.send_reply(&Reply::Start {
         info: grant.info.clone(),
         offset,
@@ -712,7 +764,19 @@ async fn send_content(
     );
     let mut done = offset;
     progress(done, false);
-    while let Some(produced) = stream.rx.recv().await {
+    loop {
+        let produced = tokio::select! {
+            // Checked first: a withdrawn drop stops at the next record.
+            biased;
+            true = async { withdrawn.wait_for(|w| *w).await.is_ok() } => {
+                s.send_reply(&Reply::Abort { reason: Refusal::Withdrawn }).await?;
+                return Ok(Sent::Aborted(Refusal::Withdrawn.to_string()));
+            }
+            produced = stream.rx.recv() => match produced {
+                Some(p) => p,
+                None => break,
+            },
+        };
         match produced {
             Produced::Data(mut frame) => {
                 let content_len = (frame.len() - transport::DATA_FRAME_OVERHEAD) as u64;
@@ -731,7 +795,7 @@ async fn send_content(
                     reason: Refusal::Unavailable,
                 })
                 .await?;
-                return Ok(Sent::Aborted(e));
+                return Ok(Sent::Aborted(e.to_string()));
             }
         }
     }

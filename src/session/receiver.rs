@@ -15,7 +15,7 @@ use crate::protocol::id::Token;
 use crate::protocol::message::{DropInfo, DropKind, Refusal};
 use crate::session::client::{
     ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink, Queries, Sessions,
-    announced, sleep_until_std, timeouts_for,
+    Transfer, announced, sleep_until_std, timeouts_for,
 };
 use crate::session::contacts::{Book, Mode, Outcome};
 use crate::session::holder::MAX_MESSAGE;
@@ -30,28 +30,60 @@ pub const MAX_SEEN: usize = 100_000;
 /// How long a seen drop is remembered after its holder said it expires.
 const SEEN_MARGIN: Duration = Duration::from_secs(60);
 
+/// The first wait before a drop that could not be saved here is tried again; it doubles per
+/// failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// The drops this receiver has handled (fetched, or decided not to), so none is shown twice,
-/// whatever is re-announced; and the ones being fetched right now, so two holders' sessions do
-/// not fetch the same drop at once.
+/// whatever is re-announced; the ones being fetched right now, so two holders' sessions do
+/// not fetch the same drop at once; and the ones that failed here and wait to be tried again.
 #[derive(Debug, Default)]
 pub struct SeenDrops {
     done: HashMap<Token, Instant>,
     in_progress: std::collections::HashSet<Token>,
+    failing: HashMap<Token, Failing>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    retry_at: Instant,
+    failures: u32,
+    /// The last reason reported, so a failure that repeats is reported once.
+    reason: String,
+    forget_at: Instant,
+}
+
+/// What a sync may do with a drop it sees listed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Fetch it (or decide not to) now.
+    Yours,
+    /// Handled already, or another session has it right now.
+    Taken,
+    /// It failed here earlier; try again after this instant.
+    Later(Instant),
 }
 
 impl SeenDrops {
-    /// True if `token` is new and now claimed by the caller.
-    pub fn claim(&mut self, token: Token) -> bool {
+    /// Claims `token` for the caller if it is new, or due to be tried again.
+    pub fn claim(&mut self, token: Token, now: Instant) -> Claim {
         if self.done.contains_key(&token) || self.in_progress.contains(&token) {
-            return false;
+            return Claim::Taken;
+        }
+        if let Some(f) = self.failing.get(&token)
+            && f.retry_at > now
+        {
+            return Claim::Later(f.retry_at);
         }
         self.in_progress.insert(token);
-        true
+        Claim::Yours
     }
 
     /// The claimed drop is handled; remember it until `forget_at`.
     pub fn done(&mut self, token: Token, forget_at: Instant) {
         self.in_progress.remove(&token);
+        self.failing.remove(&token);
         if self.done.len() >= MAX_SEEN {
             self.prune(Instant::now());
         }
@@ -60,13 +92,43 @@ impl SeenDrops {
         }
     }
 
-    /// The claimed drop was not handled; it may be tried again.
+    /// The claimed drop was not handled; it may be tried again at once.
     pub fn release(&mut self, token: Token) {
         self.in_progress.remove(&token);
     }
 
+    /// The claimed drop failed here for `reason`; it is tried again after a growing pause.
+    /// True if this reason is news (not what the last failure of this drop said).
+    pub fn failed(&mut self, token: Token, reason: &str, now: Instant, forget_at: Instant) -> bool {
+        self.in_progress.remove(&token);
+        if !self.failing.contains_key(&token) && self.failing.len() >= MAX_SEEN {
+            self.prune(now);
+            if self.failing.len() >= MAX_SEEN {
+                return false;
+            }
+        }
+        let f = self.failing.entry(token).or_insert_with(|| Failing {
+            retry_at: now,
+            failures: 0,
+            reason: String::new(),
+            forget_at,
+        });
+        f.failures += 1;
+        let pause = RETRY_FIRST
+            .saturating_mul(1 << (f.failures - 1).min(16))
+            .min(RETRY_MAX);
+        f.retry_at = now + pause;
+        f.forget_at = forget_at;
+        let news = f.reason != reason;
+        if news {
+            f.reason = reason.to_owned();
+        }
+        news
+    }
+
     pub fn prune(&mut self, now: Instant) {
         self.done.retain(|_, forget_at| *forget_at > now);
+        self.failing.retain(|_, f| f.forget_at > now);
     }
 
     pub fn contains(&self, token: &Token) -> bool {
@@ -192,9 +254,21 @@ async fn sync(shared: &Shared, addr: SocketAddr, timeouts: Timeouts) -> Outcome 
         }
     };
     drops.sort_by_key(|d| (d.created_unix, d.ttl_left_ms));
+    // A drop waiting to be tried again needs another sync, even if everything else is done.
+    let mut later = false;
     for info in drops {
-        if !shared.seen.lock().expect("seen lock").claim(info.token) {
-            continue;
+        match shared
+            .seen
+            .lock()
+            .expect("seen lock")
+            .claim(info.token, Instant::now())
+        {
+            Claim::Yours => {}
+            Claim::Taken => continue,
+            Claim::Later(_) => {
+                later = true;
+                continue;
+            }
         }
         let forget_at = Instant::now() + Duration::from_millis(info.ttl_left_ms) + SEEN_MARGIN;
         match handle_drop(shared, &mut hs, &info).await {
@@ -205,33 +279,65 @@ async fn sync(shared: &Shared, addr: SocketAddr, timeouts: Timeouts) -> Outcome 
                 .done(info.token, forget_at),
             Ok(false) => shared.seen.lock().expect("seen lock").release(info.token),
             Err(e) => {
-                let resumable = e.is_resumable();
-                {
+                let (reason, retrying) = failure(&e, &hs.name);
+                let news = {
                     let mut seen = shared.seen.lock().expect("seen lock");
-                    // A broken connection is tried again (resuming); a drop that cannot be
-                    // taken here (no space, corrupt, changed at the source) is not.
-                    if resumable {
+                    if e.is_resumable() {
+                        // The connection broke: the next sync resumes.
                         seen.release(info.token);
+                        true
+                    } else if e.is_local() {
+                        seen.failed(info.token, &reason, Instant::now(), forget_at)
                     } else {
                         seen.done(info.token, forget_at);
+                        true
                     }
+                };
+                if news {
+                    (shared.events)(Event::FetchFailed {
+                        token: info.token.into(),
+                        kind: info.kind,
+                        name: info.name.clone(),
+                        from: hs.name.clone(),
+                        reason,
+                        retrying,
+                    });
                 }
-                (shared.events)(Event::FetchFailed {
-                    token: info.token.into(),
-                    from: hs.name.clone(),
-                    reason: if resumable {
-                        format!("{e}; the drop is not burned and will be resumed")
-                    } else {
-                        e.to_string()
-                    },
-                });
                 // The session may be unusable now; the rest waits for the next sync.
                 return Outcome::Incomplete;
             }
         }
     }
     hs.close().await;
-    Outcome::Complete
+    if later {
+        Outcome::Incomplete
+    } else {
+        Outcome::Complete
+    }
+}
+
+/// What a failed fetch means for the user, in words, and whether `run` tries again.
+fn failure(e: &FetchError, holder: &str) -> (String, bool) {
+    if e.is_resumable() {
+        (
+            format!(
+                "{e}; what arrived is kept, and the fetch resumes if {holder} can be reached again before the drop expires"
+            ),
+            true,
+        )
+    } else if e.is_local() {
+        (
+            format!("{e}; trying again while the drop is on offer"),
+            true,
+        )
+    } else if let FetchError::Aborted(Refusal::Withdrawn) = e {
+        (
+            "the sender withdrew the drop; what arrived was deleted".into(),
+            false,
+        )
+    } else {
+        (e.to_string(), false)
+    }
 }
 
 /// Fetches or skips one drop. `Ok(true)`: handled for good; `Ok(false)`: may be tried again.
@@ -276,7 +382,7 @@ async fn handle_drop(
         DropKind::Other(_) => return skip("a kind of drop this version does not know".into()),
     }
     let mut sink = MemorySink::new(shared.opts.max_message);
-    match hs.fetch(info.token, &mut sink, |_, _| {}).await? {
+    match hs.fetch(info.token, &mut sink, |_| {}).await? {
         FetchOutcome::Done(info) => {
             (shared.events)(Event::Message {
                 token: info.token.into(),
@@ -316,18 +422,17 @@ async fn fetch_file(
     dir: &std::path::Path,
 ) -> Result<bool, FetchError> {
     let dest = Destination::Folder(dir.to_owned());
-    let mut sink = FileSink::new(dest, info.token, shared.opts.max_size)?;
-    let (events, token, peer) = (&shared.events, info.token, hs.name.clone());
+    let mut sink = FileSink::new(dest, info.token, shared.opts.max_size).map_err(|error| {
+        FetchError::Save {
+            folder: dir.to_owned(),
+            error,
+        }
+    })?;
+    let events = &shared.events;
     let mut throttle = Throttle::new();
-    let progress = |done: u64, total: u64| {
-        if throttle.ready(done == total) {
-            events(Event::Progress {
-                token: token.into(),
-                peer: peer.clone(),
-                sending: false,
-                done,
-                total,
-            });
+    let progress = |t: &Transfer<'_>| {
+        if throttle.ready(t.done == t.info.size) {
+            events(t.event(false));
         }
     };
     match hs.fetch(info.token, &mut sink, progress).await? {
@@ -345,7 +450,12 @@ async fn fetch_file(
             });
             Ok(true)
         }
-        FetchOutcome::Refused(reason) => Ok(settle_refusal(shared, info.token, reason)),
+        FetchOutcome::Refused(reason) => {
+            // This holder listed it: whatever the refusal, what we have of it cannot be
+            // completed from here.
+            sink.discard();
+            Ok(settle_refusal(shared, info.token, reason))
+        }
     }
 }
 
@@ -357,14 +467,51 @@ mod tests {
     fn a_drop_is_handled_once() {
         let mut s = SeenDrops::default();
         let t = Token([1; 16]);
-        assert!(s.claim(t));
-        assert!(!s.claim(t), "claimed by another session");
-        s.release(t);
-        assert!(s.claim(t));
         let now = Instant::now();
+        assert_eq!(s.claim(t, now), Claim::Yours);
+        assert_eq!(s.claim(t, now), Claim::Taken, "claimed by another session");
+        s.release(t);
+        assert_eq!(s.claim(t, now), Claim::Yours);
         s.done(t, now + Duration::from_secs(5));
-        assert!(!s.claim(t));
+        assert_eq!(s.claim(t, now), Claim::Taken);
         s.prune(now + Duration::from_secs(5));
         assert!(!s.contains(&t));
+    }
+
+    #[test]
+    fn a_drop_that_failed_here_is_tried_again_later_and_reported_once_per_reason() {
+        let mut s = SeenDrops::default();
+        let t = Token([2; 16]);
+        let now = Instant::now();
+        let forget = now + Duration::from_secs(600);
+        assert_eq!(s.claim(t, now), Claim::Yours);
+        assert!(s.failed(t, "disk full", now, forget), "first report");
+        assert_eq!(s.claim(t, now), Claim::Later(now + RETRY_FIRST));
+        assert_eq!(s.claim(t, now + RETRY_FIRST), Claim::Yours);
+        let then = now + RETRY_FIRST;
+        assert!(
+            !s.failed(t, "disk full", then, forget),
+            "same reason: quiet"
+        );
+        assert_eq!(
+            s.claim(t, then),
+            Claim::Later(then + 2 * RETRY_FIRST),
+            "backs off"
+        );
+        let mut at = then;
+        for _ in 0..20 {
+            at += RETRY_MAX;
+            assert_eq!(s.claim(t, at), Claim::Yours);
+            s.failed(t, "disk full", at, forget);
+        }
+        assert_eq!(s.claim(t, at), Claim::Later(at + RETRY_MAX), "capped");
+        assert!(
+            s.failed(t, "permission denied", at + RETRY_MAX, forget),
+            "news"
+        );
+        s.done(t, forget);
+        assert_eq!(s.claim(t, at), Claim::Taken, "saved at last");
+        s.prune(forget);
+        assert!(s.failing.is_empty() && s.done.is_empty());
     }
 }

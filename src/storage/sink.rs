@@ -387,6 +387,53 @@ impl Sink for FileSink {
     }
 
     async fn begin(&mut self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
+        let began = self.begin_inner(info, offset).await;
+        began.map_err(|e| self.saving(e))
+    }
+
+    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
+        let written = self.writer.as_mut().expect("begun").write(chunk).await;
+        written.map_err(|e| self.saving(e))
+    }
+
+    fn spare(&mut self) -> Vec<u8> {
+        self.writer.as_mut().map(Writer::spare).unwrap_or_default()
+    }
+
+    async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+        let finished = self.finish_inner(info, hash).await;
+        finished.map_err(|e| self.saving(e))
+    }
+
+    async fn abort(&mut self, resumable: bool) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.close().await;
+        }
+        if !resumable {
+            self.remove_partial();
+        }
+    }
+}
+
+impl FileSink {
+    /// Names the folder in an error of the local file system.
+    fn saving(&self, e: FetchError) -> FetchError {
+        match e {
+            FetchError::Io(error) => FetchError::Save {
+                folder: self.folder.clone(),
+                error,
+            },
+            e => e,
+        }
+    }
+
+    /// Removes the partial copy of this drop, if there is one: the holder said it cannot be
+    /// resumed (withdrawn, taken, gone).
+    pub fn discard(&mut self) {
+        self.remove_partial();
+    }
+
+    async fn begin_inner(&mut self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
         if let Some(max) = self.max_size
             && info.size > max
         {
@@ -444,15 +491,7 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    async fn write(&mut self, chunk: Chunk) -> Result<(), FetchError> {
-        self.writer.as_mut().expect("begun").write(chunk).await
-    }
-
-    fn spare(&mut self) -> Vec<u8> {
-        self.writer.as_mut().map(Writer::spare).unwrap_or_default()
-    }
-
-    async fn finish(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
+    async fn finish_inner(&mut self, info: &DropInfo, hash: [u8; 32]) -> Result<(), FetchError> {
         let hasher = self.writer.take().expect("begun").close().await?;
         if *hasher.finalize().as_bytes() != hash {
             self.remove_partial();
@@ -462,15 +501,6 @@ impl Sink for FileSink {
             self.published = Some(self.publish(info).await?);
         }
         Ok(())
-    }
-
-    async fn abort(&mut self, resumable: bool) {
-        if let Some(w) = self.writer.take() {
-            let _ = w.close().await;
-        }
-        if !resumable {
-            self.remove_partial();
-        }
     }
 }
 

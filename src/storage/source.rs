@@ -75,8 +75,10 @@ pub struct Prepared {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// The cause is part of the message, not a separate source, so that a chain of errors
+    /// (`{:#}`) names it once.
+    #[error("cannot read {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{0} changed while it was being sent; this fetch was stopped (the drop is not burned)")]
     Changed(PathBuf),
     #[error("{0} is neither a file nor a directory")]
@@ -86,9 +88,9 @@ pub enum SourceError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
-    move |source| SourceError::Io {
+    move |error| SourceError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -396,7 +398,7 @@ impl<'a> Cursor<'a> {
                         io::ErrorKind::UnexpectedEof => SourceError::Changed(path.clone()),
                         _ => SourceError::Io {
                             path: path.clone(),
-                            source: e,
+                            error: e,
                         },
                     })?;
                 }

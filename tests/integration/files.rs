@@ -24,7 +24,7 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn send(room: &Room, path: &Path, args: &[&str]) -> (Proc, String) {
+pub(crate) fn send(room: &Room, path: &Path, args: &[&str]) -> (Proc, String) {
     let mut all = vec!["send-file", "--json", "--name", "alice"];
     all.extend_from_slice(args);
     all.push(path.to_str().unwrap());
@@ -51,7 +51,7 @@ fn receiver(room: &Room, dir: &Path, extra: &[&str]) -> Proc {
 }
 
 /// Visible entries of a folder, sorted (hidden partial files start with a dot).
-fn visible(dir: &Path) -> Vec<String> {
+pub(crate) fn visible(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -61,7 +61,7 @@ fn visible(dir: &Path) -> Vec<String> {
     v
 }
 
-fn partials(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn partials(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -325,7 +325,7 @@ fn max_size_and_no_files_show_drops_without_fetching_them() {
 }
 
 /// Waits until a hidden partial file in `dir` holds at least `bytes`.
-fn wait_partial(dir: &Path, bytes: u64) -> u64 {
+pub(crate) fn wait_partial(dir: &Path, bytes: u64) -> u64 {
     let deadline = Instant::now() + T;
     while Instant::now() < deadline {
         if let Some(len) = partials(dir)
@@ -343,18 +343,18 @@ fn wait_partial(dir: &Path, bytes: u64) -> u64 {
 }
 
 /// A sender offering one file in `room`, and `via`: the same room reached only through a relay.
-struct Relayed {
-    dst: tempfile::TempDir,
-    room: Room,
-    via: Room,
-    bytes: Vec<u8>,
-    sender: Proc,
-    token: String,
+pub(crate) struct Relayed {
+    pub dst: tempfile::TempDir,
+    pub room: Room,
+    pub via: Room,
+    pub bytes: Vec<u8>,
+    pub sender: Proc,
+    pub token: String,
     _src: tempfile::TempDir,
     _relay: Relay,
 }
 
-fn relayed(mode: Mode, name: &str, len: usize, send_args: &[&str]) -> Relayed {
+pub(crate) fn relayed(mode: Mode, name: &str, len: usize, send_args: &[&str]) -> Relayed {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let room = Room::new("secret123");
     let via = Room {
@@ -423,6 +423,96 @@ fn a_receiver_killed_mid_transfer_resumes_on_the_next_fetch() {
 }
 
 #[test]
+fn a_sender_that_withdraws_mid_transfer_tells_run_which_deletes_what_arrived() {
+    let mut t = relayed(
+        Mode::Throttle(8 << 20),
+        "draft.bin",
+        24 << 20,
+        &["--ttl", "60s"],
+    );
+    let dir = t.dst.path().to_str().unwrap();
+    let mut r = Proc::spawn(t.via.cmd(&["run", "--json", "--dir", dir]));
+    wait_partial(t.dst.path(), 2 << 20);
+    t.sender.interrupt();
+    assert_eq!(t.sender.wait(T).code(), Some(130));
+    let failed = r.wait_event(T, "fetch_failed").expect("told");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("withdrew"),
+        "{failed}"
+    );
+    assert_eq!(failed["retrying"], false, "{failed}");
+    assert_eq!(failed["name"], "draft.bin", "{failed}");
+    assert!(
+        partials(t.dst.path()).is_empty() && visible(t.dst.path()).is_empty(),
+        "what arrived is deleted at once"
+    );
+}
+
+#[test]
+fn a_sender_that_withdraws_mid_transfer_tells_fetch_which_deletes_what_arrived() {
+    let mut t = relayed(
+        Mode::Throttle(8 << 20),
+        "draft.bin",
+        24 << 20,
+        &["--ttl", "60s"],
+    );
+    let dir = t.dst.path().to_str().unwrap();
+    let mut r = Proc::spawn(t.via.cmd(&["fetch", "--dir", dir, &t.token]));
+    wait_partial(t.dst.path(), 2 << 20);
+    t.sender.interrupt();
+    assert_eq!(r.wait(T).code(), Some(1));
+    let err = r.stderr();
+    assert!(err.contains("withdrew") && err.contains("deleted"), "{err}");
+    assert!(!err.contains("resume"), "no false promise: {err}");
+    assert!(partials(t.dst.path()).is_empty() && visible(t.dst.path()).is_empty());
+    assert_eq!(t.sender.wait(T).code(), Some(130));
+}
+
+#[test]
+fn run_names_a_drop_it_could_not_save_and_saves_it_once_the_cause_is_gone() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let inbox = dst.path().join("inbox");
+    fs::create_dir(&inbox).unwrap();
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, &inbox, &[]);
+    // The folder goes away and a file takes its name: saving fails (as root too).
+    fs::remove_dir(&inbox).unwrap();
+    fs::write(&inbox, b"in the way").unwrap();
+    let path = src.path().join("minutes.txt");
+    fs::write(&path, b"we met").unwrap();
+    let (mut s, token) = send(&room, &path, &["--ttl", "60s"]);
+    let failed = r.wait_event(T, "fetch_failed").expect("reported");
+    assert_eq!(failed["token"], token.as_str(), "{failed}");
+    assert_eq!(failed["name"], "minutes.txt", "{failed}");
+    assert_eq!(failed["retrying"], true, "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(inbox.to_str().unwrap()),
+        "names the folder: {reason}"
+    );
+    // Failing again for the same reason is not reported again; once the folder is back, the
+    // next attempt saves it.
+    std::thread::sleep(Duration::from_secs(3));
+    fs::remove_file(&inbox).unwrap();
+    fs::create_dir(&inbox).unwrap();
+    let got = r
+        .wait_event(Duration::from_secs(20), "received")
+        .expect("saved after a retry");
+    assert_eq!(got["token"], token.as_str());
+    assert_eq!(fs::read(inbox.join("minutes.txt")).unwrap(), b"we met");
+    let lines = r.drain(Duration::ZERO);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"fetch_failed\""))
+            .count(),
+        1,
+        "one report for one cause: {lines:?}"
+    );
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
 fn a_sender_killed_mid_transfer_leaves_no_file_under_a_final_name() {
     let mut t = relayed(Mode::Throttle(8 << 20), "doomed.bin", 24 << 20, &[]);
     let dir = t.dst.path().to_str().unwrap();
@@ -486,13 +576,15 @@ fn a_file_changed_after_the_offer_is_not_sent_as_a_mix() {
         "{out:?}"
     );
     assert!(visible(dst.path()).is_empty() && partials(dst.path()).is_empty());
-    let warning = s.wait_event(T, "warning").expect("the sender says why");
+    let stopped = s
+        .wait_event(T, "send_stopped")
+        .expect("the sender says why");
     assert!(
-        warning["message"]
+        stopped["reason"]
             .as_str()
             .unwrap()
             .contains("changed while it was being sent"),
-        "{warning}"
+        "{stopped}"
     );
     s.interrupt();
     s.wait(T);
@@ -525,7 +617,7 @@ fn regression_a_receiver_whose_link_died_unnoticed_resumes_in_the_same_run() {
         .wait_event(T, "fetch_failed")
         .expect("the first transfer breaks");
     assert!(
-        failed["reason"].as_str().unwrap().contains("resumed"),
+        failed["reason"].as_str().unwrap().contains("resumes"),
         "{failed}"
     );
     let got = r

@@ -855,7 +855,7 @@ fn a_link_down_longer_than_the_timeout_fails_clearly_then_resumes() {
         "the stalled transfer was reported: {lines:?}"
     );
     assert!(
-        failed[0].contains("timed out") && failed[0].contains("resumed"),
+        failed[0].contains("timed out") && failed[0].contains("resumes"),
         "{}",
         failed[0]
     );

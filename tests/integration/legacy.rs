@@ -393,14 +393,14 @@ fn legacy_and_native_never_mix() {
         !lines.iter().any(|l| l.contains("legacy only")),
         "{lines:?}"
     );
-    // Legacy refuses what it cannot do, clearly.
+    // Legacy refuses what it cannot do, clearly, as a usage error.
     for (args, needle) in [
         (vec!["list"], "list is not available with --legacy"),
         (vec!["send-msg", "--everyone", "x"], "fetched once"),
         (vec!["run", "--peer", "127.0.0.1"], "only works for fetch"),
     ] {
         let out = ours(&room, &args).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "a usage error: {args:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(needle),
             "{args:?}: {}",

@@ -8,4 +8,5 @@ mod lan;
 mod legacy;
 mod paths;
 mod relay;
+mod terminal;
 mod util;

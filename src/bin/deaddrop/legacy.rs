@@ -171,6 +171,7 @@ pub async fn fetch(
     common: Common,
     ui: Arc<Ui>,
 ) -> Result<u8> {
+    crate::check_out_path(out.as_deref())?;
     let scope = scope(&common).await?;
     let peers = tcp_peers(&common).await?;
     let files = destination(out.clone(), dir);

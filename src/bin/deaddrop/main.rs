@@ -20,7 +20,7 @@ use deaddrop::event::{Event, Events, Throttle};
 use deaddrop::protocol::id::{PeerId, Token};
 use deaddrop::protocol::message::{DropKind, Refusal};
 use deaddrop::protocol::secret::Passphrase;
-use deaddrop::session::client::{self, ClientContext, FindError};
+use deaddrop::session::client::{self, ClientContext, FetchError, FindError};
 use deaddrop::session::holder::{Holder, HolderOptions, MAX_MESSAGE};
 use deaddrop::session::receiver::{self, ReceiverOptions};
 use deaddrop::session::transport::Timeouts;
@@ -45,6 +45,9 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// After its last drop is used up, a sender keeps answering for this long, so that fetchers
 /// racing for a one-time drop hear "already taken" rather than "no such drop".
 const LINGER: Duration = Duration::from_secs(1);
+/// On Ctrl-C, how long a sender waits for the receivers of transfers under way to be told
+/// that the drop is withdrawn.
+const WITHDRAW_NOTICE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -91,6 +94,8 @@ fn main() -> ExitCode {
                 dispatch(cli.command, pass, ui.clone(), interrupt).await
             })
     });
+    // No bar may stay on screen, however the command ended.
+    ui.clear();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) if e.is::<Usage>() => {
@@ -443,7 +448,7 @@ async fn send(
             let prepared = tokio::task::spawn_blocking(move || {
                 Source::path(&path, |done, total| {
                     if throttle.ready(done == total) {
-                        hashing.progress("hashing", "hashing", done, total);
+                        hashing.task("hashing", done, total);
                     }
                 })
             })
@@ -534,6 +539,8 @@ async fn wait_for_end(
             },
             _ = interrupt.wait() => {
                 holder.withdraw_all();
+                // Receivers in the middle of a fetch are told, so they delete what arrived.
+                holder.transfers_stopped(WITHDRAW_NOTICE).await;
                 ui.err("Interrupted: the drop is withdrawn.");
                 return Ok(EXIT_INTERRUPTED);
             }
@@ -567,21 +574,18 @@ async fn fetch(
     common: Common,
     ui: Arc<Ui>,
 ) -> Result<u8> {
-    if let Some(path) = &out
-        && path != Path::new("-")
-        && path.symlink_metadata().is_ok()
-    {
-        bail!(
-            "{} already exists; deaddrop never overwrites",
-            path.display()
-        );
-    }
+    check_out_path(out.as_deref())?;
     let dest = destination(out.clone(), dir);
     if let Destination::Folder(dir) = &dest {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || sink::sweep(&dir));
     }
-    let file = FileSink::new(dest, token, None).context("cannot prepare the destination")?;
+    let folder = match &dest {
+        Destination::Folder(dir) => dir.display().to_string(),
+        _ => ".".into(),
+    };
+    let file =
+        FileSink::new(dest, token, None).with_context(|| format!("cannot save in {folder}"))?;
     let mut sink = DropSink::new(file, MAX_MESSAGE);
     let resuming = sink_offset(&sink);
     if resuming > 0 && !ui.json() {
@@ -594,30 +598,41 @@ async fn fetch(
     let ctx = client_context(pass, &common, &discovery);
     let mut throttle = Throttle::new();
     let progress_ui = ui.clone();
-    let progress = move |done: u64, total: u64| {
-        if throttle.ready(done == total) {
-            progress_ui.event(&Event::Progress {
-                token: token.into(),
-                peer: "holder".into(),
-                sending: false,
-                done,
-                total,
+    let progress = move |t: &client::Transfer<'_>| {
+        // A message's progress means nothing.
+        if t.info.kind != DropKind::Message && throttle.ready(t.done == t.info.size) {
+            progress_ui.event(&t.event(false));
+        }
+    };
+    let (info, holder, address) = match client::fetch_token(
+        &ctx, &discovery, token, wait, &mut sink, progress,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            ui.end_transfers(&token.into(), None);
+            let mut message = e.to_string();
+            match &e {
+                    // Its holder says it cannot be had: what arrived of it is of no use.
+                    FindError::Refused(_) => sink.file.discard(),
+                    FindError::Fetch(f) if f.is_resumable() => message.push_str(
+                        "; what arrived is kept: run the same command again to resume (until the drop expires)",
+                    ),
+                    FindError::Fetch(FetchError::Aborted(Refusal::Withdrawn)) => {
+                        message.push_str("; what arrived was deleted")
+                    }
+                    _ => {}
+                }
+            report_error(&ui, &message);
+            return Ok(match e {
+                FindError::NotFound { .. } => EXIT_NOT_FOUND,
+                FindError::NoRoom { .. } => EXIT_NO_ROOM,
+                FindError::Refused(Refusal::Taken | Refusal::AlreadyYours) => EXIT_REFUSED,
+                _ => EXIT_ERROR,
             });
         }
     };
-    let (info, holder, address) =
-        match client::fetch_token(&ctx, &discovery, token, wait, &mut sink, progress).await {
-            Ok(found) => found,
-            Err(e) => {
-                report_error(&ui, &e.to_string());
-                return Ok(match e {
-                    FindError::NotFound { .. } => EXIT_NOT_FOUND,
-                    FindError::NoRoom { .. } => EXIT_NO_ROOM,
-                    FindError::Refused(Refusal::Taken | Refusal::AlreadyYours) => EXIT_REFUSED,
-                    _ => EXIT_ERROR,
-                });
-            }
-        };
     match info.kind {
         DropKind::Message => {
             let text = &sink.memory.data;
@@ -660,6 +675,38 @@ async fn fetch(
         }
     }
     Ok(0)
+}
+
+/// Checks at start that `fetch --out PATH` can be created: nothing is there yet, and its folder
+/// exists.
+pub(crate) fn check_out_path(out: Option<&Path>) -> Result<()> {
+    let Some(path) = out.filter(|p| *p != Path::new("-")) else {
+        return Ok(());
+    };
+    if path.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists; deaddrop never overwrites",
+            path.display()
+        );
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "cannot save to {}: {} is not a folder",
+            path.display(),
+            parent.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "cannot save to {}: the folder {} does not exist",
+            path.display(),
+            parent.display()
+        ),
+        Err(e) => bail!("cannot save to {}: {e}", path.display()),
+    }
 }
 
 fn sink_offset(sink: &DropSink) -> u64 {

@@ -10,7 +10,7 @@ use chrono::{Local, SecondsFormat, TimeZone, Utc};
 use deaddrop::event::{DropId, Event};
 use deaddrop::protocol::message::{DropInfo, EVERYONE};
 use deaddrop::units::{format_duration, format_size};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// Replaces control, escape and bidirectional-override characters, so text from a peer cannot
 /// move the cursor, recolour the terminal or reorder what is shown. Newlines and tabs are kept
@@ -96,7 +96,8 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             reason,
         } => (
             format!(
-                "{} offers {} {:?} ({}), not fetched: {reason}. Token: {token}",
+                "[{}] {} offers {} {:?} ({}), not fetched: {reason}. Token: {token}",
+                clock(None),
                 sanitize(from, false),
                 kind.as_str(),
                 sanitize(name, false),
@@ -135,10 +136,27 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             },
             false,
         ),
-        Event::FetchFailed { from, reason, .. } => (
+        Event::FetchFailed {
+            token,
+            kind,
+            name,
+            from,
+            reason,
+            ..
+        } => (
             format!(
-                "warning: fetching a drop from {} failed: {reason}",
+                "[{}] warning: {} {:?} from {} was not saved: {reason}. Token: {token}",
+                clock(None),
+                kind.as_str(),
+                sanitize(name, false),
                 sanitize(from, false)
+            ),
+            false,
+        ),
+        Event::SendStopped { to, reason, .. } => (
+            format!(
+                "warning: sending to {} stopped: {reason}",
+                sanitize(to, false)
             ),
             false,
         ),
@@ -162,12 +180,12 @@ pub fn listing_row(d: &DropInfo, holder: &str) -> String {
         d.fetches_left.to_string()
     };
     format!(
-        "{}  {:<9} {:>10}  {:<20} {:<16} {:>8}  {}",
+        "{}  {:<9} {:>10}  {} {} {:>8}  {}",
         d.token,
         d.kind.as_str(),
         size(d.size),
-        sanitize(deaddrop::protocol::codec::truncate_utf8(&d.name, 20), false),
-        sanitize(deaddrop::protocol::codec::truncate_utf8(holder, 16), false),
+        pad(&sanitize(&d.name, false), 20),
+        pad(&sanitize(holder, false), 16),
         format_duration(Duration::from_millis(d.ttl_left_ms)),
         left
     )
@@ -185,7 +203,15 @@ pub struct Ui {
 
 struct Bars {
     multi: MultiProgress,
-    active: Mutex<HashMap<String, ProgressBar>>,
+    active: Mutex<HashMap<BarKey, ProgressBar>>,
+}
+
+/// One transfer's bar: which drop, the other end, and the direction (true: sending).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BarKey {
+    token: String,
+    peer: String,
+    sending: bool,
 }
 
 impl Ui {
@@ -232,29 +258,50 @@ impl Ui {
         }
     }
 
-    /// Renders one event.
+    /// Renders one event. A transfer's bar ends with any event that says how it ended.
     pub fn event(&self, event: &Event) {
         if self.json {
             self.line_out(&json_line(event));
             return;
         }
-        if let Event::Progress {
-            token,
-            peer,
-            sending,
-            done,
-            total,
-        } = event
-        {
-            let arrow = if *sending { "to" } else { "from" };
-            let peer = sanitize(deaddrop::protocol::codec::truncate_utf8(peer, 16), false);
-            self.progress(
-                &transfer_key(token, &peer, *sending),
-                &format!("{arrow} {peer}"),
-                *done,
-                *total,
-            );
-            return;
+        match event {
+            Event::Progress {
+                token,
+                name,
+                peer,
+                sending,
+                resumed,
+                done,
+                total,
+            } => {
+                let key = BarKey {
+                    token: token.to_string(),
+                    peer: peer.clone(),
+                    sending: *sending,
+                };
+                self.progress(
+                    key,
+                    &transfer_label(name, peer, *sending),
+                    *resumed,
+                    *done,
+                    *total,
+                );
+                return;
+            }
+            Event::Received { token, .. }
+            | Event::Message { token, .. }
+            | Event::Skipped { token, .. }
+            | Event::FetchFailed { token, .. }
+            | Event::Refused { token, .. }
+            | Event::UsedUp { token, .. }
+            | Event::Expired { token, .. } => self.end_transfers(token, None),
+            Event::Fetched {
+                token, by: peer, ..
+            }
+            | Event::SendStopped {
+                token, to: peer, ..
+            } => self.end_transfers(token, Some(peer)),
+            _ => {}
         }
         if let Some((line, to_stdout)) = human(event) {
             if to_stdout {
@@ -265,19 +312,24 @@ impl Ui {
         }
     }
 
-    /// Moves the bar named `key` (shown as `label`); removes it when `done` reaches `total`.
-    pub fn progress(&self, key: &str, label: &str, done: u64, total: u64) {
+    /// Moves a bar for work that is not a transfer (hashing a folder before offering it).
+    pub fn task(&self, label: &str, done: u64, total: u64) {
+        let key = BarKey {
+            token: String::new(),
+            peer: label.to_owned(),
+            sending: false,
+        };
+        self.progress(key, label, 0, done, total);
+    }
+
+    /// Moves the bar `key` (shown as `label`; `resumed` bytes were there before it began, so
+    /// they count for the position but not for the rate); removes it when `done` reaches `total`.
+    fn progress(&self, key: BarKey, label: &str, resumed: u64, done: u64, total: u64) {
         let Some(b) = &self.bars else { return };
         let mut active = b.active.lock().expect("bars lock");
-        let bar = active.entry(key.to_owned()).or_insert_with(|| {
+        let bar = active.entry(key.clone()).or_insert_with(|| {
             let bar = b.multi.add(ProgressBar::new(total));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
+            bar.set_style(bar_style(resumed));
             bar.set_prefix(label.to_owned());
             bar
         });
@@ -285,13 +337,111 @@ impl Ui {
         if done >= total {
             bar.finish_and_clear();
             b.multi.remove(bar);
-            active.remove(key);
+            active.remove(&key);
         }
+    }
+
+    /// Removes the bars of `token`'s transfers (with `peer` only, if given).
+    pub fn end_transfers(&self, token: &DropId, peer: Option<&str>) {
+        let Some(b) = &self.bars else { return };
+        let token = token.to_string();
+        let mut active = b.active.lock().expect("bars lock");
+        active.retain(|key, bar| {
+            let ended = key.token == token && peer.is_none_or(|p| p == key.peer);
+            if ended {
+                bar.finish_and_clear();
+                b.multi.remove(bar);
+            }
+            !ended
+        });
+    }
+
+    /// Removes every bar (before the program exits).
+    pub fn clear(&self) {
+        let Some(b) = &self.bars else { return };
+        let mut active = b.active.lock().expect("bars lock");
+        for (_, bar) in active.drain() {
+            bar.finish_and_clear();
+            b.multi.remove(&bar);
+        }
+        let _ = b.multi.clear();
     }
 }
 
-fn transfer_key(token: &DropId, peer: &str, sending: bool) -> String {
-    format!("{token}/{peer}/{sending}")
+/// A transfer's label: the direction, the other end and the drop's name, each cut to fit.
+fn transfer_label(name: &str, peer: &str, sending: bool) -> String {
+    let arrow = if sending { "to" } else { "from" };
+    format!(
+        "{arrow} {}: {}",
+        fit(&sanitize(peer, false), 16),
+        fit(&sanitize(name, false), 24)
+    )
+}
+
+/// `text` cut to at most `columns` terminal columns, ending in `…` when cut.
+pub fn fit(text: &str, columns: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    if unicode_width::UnicodeWidthStr::width(text) <= columns {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > columns.saturating_sub(1) {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// `text` cut or padded with spaces to exactly `columns` terminal columns.
+pub fn pad(text: &str, columns: usize) -> String {
+    let text = fit(text, columns);
+    let width = unicode_width::UnicodeWidthStr::width(text.as_str());
+    format!("{text}{}", " ".repeat(columns.saturating_sub(width)))
+}
+
+/// The bar's look: the rate and the time left count only the bytes moved since it began (not
+/// the `resumed` ones already there).
+fn bar_style(resumed: u64) -> ProgressStyle {
+    ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {rate} ETA {left}")
+        .expect("valid template")
+        .with_key(
+            "rate",
+            move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}/s", size(rate(s, resumed) as u64));
+            },
+        )
+        .with_key(
+            "left",
+            move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let per_sec = rate(s, resumed);
+                let left = s.len().unwrap_or(0).saturating_sub(s.pos());
+                let _ = if per_sec > 0.0 {
+                    write!(
+                        w,
+                        "{}",
+                        format_duration(Duration::from_secs((left as f64 / per_sec).ceil() as u64))
+                    )
+                } else {
+                    write!(w, "-")
+                };
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// Bytes per second since the bar began, not counting `resumed` ones.
+fn rate(s: &ProgressState, resumed: u64) -> f64 {
+    let secs = s.elapsed().as_secs_f64();
+    if secs < 0.1 {
+        return 0.0;
+    }
+    s.pos().saturating_sub(resumed) as f64 / secs
 }
 
 #[cfg(test)]
@@ -307,6 +457,78 @@ mod tests {
         assert_eq!(sanitize("abc\u{202e}fdp.exe", false), "abc\u{fffd}fdp.exe");
         assert_eq!(sanitize("\r\x07\u{9b}", true), "\u{fffd}\u{fffd}\u{fffd}");
         assert_eq!(sanitize("héllo 🙂", false), "héllo 🙂");
+    }
+
+    #[test]
+    fn names_are_cut_to_their_width_on_screen_with_an_ellipsis() {
+        assert_eq!(fit("short.txt", 20), "short.txt");
+        assert_eq!(
+            fit("a-rather-long-file-name.txt", 20),
+            "a-rather-long-file-…"
+        );
+        // Wide characters take two columns each.
+        assert_eq!(fit("報告書の最終版です.pdf", 10), "報告書の…");
+        assert_eq!(
+            unicode_width::UnicodeWidthStr::width(pad("報告書の最終版です.pdf", 20).as_str()),
+            20
+        );
+        assert_eq!(pad("ab", 4), "ab  ");
+    }
+
+    #[test]
+    fn listing_columns_line_up_whatever_the_names() {
+        let row = |name: &str, holder: &str| {
+            listing_row(
+                &DropInfo {
+                    token: Token([7; 16]),
+                    kind: deaddrop::protocol::message::DropKind::File,
+                    name: name.into(),
+                    size: 1 << 20,
+                    ttl_left_ms: 60_000,
+                    fetches_left: 1,
+                    created_unix: 0,
+                    executable: false,
+                },
+                holder,
+            )
+        };
+        let rows = [
+            row("notes.txt", "alice"),
+            row(
+                "報告書の最終版です-2026年12月.pdf",
+                "山田太郎のノートパソコン",
+            ),
+            row(
+                "a-very-long-name-that-goes-on-and-on.tar",
+                "a-host-with-a-long-name",
+            ),
+        ];
+        let width = |r: &String| unicode_width::UnicodeWidthStr::width(r.as_str());
+        assert!(
+            rows.iter().all(|r| width(r) == width(&rows[0])),
+            "{rows:#?}"
+        );
+        assert!(rows[2].contains("a-very-long-name-th…"), "{}", rows[2]);
+        assert_eq!(rows[0].find("notes.txt"), LISTING_HEADER.find("NAME"));
+        assert_eq!(rows[0].find("alice"), LISTING_HEADER.find("SENDER"));
+    }
+
+    #[test]
+    fn a_failed_save_names_the_drop_its_sender_and_its_token() {
+        let (line, to_stdout) = human(&Event::FetchFailed {
+            token: Token([0xcd; 16]).into(),
+            kind: deaddrop::protocol::message::DropKind::File,
+            name: "minutes.txt".into(),
+            from: "alice".into(),
+            reason: "cannot save in /data: No space left on device (os error 28); trying again while the drop is on offer".into(),
+            retrying: true,
+        })
+        .unwrap();
+        assert!(!to_stdout);
+        assert!(line.starts_with('['), "timestamped: {line}");
+        for needle in ["file \"minutes.txt\"", "alice", "/data", &"cd".repeat(16)] {
+            assert!(line.contains(needle), "{needle} missing: {line}");
+        }
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! What a person sees in a real terminal: commands run on a pseudo-terminal (through
+//! `script`), their output replayed on a virtual screen (`vt100`), and the screen checked.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::files::{Relayed, partials, relayed, wait_partial};
+use crate::relay::Mode;
+use crate::util::Proc;
+
+const T: Duration = Duration::from_secs(30);
+const ROWS: u16 = 40;
+const COLS: u16 = 120;
+
+/// A command running on a pseudo-terminal of 120 × 40.
+struct Terminal {
+    child: Child,
+    keys: ChildStdin,
+    output: Arc<Mutex<Vec<u8>>>,
+}
+
+fn quote(arg: &std::ffi::OsStr) -> String {
+    format!("'{}'", arg.to_string_lossy().replace('\'', "'\\''"))
+}
+
+impl Terminal {
+    /// Runs `cmd` (its program, arguments and environment) on a new pseudo-terminal.
+    fn spawn(cmd: &Command) -> Terminal {
+        let line: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(quote)
+            .collect();
+        let mut script = Command::new("script");
+        script.args([
+            "-qfec",
+            &format!("stty cols {COLS} rows {ROWS}; exec {}", line.join(" ")),
+            "/dev/null",
+        ]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        let mut child = script
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script (util-linux) runs");
+        let keys = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            child,
+            keys,
+            output,
+        }
+    }
+
+    /// What the screen shows now, line by line.
+    fn screen(&self) -> String {
+        let size = |n| std::num::NonZeroU16::new(n).unwrap();
+        let mut parser = vt100::Parser::new(size(ROWS), size(COLS), 0);
+        parser.process(&self.output.lock().unwrap());
+        parser.screen().contents()
+    }
+
+    /// Waits until the screen satisfies `pred`; returns it.
+    fn wait_screen(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "screen never matched:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types Ctrl-C.
+    fn ctrl_c(&mut self) {
+        self.keys.write_all(b"\x03").unwrap();
+        self.keys.flush().unwrap();
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A progress bar's line: a label, then the bar in brackets.
+fn bar_lines<'a>(screen: &'a str, label: &str) -> Vec<&'a str> {
+    screen
+        .lines()
+        .filter(|l| l.contains(label) && l.contains(" ["))
+        .collect()
+}
+
+fn throttled(name: &str) -> Relayed {
+    relayed(Mode::Throttle(4 << 20), name, 24 << 20, &["--ttl", "60s"])
+}
+
+#[test]
+fn a_receivers_bar_ends_when_the_sender_withdraws() {
+    let mut t = throttled("draft.bin");
+    let dir = t.dst.path().to_str().unwrap();
+    let run = Terminal::spawn(&t.via.cmd(&["run", "--name", "bob", "--dir", dir]));
+    let label = "from alice: draft.bin";
+    run.wait_screen(T, |s| !bar_lines(s, label).is_empty());
+    t.sender.interrupt();
+    assert_eq!(t.sender.wait(T).code(), Some(130));
+    let screen = run.wait_screen(T, |s| s.contains("withdrew"));
+    // Bars are redrawn a few times a second: give a stale one time to show.
+    std::thread::sleep(Duration::from_millis(600));
+    let screen = format!("{screen}\n{}", run.screen());
+    assert!(
+        bar_lines(&screen, label).is_empty(),
+        "a bar stayed:\n{screen}"
+    );
+    assert!(
+        screen.contains("draft.bin") && screen.contains(&t.token),
+        "names the drop and its token:\n{screen}"
+    );
+    assert!(partials(t.dst.path()).is_empty());
+}
+
+#[test]
+fn a_senders_bar_ends_when_the_receiver_stops() {
+    let t = throttled("draft.bin");
+    drop(t.sender);
+    // Offer it again from a terminal, reached through the same kind of relay.
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("report.bin");
+    std::fs::write(&path, &t.bytes).unwrap();
+    let room = crate::util::Room::new("secret123");
+    let via = crate::util::Room {
+        pass: room.pass.clone(),
+        port: crate::util::free_port(),
+    };
+    let _relay = crate::relay::Relay::start(room.port, via.port, Mode::Throttle(4 << 20));
+    let mut sender = Terminal::spawn(&room.cmd(&[
+        "send-file",
+        "--name",
+        "alice",
+        "--ttl",
+        "60s",
+        path.to_str().unwrap(),
+    ]));
+    let screen = sender.wait_screen(T, |s| s.lines().any(|l| l.len() == 32 && !l.contains(' ')));
+    let token = screen
+        .lines()
+        .find(|l| l.len() == 32 && !l.contains(' '))
+        .unwrap()
+        .to_owned();
+    let dst = tempfile::tempdir().unwrap();
+    let mut fetch = Proc::spawn(via.cmd(&[
+        "fetch",
+        "--name",
+        "bob",
+        "--dir",
+        dst.path().to_str().unwrap(),
+        &token,
+    ]));
+    sender.wait_screen(T, |s| !bar_lines(s, "to bob: report.bin").is_empty());
+    fetch.interrupt();
+    assert_eq!(fetch.wait(T).code(), Some(130));
+    sender.wait_screen(T, |s| s.contains("sending to bob stopped"));
+    std::thread::sleep(Duration::from_millis(600));
+    let screen = sender.screen();
+    assert!(
+        bar_lines(&screen, "to bob").is_empty(),
+        "a bar stayed:\n{screen}"
+    );
+    // Ctrl-C in the sender's terminal withdraws the drop and leaves no bar either.
+    sender.ctrl_c();
+    let screen = sender.wait_screen(T, |s| s.contains("the drop is withdrawn"));
+    assert!(bar_lines(&screen, " [").is_empty(), "{screen}");
+}
+
+#[test]
+fn a_resumed_fetch_shows_the_real_rate_and_names_the_sender_and_file() {
+    let mut t = throttled("movie.bin");
+    let dir = t.dst.path().to_str().unwrap();
+    let mut first = Proc::spawn(t.via.cmd(&["fetch", "--json", "--dir", dir, &t.token]));
+    wait_partial(t.dst.path(), 12 << 20);
+    first.child.kill().unwrap();
+    first.wait(T);
+    let fetch = Terminal::spawn(&t.via.cmd(&["fetch", "--dir", dir, &t.token]));
+    let label = "from alice: movie.bin";
+    // A second of progress, so the rate has something to measure.
+    std::thread::sleep(Duration::from_millis(1500));
+    let screen = fetch.wait_screen(T, |s| {
+        bar_lines(s, label)
+            .iter()
+            .any(|l| l.contains("MiB/s") || l.contains("KiB/s"))
+    });
+    let line = bar_lines(&screen, label)[0].to_owned();
+    assert!(screen.contains("Resuming"), "{screen}");
+    // "… 13.0 MiB/24.0 MiB 4.0 MiB/s ETA 3s": the link gives 4 MiB/s.
+    let rate = line
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1].ends_with("/s"))
+        .map(|w| {
+            let n: f64 = w[0].parse().unwrap();
+            match w[1] {
+                "MiB/s" => n,
+                "KiB/s" => n / 1024.0,
+                "GiB/s" => n * 1024.0,
+                _ => n / (1 << 20) as f64,
+            }
+        })
+        .unwrap_or_else(|| panic!("no rate in {line:?}"));
+    assert!(rate < 12.0, "{rate} MiB/s shown on a 4 MiB/s link: {line}");
+    assert_eq!(t.sender.wait(T).code(), Some(0));
+}

@@ -708,6 +708,52 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     assert_eq!(s.wait(T).code(), Some(0));
 }
 
+#[test]
+fn run_on_a_full_disk_says_which_drop_and_saves_it_once_space_is_freed() {
+    let Some(lan) = Lan::new(2) else { return };
+    let (_src, mut s, token) = offer_file(&lan, 8 << 20, &["--ttl", "60s"]);
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = log.path().to_str().unwrap();
+    // 12 MiB, 8 of them taken: no room for the 8 MiB drop until the filler goes.
+    let (stdout, stderr) = on_host_2(
+        &lan,
+        &format!(
+            "mount -t tmpfs -o size=12m deaddrop-test {m} || exit 9; \
+             head -c 8M /dev/zero > {m}/filler; \
+             {bin} run --json --dir {m}/in > {out} 2>&1 & pid=$!; \
+             for i in $(seq 200); do grep -q fetch_failed {out} && break; sleep 0.05; done; \
+             rm {m}/filler; \
+             for i in $(seq 400); do grep -q '\"received\"' {out} && break; sleep 0.05; done; \
+             kill -INT $pid; wait $pid; ls -A {m}/in; umount {m}",
+            bin = bin()
+        ),
+    );
+    let log = std::fs::read_to_string(out).unwrap();
+    let failed: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "fetch_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "reported once: {log}\n{stderr}");
+    assert_eq!(failed[0]["token"], token.as_str());
+    assert_eq!(failed[0]["name"], "offered.bin");
+    assert_eq!(failed[0]["retrying"], true);
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not enough disk space"), "{reason}");
+    assert!(
+        log.contains("\"received\""),
+        "saved once space was freed: {log}"
+    );
+    assert_eq!(
+        stdout.trim(),
+        "offered.bin",
+        "only the drop, no partial: {stdout}"
+    );
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
 /// The fetch on the small disk exited 1 with `error` on stderr, and the listing of the disk
 /// printed after it shows nothing at all.
 fn assert_failed_leaving_nothing(stdout: &str, stderr: &str, error: &str) {

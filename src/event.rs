@@ -129,7 +129,10 @@ pub enum Event {
         kind: DropKind,
         /// Where it was saved.
         path: String,
+        /// Bytes of content (for a folder: what its files hold).
         size: u64,
+        /// Files saved (1 for a file drop).
+        files: u64,
         from: String,
         address: String,
     },

@@ -596,6 +596,7 @@ pub fn deliver(fetched: Fetched, id: &str, events: &Events) {
             kind: DropKind::File,
             path: path.display().to_string(),
             size,
+            files: 1,
             from,
             address,
         }),

@@ -444,7 +444,8 @@ async fn fetch_file(
                     .published()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
-                size: info.size,
+                size: sink.saved().bytes,
+                files: sink.saved().files,
                 from: hs.name.clone(),
                 address: hs.addr.to_string(),
             });

@@ -18,7 +18,7 @@ use crate::protocol::message::{DropInfo, DropKind};
 use crate::session::client::{Chunk, FetchError, MemorySink, Sink};
 use crate::storage::fsx;
 use crate::storage::names;
-use crate::storage::tree;
+use crate::storage::tree::{self, Unpacked};
 
 const PARTIAL_PREFIX: &str = ".deaddrop-";
 const PARTIAL_SUFFIX: &str = ".part";
@@ -159,6 +159,7 @@ pub struct FileSink {
     held: u64,
     writer: Option<Writer>,
     published: Option<PathBuf>,
+    saved: Unpacked,
 }
 
 fn partial_prefix(token: Token) -> String {
@@ -208,12 +209,19 @@ impl FileSink {
             held,
             writer: None,
             published: None,
+            saved: Unpacked::default(),
         })
     }
 
     /// Where the drop was saved, once it was.
     pub fn published(&self) -> Option<&Path> {
         self.published.as_deref()
+    }
+
+    /// What was saved, once it was: files, folders and bytes of content (for a folder, what
+    /// its files hold, not the size of the transfer).
+    pub fn saved(&self) -> &Unpacked {
+        &self.saved
     }
 
     fn check_space(&self, info: &DropInfo, offset: u64) -> Result<(), FetchError> {
@@ -253,20 +261,28 @@ impl FileSink {
         let kind = info.kind;
         let executable = info.executable;
         let token = self.token;
-        let published = tokio::task::spawn_blocking(move || -> Result<PathBuf, FetchError> {
-            match kind {
-                DropKind::Directory => publish_dir(&partial, &folder, &name, exact, token),
-                _ => {
-                    let target = publish_file(&partial, &folder, &name, exact)?;
-                    tree::set_executable(&target, executable)?;
-                    Ok(target)
+        let size = info.size;
+        let published =
+            tokio::task::spawn_blocking(move || -> Result<(PathBuf, Unpacked), FetchError> {
+                match kind {
+                    DropKind::Directory => publish_dir(&partial, &folder, &name, exact, token),
+                    _ => {
+                        let target = publish_file(&partial, &folder, &name, exact)?;
+                        tree::set_executable(&target, executable)?;
+                        let saved = Unpacked {
+                            files: 1,
+                            dirs: 0,
+                            bytes: size,
+                        };
+                        Ok((target, saved))
+                    }
                 }
-            }
-        })
-        .await
-        .map_err(|e| FetchError::Io(io::Error::other(e)))??;
+            })
+            .await
+            .map_err(|e| FetchError::Io(io::Error::other(e)))??;
         self.partial = None;
-        Ok(published)
+        self.saved = published.1;
+        Ok(published.0)
     }
 }
 
@@ -340,7 +356,7 @@ fn publish_dir(
     name: &str,
     exact: bool,
     token: Token,
-) -> Result<PathBuf, FetchError> {
+) -> Result<(PathBuf, Unpacked), FetchError> {
     let tmp = folder.join(format!("{PARTIAL_PREFIX}{token}{UNPACK_SUFFIX}"));
     if tmp.symlink_metadata().is_ok() {
         fs::remove_dir_all(&tmp)?;
@@ -349,18 +365,21 @@ fn publish_dir(
     let unpacked = File::open(partial)
         .map_err(tree::TreeError::Io)
         .and_then(|f| tree::unpack(BufReader::with_capacity(1 << 20, f), &tmp));
-    if let Err(e) = unpacked {
-        let _ = fs::remove_dir_all(&tmp);
-        let _ = fs::remove_file(partial);
-        return Err(FetchError::Declined(format!(
-            "the folder could not be unpacked: {e}"
-        )));
-    }
+    let unpacked = match unpacked {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            let _ = fs::remove_file(partial);
+            return Err(FetchError::Declined(format!(
+                "the folder could not be unpacked: {e}"
+            )));
+        }
+    };
     for target in candidates(folder, name, exact) {
         match fsx::rename_no_replace(&tmp, &target) {
             Ok(()) => {
                 fs::remove_file(partial)?;
-                return Ok(target);
+                return Ok((target, unpacked));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if exact {

@@ -70,6 +70,9 @@ pub struct Prepared {
     /// Entries left out of a directory drop: symlinks and special files.
     pub skipped: Vec<PathBuf>,
     pub files: u64,
+    /// Bytes of the files themselves (for a folder, without the entry headers the transfer
+    /// adds).
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,7 @@ impl Source {
                 )?),
                 skipped: Vec::new(),
                 files: 1,
+                bytes: meta.len(),
             });
         }
         if !meta.is_dir() {
@@ -187,6 +191,7 @@ impl Source {
             source: Arc::new(Source::from_segments(walk.segments, &mut progress)?),
             skipped: walk.skipped,
             files: walk.files,
+            bytes: walk.bytes,
         })
     }
 }
@@ -197,6 +202,7 @@ struct Walk {
     skipped: Vec<PathBuf>,
     entries: u64,
     files: u64,
+    bytes: u64,
 }
 
 impl Walk {
@@ -238,6 +244,7 @@ impl Walk {
                     stamp: Stamp::of(&meta),
                 });
                 self.files += 1;
+                self.bytes += meta.len();
             } else {
                 self.skipped.push(path);
             }

@@ -259,6 +259,19 @@ fn fetch_json_names_the_holder_and_its_address() {
 }
 
 #[test]
+fn list_with_a_wrong_passphrase_says_so_once() {
+    let room = Room::new("secret123");
+    let (_s, _) = sender(&room, &["--ttl", "20s", "hello"]);
+    let out = room.other("wrong-pass").cmd(&["list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one message: {err}");
+    assert!(lines[0].contains("none accepted the passphrase"), "{err}");
+}
+
+#[test]
 fn fetch_by_token_then_it_is_gone() {
     let room = Room::new("secret123");
     let (mut s, token) = sender(&room, &["--ttl", "20s", "by token"]);

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::relay::{Mode, Relay};
-use crate::util::{Proc, Room, assert_ok, free_port};
+use crate::util::{Proc, Room, assert_ok, free_port, json};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -151,6 +151,12 @@ fn a_folder_tree_arrives_whole() {
     let (mut s, _) = send(&room, &root, &[]);
     let got = r.wait_event(T, "received").expect("folder received");
     assert_eq!(got["kind"], "directory");
+    // The size of a folder is what its files hold, not the size of the transfer.
+    let content = 4 + (1 << 20) + 7 + 0 + 18;
+    assert_eq!(
+        (got["files"].as_u64(), got["size"].as_u64()),
+        (Some(5), Some(content))
+    );
     let saved = dst.path().join("Project files ✓");
     assert_eq!(PathBuf::from(got["path"].as_str().unwrap()), saved);
     assert_eq!(tree(&saved), tree(&root));
@@ -163,6 +169,48 @@ fn a_folder_tree_arrives_whole() {
     assert_eq!(s.wait(T).code(), Some(0));
     assert_eq!(visible(dst.path()), ["Project files ✓"]);
     assert!(partials(dst.path()).is_empty());
+}
+
+#[test]
+fn folder_sizes_are_what_the_files_hold() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let empty = src.path().join("nothing here");
+    fs::create_dir(&empty).unwrap();
+    let three = src.path().join("three");
+    fs::create_dir(&three).unwrap();
+    for n in 0..3 {
+        fs::write(three.join(format!("{n}.txt")), data(1000, n)).unwrap();
+    }
+    let room = Room::new("secret123");
+    for (dir, said, files, bytes) in [
+        (&empty, "folder \"nothing here\" (0 files, 0 B)", 0, 0),
+        (&three, "folder \"three\" (3 files, 2.9 KiB)", 3, 3000),
+    ] {
+        let mut s = Proc::spawn(room.cmd(&["send-file", dir.to_str().unwrap()]));
+        let token = s.wait_line(T, |l| l.len() == 32).expect("token");
+        let out = room
+            .cmd(&[
+                "fetch",
+                "--json",
+                "--dir",
+                dst.path().to_str().unwrap(),
+                &token,
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let got = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(json)
+            .find(|v| v["event"] == "received")
+            .expect("received");
+        assert_eq!(
+            (got["files"].as_u64(), got["size"].as_u64()),
+            (Some(files), Some(bytes))
+        );
+        assert_eq!(s.wait(T).code(), Some(0));
+        assert!(s.stderr().contains(said), "{}", s.stderr());
+    }
 }
 
 #[test]

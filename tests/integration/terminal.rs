@@ -233,3 +233,14 @@ fn a_resumed_fetch_shows_the_real_rate_and_names_the_sender_and_file() {
     assert!(rate < 12.0, "{rate} MiB/s shown on a 4 MiB/s link: {line}");
     assert_eq!(t.sender.wait(T).code(), Some(0));
 }
+
+#[test]
+fn send_msg_dash_at_a_terminal_says_how_to_end_the_message() {
+    let room = crate::util::Room::new("secret123");
+    let mut t = Terminal::spawn(&room.cmd(&["send-msg", "--ttl", "3s", "-"]));
+    t.wait_screen(T, |s| s.contains("Ctrl-D"));
+    t.keys.write_all(b"typed by hand\n\x04").unwrap();
+    t.keys.flush().unwrap();
+    let screen = t.wait_screen(T, |s| s.contains("Holding a message (14 bytes)"));
+    assert!(!screen.contains("error"), "{screen}");
+}

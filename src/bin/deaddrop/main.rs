@@ -415,6 +415,13 @@ fn read_message(text: String) -> Result<String> {
     if text != "-" {
         return Ok(text);
     }
+    if std::io::stdin().is_terminal() {
+        stderr_line(if cfg!(windows) {
+            "Type the message, then press Ctrl-Z and Enter on a line of its own."
+        } else {
+            "Type the message, then press Ctrl-D on a line of its own."
+        });
+    }
     let mut buf = Vec::new();
     std::io::stdin()
         .take(MAX_MESSAGE as u64 + 1)
@@ -486,12 +493,12 @@ async fn send(
             holder.offer_path(p, ttl, limit)?,
             match p.kind {
                 DropKind::Directory => format!(
-                    "folder {:?} ({} files, {})",
+                    "folder {:?} ({}, {})",
                     p.name,
-                    p.files,
-                    format_size(p.source.len())
+                    files(p.files),
+                    format_size(p.bytes)
                 ),
-                _ => format!("file {:?} ({})", p.name, format_size(p.source.len())),
+                _ => format!("file {:?} ({})", p.name, format_size(p.bytes)),
             },
         ),
         (Offer::Path(_), None) => unreachable!("prepared above"),
@@ -510,6 +517,15 @@ async fn send(
         ));
     }
     wait_for_end(&holder, &mut rx, &[token], &ui, &interrupt).await
+}
+
+/// "1 file", "3 files".
+pub(crate) fn files(n: u64) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
 }
 
 /// Waits until every one of `tokens` is used up or expired, or Ctrl-C.
@@ -667,7 +683,8 @@ async fn fetch(
                     token: token.into(),
                     kind: info.kind,
                     path: path.display().to_string(),
-                    size: info.size,
+                    size: sink.file.saved().bytes,
+                    files: sink.file.saved().files,
                     from: holder,
                     address: address.to_string(),
                 });

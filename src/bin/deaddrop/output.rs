@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{Local, SecondsFormat, TimeZone, Utc};
 use deaddrop::event::{DropId, Event};
-use deaddrop::protocol::message::{DropInfo, EVERYONE};
+use deaddrop::protocol::message::{DropInfo, DropKind, EVERYONE};
 use deaddrop::units::{format_duration, format_size};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
@@ -110,6 +110,7 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             kind,
             path,
             size: bytes,
+            files,
             from,
             ..
         } => (
@@ -119,7 +120,10 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
                 sanitize(from, false),
                 kind.as_str(),
                 sanitize(path, false),
-                size(*bytes)
+                match kind {
+                    DropKind::Directory => format!("{}, {}", crate::files(*files), size(*bytes)),
+                    _ => size(*bytes),
+                }
             ),
             true,
         ),
@@ -538,6 +542,7 @@ mod tests {
             kind: deaddrop::protocol::message::DropKind::File,
             path: "./a\x1b[2Jb.txt".into(),
             size: 2048,
+            files: 1,
             from: "alice".into(),
             address: String::new(),
         })

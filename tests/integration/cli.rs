@@ -465,6 +465,113 @@ fn help_documents_the_exit_codes_and_the_defaults() {
 }
 
 #[test]
+fn bash_completions_load_and_complete_commands_and_options() {
+    let script = format!(
+        "source <('{}' completions bash) || exit 9; complete -p deaddrop || exit 8; \
+         COMP_WORDS=(deaddrop se); COMP_CWORD=1; _deaddrop deaddrop se deaddrop; \
+         echo \"commands: ${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(deaddrop fetch --); COMP_CWORD=2; _deaddrop deaddrop -- fetch; \
+         echo \"options: ${{COMPREPLY[*]}}\"",
+        bin()
+    );
+    let out = Command::new("bash")
+        .args(["--noprofile", "--norc", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.is_empty(), "bash complained: {stderr}");
+    assert!(stdout.contains("commands: send-msg send-file"), "{stdout}");
+    assert!(
+        stdout.contains("--out") && stdout.contains("--wait"),
+        "{stdout}"
+    );
+    // The other shells get scripts too.
+    for (shell, needle) in [
+        ("zsh", "#compdef deaddrop"),
+        ("fish", "complete -c deaddrop"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[deaddrop]"),
+    ] {
+        let out = Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn the_man_pages_render_with_man() {
+    // `man -l` renders a page from a file: the main page from stdout, then every page.
+    let page = Command::new(bin()).arg("man").output().unwrap();
+    assert_ok(&page);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stdout.1"), &page.stdout).unwrap();
+    let written = Command::new(bin())
+        .args(["man", "--dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok(&written);
+    let render = |name: &str| {
+        let out = Command::new("man")
+            .args(["-l", dir.path().join(name).to_str().unwrap()])
+            .env("MANWIDTH", "100")
+            .output()
+            .expect("man (man-db) is installed");
+        assert!(out.status.success(), "man -l {name}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let main = render("stdout.1");
+    for needle in [
+        "NAME",
+        "deaddrop - A peer-to-peer dead drop",
+        "deaddrop-run(1)",
+        "ENVIRONMENT",
+        "DEADDROP_INTERFACE",
+        "EXIT STATUS",
+        "interrupted by Ctrl-C",
+    ] {
+        assert!(main.contains(needle), "{needle:?} missing:\n{main}");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("deaddrop.1")).unwrap(),
+        page.stdout
+    );
+    for cmd in [
+        "run",
+        "send-msg",
+        "send-file",
+        "fetch",
+        "list",
+        "doctor",
+        "completions",
+        "man",
+    ] {
+        let text = render(&format!("deaddrop-{cmd}.1"));
+        assert!(text.contains(&format!("deaddrop {cmd}")), "{cmd}:\n{text}");
+        assert!(text.contains("SEE ALSO"), "{cmd}");
+    }
+    let fetch = render("deaddrop-fetch.1");
+    assert!(
+        fetch.contains("--out") && fetch.contains("--wait"),
+        "{fetch}"
+    );
+}
+
+#[test]
 fn bad_input_is_a_usage_error_with_a_clear_message() {
     let room = Room::new("secret123");
     for (args, needle) in [

@@ -21,10 +21,27 @@ Exit codes:
   7    doctor: it found a problem (its findings say what to do)
   130  interrupted by Ctrl-C while holding a drop (the drop is withdrawn)";
 
+/// The environment variables, as a man page section.
+pub const MAN_ENVIRONMENT: &str = r#".SH ENVIRONMENT
+.TP
+\fBDEADDROP_ROOM\fR
+The room passphrase, instead of \fB--room\fR (which other users can see in \fBps\fR) or the prompt.
+.TP
+\fBDEADDROP_PORT\fR
+The UDP discovery port, instead of \fB--port\fR (default 48557; every device of a room must use the same).
+.TP
+\fBDEADDROP_INTERFACE\fR
+Interfaces to confine discovery and connections to, comma-separated, instead of \fB--interface\fR.
+.TP
+\fBRUST_LOG\fR
+Log filter for diagnostics on standard error (as \fB-v\fR, \fB-vv\fR), e.g. deaddrop=debug.
+"#;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "deaddrop",
     version,
+    propagate_version = true,
     about = "A peer-to-peer dead drop for your local network.",
     long_about = "A peer-to-peer dead drop for your local network.\n\n\
         Devices on one LAN join a room by a shared passphrase. A receiver left running \
@@ -131,7 +148,29 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Print shell completions for bash, zsh, fish, powershell or elvish.
+    #[command(after_help = COMPLETIONS_HELP, override_usage = "deaddrop completions <SHELL>")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (`deaddrop man | man -l -`), or write a page for deaddrop and one
+    /// for each of its commands into a folder.
+    #[command(override_usage = "deaddrop man [--dir DIR]")]
+    Man {
+        /// Write deaddrop.1 and deaddrop-<command>.1 here (e.g. ~/.local/share/man/man1)
+        /// instead of printing deaddrop.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
+
+const COMPLETIONS_HELP: &str = "\
+Install:
+  bash        deaddrop completions bash > ~/.local/share/bash-completion/completions/deaddrop
+  zsh         deaddrop completions zsh > ~/.zfunc/_deaddrop   (with fpath+=~/.zfunc before compinit)
+  fish        deaddrop completions fish > ~/.config/fish/completions/deaddrop.fish
+  PowerShell  deaddrop completions powershell >> $PROFILE";
 
 /// How often a drop may be fetched.
 #[derive(Debug, Args)]

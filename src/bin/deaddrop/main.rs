@@ -51,6 +51,11 @@ const WITHDRAW_NOTICE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     // `fetch --out -`: standard output carries the drop's bytes and nothing else.
     let stdout_is_content = matches!(
         &cli.command,
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         | Command::Fetch { common, .. }
         | Command::List { common, .. }
         | Command::Doctor { common, .. } => common,
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
     let ui = Ui::new(common.json, stdout_is_content);
@@ -111,6 +117,84 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Prints completions for `shell` to standard output.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "deaddrop", &mut out);
+    match write_stdout(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            stderr_line(&format!("error: cannot write the completions: {e}"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Prints the manual page, or writes one page per command into `dir`.
+fn man(dir: Option<&Path>) -> ExitCode {
+    match manual(dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            stderr_line(&format!("error: {e:#}"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn manual(dir: Option<&Path>) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let render = |cmd: clap::Command| -> Result<Vec<u8>> {
+        let page_of_a_command = cmd.get_name() != "deaddrop";
+        let man =
+            clap_mangen::Man::new(cmd).source(format!("deaddrop {}", env!("CARGO_PKG_VERSION")));
+        let mut page = Vec::new();
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        man.render_subcommands_section(&mut page)?;
+        page.extend_from_slice(cli::MAN_ENVIRONMENT.as_bytes());
+        page.extend_from_slice(exit_status_roff().as_bytes());
+        if page_of_a_command {
+            page.extend_from_slice(b".SH \"SEE ALSO\"\n\\fBdeaddrop\\fR(1)\n");
+        }
+        man.render_version_section(&mut page)?;
+        Ok(page)
+    };
+    let Some(dir) = dir else {
+        return write_stdout(&render(cmd)?);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![("deaddrop".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        // After `build`, a command's display name is `deaddrop-<command>`.
+        let name = sub.get_display_name().unwrap_or(sub.get_name()).to_owned();
+        pages.push((name, sub.clone()));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, render(page)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        stderr_line(&format!("wrote {}", path.display()));
+    }
+    Ok(())
+}
+
+/// The exit codes of `--help`, as a man page section.
+fn exit_status_roff() -> String {
+    let mut roff = String::from(".SH \"EXIT STATUS\"\n");
+    for line in cli::EXIT_CODES.lines().skip(1) {
+        if let Some((code, meaning)) = line.trim().split_once(char::is_whitespace) {
+            roff.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", meaning.trim()));
+        }
+    }
+    roff
 }
 
 /// A mistake in how the command was called (exit code 2, like clap's own).
@@ -335,7 +419,9 @@ async fn dispatch(
         Command::List { common, .. } if common.legacy => Err(usage(
             "list is not available with --legacy: the original protocol cannot list drops",
         )),
-        Command::Doctor { .. } => unreachable!("handled before the passphrase"),
+        Command::Doctor { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the passphrase")
+        }
         Command::List { wait, common } => {
             interrupted(list(pass, wait, common, ui.clone()), &interrupt, &ui).await
         }

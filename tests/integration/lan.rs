@@ -47,6 +47,18 @@ pub struct Lan {
     tag: String,
 }
 
+/// The multi-host tests are ignored ("needs root") where the build was not made by root; CI
+/// runs as root and must run them.
+#[test]
+fn multi_host_tests_run_in_ci() {
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            is_root() && cfg!(deaddrop_root),
+            "CI must run the multi-host tests: build and test as root"
+        );
+    }
+}
+
 impl Lan {
     /// A LAN of `n` hosts, or `None` (with the reason printed) where it cannot be built.
     pub fn new(n: usize) -> Option<Lan> {
@@ -460,6 +472,7 @@ fn receiver(lan: &Lan, host: usize, pass: &str, name: &str) -> Proc {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_message_from_host_1_reaches_hosts_2_and_3_but_not_another_room() {
     let Some(lan) = Lan::new(3) else { return };
     let mut r2 = receiver(&lan, 2, "secret123", "h2");
@@ -501,6 +514,7 @@ fn a_message_from_host_1_reaches_hosts_2_and_3_but_not_another_room() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_late_receiver_on_another_host_finds_existing_drops() {
     let Some(lan) = Lan::new(2) else { return };
     let mut s = Proc::spawn(lan.cmd(
@@ -519,6 +533,7 @@ fn a_late_receiver_on_another_host_finds_existing_drops() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn list_and_fetch_across_hosts_and_confined_to_an_interface() {
     let Some(lan) = Lan::new(2) else { return };
     let mut s = Proc::spawn(lan.cmd(
@@ -560,6 +575,7 @@ fn list_and_fetch_across_hosts_and_confined_to_an_interface() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn peer_reaches_a_holder_where_broadcast_does_not() {
     let Some(mut lan) = Lan::new(1) else { return };
     let far = lan.add_far_host();
@@ -611,6 +627,7 @@ fn peer_reaches_a_holder_where_broadcast_does_not() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_256_mib_file_reaches_two_hosts_with_everyone() {
     let Some(lan) = Lan::new(3) else { return };
     let (src, d2, d3) = (
@@ -678,6 +695,7 @@ fn a_256_mib_file_reaches_two_hosts_with_everyone() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     let Some(lan) = Lan::new(2) else { return };
     let (_src, mut s, token) = offer_file(&lan, 8 << 20, &["--ttl", "30s"]);
@@ -709,6 +727,7 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn run_on_a_full_disk_says_which_drop_and_saves_it_once_space_is_freed() {
     let Some(lan) = Lan::new(2) else { return };
     let (_src, mut s, token) = offer_file(&lan, 8 << 20, &["--ttl", "60s"]);
@@ -767,6 +786,7 @@ fn assert_failed_leaving_nothing(stdout: &str, stderr: &str, error: &str) {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_disk_that_fills_up_mid_transfer_leaves_no_partial_file() {
     let Some(lan) = Lan::new(2) else { return };
     // About 5 MB/s out of host 1, so the disk can fill while the transfer runs.
@@ -875,6 +895,7 @@ fn link_flap(lan: Lan, down: Duration) -> (Proc, Vec<u8>, tempfile::TempDir) {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_link_that_drops_briefly_mid_transfer_recovers() {
     let Some(lan) = Lan::new(2) else { return };
     let (mut r, bytes, dst) = link_flap(lan, Duration::from_secs(3));
@@ -887,6 +908,7 @@ fn a_link_that_drops_briefly_mid_transfer_recovers() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_link_down_longer_than_the_timeout_fails_clearly_then_resumes() {
     let Some(lan) = Lan::new(2) else { return };
     let (mut r, bytes, dst) = link_flap(lan, Duration::from_secs(35));
@@ -923,6 +945,7 @@ fn many_bin() -> String {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn load_one_holder_with_200_drops_and_20_receivers_on_three_hosts() {
     let Some(lan) = Lan::new(4) else { return };
     let many = many_bin();
@@ -1029,6 +1052,7 @@ fn lossy(lan: &Lan, host: usize, percent: u32) {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_lossy_link_still_delivers_messages_and_files_whole() {
     let Some(lan) = Lan::new(2) else { return };
     lossy(&lan, 2, 10);

@@ -90,6 +90,7 @@ fn receivers_on(lan: &Lan, hosts: &[usize]) -> Vec<(Proc, tempfile::TempDir)> {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn with_ipv4_broadcast_dropped_messages_files_and_folders_arrive_by_mdns() {
     let Some(lan) = Lan::new(3) else { return };
     lan.drop_on_bridge(&[BROADCAST]);
@@ -103,6 +104,7 @@ fn with_ipv4_broadcast_dropped_messages_files_and_folders_arrive_by_mdns() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn with_only_mdns_multicast_let_through_messages_files_and_folders_arrive() {
     let Some(lan) = Lan::new(3) else { return };
     lan.drop_on_bridge(&[BROADCAST, MULTICAST_BUT_MDNS_V4, MULTICAST_BUT_MDNS_V6]);
@@ -112,6 +114,7 @@ fn with_only_mdns_multicast_let_through_messages_files_and_folders_arrive() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn an_ipv6_only_lan_delivers_messages_files_and_folders() {
     let Some(lan) = Lan::new(3) else { return };
     lan.ipv6_only(3);
@@ -120,6 +123,7 @@ fn an_ipv6_only_lan_delivers_messages_files_and_folders() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_container_bridge_is_ignored_by_default_and_used_when_named() {
     let Some(mut lan) = Lan::new(1) else { return };
     let container = lan.add_container(1);
@@ -143,6 +147,7 @@ fn a_container_bridge_is_ignored_by_default_and_used_when_named() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn peers_on_another_subnet_exchange_drops_when_either_side_names_the_other() {
     let Some(mut lan) = Lan::new(1) else { return };
     let far = lan.add_far_host();
@@ -210,6 +215,7 @@ fn peers_on_another_subnet_exchange_drops_when_either_side_names_the_other() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn a_third_party_dns_sd_browser_sees_a_holder_and_only_the_allowed_records() {
     let Some(lan) = Lan::new(2) else { return };
     let browse = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dnssd/browse.py");
@@ -323,6 +329,7 @@ fn verdict(report: &serde_json::Value) -> String {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn two_doctors_see_each_other_name_the_paths_and_try_the_room_handshake() {
     let Some(lan) = Lan::new(3) else { return };
     // Hosts that have been up a moment: IPv6 addresses past duplicate detection.
@@ -387,6 +394,7 @@ fn two_doctors_see_each_other_name_the_paths_and_try_the_room_handshake() {
 }
 
 #[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn doctor_names_client_isolation_filtered_broadcast_and_a_vpn_on_the_default_route() {
     let Some(lan) = Lan::new(2) else { return };
     lan.isolate_clients(true);

@@ -259,6 +259,59 @@ fn fetch_json_names_the_holder_and_its_address() {
 }
 
 #[test]
+fn errors_name_the_path_and_say_the_cause_once() {
+    let room = Room::new("secret123");
+    let out = room
+        .cmd(&["send-file", "nonexistent.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nonexistent.bin"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A destination whose folder does not exist is named before anything is fetched.
+    let (mut s, token) = sender(&room, &["--ttl", "20s", "hello"]);
+    let out = room
+        .cmd(&["fetch", "--out", "/nonexistent/dir/x", &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/dir/x") && err.contains("/nonexistent/dir does not exist"),
+        "{err}"
+    );
+    // Nothing was fetched: the drop is still there.
+    let out = room.cmd(&["fetch", &token]).output().unwrap();
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"hello");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
+fn messages_have_no_progress_events() {
+    let room = Room::new("secret123");
+    let mut r = receiver(&room, "bob");
+    let (mut s, token) = sender(&room, &["--max-fetches", "2", "--ttl", "20s", "hi there"]);
+    r.wait_event(T, "message").expect("delivered");
+    let out = room.cmd(&["fetch", "--json", &token]).output().unwrap();
+    assert_ok(&out);
+    assert_eq!(s.wait(T).code(), Some(0));
+    let fetched = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<String> = r
+        .drain(Duration::from_millis(100))
+        .into_iter()
+        .chain(s.drain(Duration::ZERO))
+        .chain(fetched.lines().map(str::to_owned))
+        .collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("\"progress\"")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn list_with_a_wrong_passphrase_says_so_once() {
     let room = Room::new("secret123");
     let (_s, _) = sender(&room, &["--ttl", "20s", "hello"]);

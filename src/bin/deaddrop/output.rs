@@ -530,6 +530,16 @@ mod tests {
         .unwrap();
         assert!(!to_stdout);
         assert!(line.starts_with('['), "timestamped: {line}");
+        let (skipped, _) = human(&Event::Skipped {
+            token: Token([0xcd; 16]).into(),
+            kind: deaddrop::protocol::message::DropKind::File,
+            name: "big.iso".into(),
+            size: 1 << 30,
+            from: "alice".into(),
+            reason: "larger than --max-size 500.0 MiB; fetch it by token".into(),
+        })
+        .unwrap();
+        assert!(skipped.starts_with('['), "timestamped: {skipped}");
         for needle in ["file \"minutes.txt\"", "alice", "/data", &"cd".repeat(16)] {
             assert!(line.contains(needle), "{needle} missing: {line}");
         }

@@ -225,10 +225,7 @@ pub fn list() -> io::Result<Vec<NetInterface>> {
             if_addrs::IfAddr::V4(a) => entry.v4.push(V4 {
                 ip: a.ip,
                 netmask: a.netmask,
-                broadcast: a.broadcast.or_else(|| {
-                    let b = Ipv4Addr::from(u32::from(a.ip) | !u32::from(a.netmask));
-                    (b != a.ip).then_some(b)
-                }),
+                broadcast: broadcast_of(a.ip, a.netmask, a.broadcast),
             }),
             if_addrs::IfAddr::V6(a) => entry.v6.push(V6 {
                 ip: a.ip,
@@ -239,9 +236,75 @@ pub fn list() -> io::Result<Vec<NetInterface>> {
     Ok(out)
 }
 
+/// The directed broadcast address of `ip`'s network, if it has a usable one. Never the limited
+/// broadcast 255.255.255.255 (which leaves by the default interface) nor an address outside
+/// `ip`'s own network, whatever the system reports: some report no mask or a zero one (Wine's
+/// loopback, say), which would make a broadcast to everything. A loopback address always uses
+/// the loopback network's, 127.255.255.255.
+pub(crate) fn broadcast_of(
+    ip: Ipv4Addr,
+    netmask: Ipv4Addr,
+    reported: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    if ip.is_loopback() {
+        return Some(Ipv4Addr::new(127, 255, 255, 255));
+    }
+    let mask = u32::from(netmask);
+    // A mask is contiguous ones; fewer than 8 of them is no real LAN (and a /31 or /32 has
+    // no broadcast).
+    if mask.leading_ones() + mask.trailing_zeros() != 32 || !(8..=30).contains(&mask.leading_ones())
+    {
+        return None;
+    }
+    let ours = Ipv4Addr::from(u32::from(ip) | !mask);
+    match reported {
+        Some(b) if b == ours => Some(b),
+        // A reported address that is not this network's broadcast is not trusted.
+        Some(_) | None => Some(ours),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn broadcasts_stay_inside_their_network() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let b = |a: &str, m: &str, r: Option<&str>| broadcast_of(ip(a), ip(m), r.map(ip));
+        assert_eq!(
+            b("192.168.1.20", "255.255.255.0", None),
+            Some(ip("192.168.1.255"))
+        );
+        assert_eq!(
+            b("10.1.2.3", "255.0.0.0", Some("10.255.255.255")),
+            Some(ip("10.255.255.255"))
+        );
+        // What some systems report for loopback: no mask, or a broadcast to everything.
+        assert_eq!(b("127.0.0.1", "0.0.0.0", None), Some(ip("127.255.255.255")));
+        assert_eq!(
+            b("127.0.0.1", "255.255.255.255", Some("255.255.255.255")),
+            Some(ip("127.255.255.255"))
+        );
+        assert_eq!(
+            b("127.0.0.1", "255.0.0.0", None),
+            Some(ip("127.255.255.255"))
+        );
+        // Never the limited broadcast, nor another network's address.
+        assert_eq!(b("192.168.1.20", "0.0.0.0", Some("255.255.255.255")), None);
+        assert_eq!(
+            b("192.168.1.20", "255.255.255.0", Some("255.255.255.255")),
+            Some(ip("192.168.1.255"))
+        );
+        assert_eq!(
+            b("192.168.1.20", "255.255.255.0", Some("10.0.0.255")),
+            Some(ip("192.168.1.255"))
+        );
+        // No broadcast on /31, /32, or a mask with holes.
+        assert_eq!(b("10.0.0.1", "255.255.255.255", None), None);
+        assert_eq!(b("10.0.0.1", "255.255.255.254", None), None);
+        assert_eq!(b("10.0.0.1", "255.0.255.0", None), None);
+    }
 
     pub(crate) fn iface(name: &str, index: u32, v4: &[&str], v6: &[&str]) -> NetInterface {
         NetInterface {

@@ -329,6 +329,15 @@ impl Scope {
 }
 
 /// A UDP socket; `shared` lets several processes bind the same port.
+///
+/// Sharing differs by system. Linux and Android need SO_REUSEPORT for every process to get a
+/// copy of each broadcast and multicast datagram, and macOS and the BSDs need it to bind twice
+/// at all; a unicast datagram goes to one of them (hence the catchers and forwarding). On
+/// Windows, SO_REUSEADDR alone lets sockets share the port (there is no SO_REUSEPORT), and
+/// broadcast and multicast reach them all; SO_EXCLUSIVEADDRUSE, which Microsoft recommends
+/// against port theft, would forbid the sharing, and a process of another user on the same
+/// host is outside the threat model. Tested: Linux natively, Windows under Wine (which maps
+/// these options to Linux's), Linux ARM64 under qemu-user; macOS is compiled only.
 pub(crate) fn udp_socket(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if shared {
@@ -651,7 +660,9 @@ impl Sockets {
         }
         let to = SocketAddrV4::new(Ipv4Addr::new(127, 255, 255, 255), self.scope.port);
         if let Err(e) = socket.send_to(&f.encode(), to).await {
-            // Systems without a loopback broadcast reach only the catching process.
+            // Systems without a loopback broadcast (macOS's lo0 has no BROADCAST flag; Windows
+            // may refuse it too; untested here) reach only the catching process: the others
+            // still hear broadcasts and mDNS, and their own `--peer` queries.
             tracing::debug!("cannot pass a unicast beacon on to this host's processes: {e}");
         }
     }

@@ -297,6 +297,8 @@ fn bind_listeners(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
             // The wildcard takes IPv4 too (as ::ffff:a.b.c.d); a specific address is one family.
             s.set_only_v6(!addr.ip().is_unspecified())?;
         }
+        // On Unix, SO_REUSEADDR only lets a restarted holder rebind past TIME_WAIT. On Windows
+        // it would let another socket take the same port, so it is left off there.
         #[cfg(unix)]
         s.set_reuse_address(true)?;
         s.bind(&addr.into())?;

@@ -256,6 +256,7 @@ pub fn set_executable(path: &Path, executable: bool) -> io::Result<()> {
     fs::set_permissions(path, perms)
 }
 
+/// Windows has no executable bit (it goes by the file name's extension): nothing to set.
 #[cfg(not(unix))]
 pub fn set_executable(_path: &Path, _executable: bool) -> io::Result<()> {
     Ok(())
@@ -268,6 +269,8 @@ pub fn is_executable(meta: &fs::Metadata) -> bool {
     meta.permissions().mode() & 0o111 != 0
 }
 
+/// On Windows no file is marked executable for the receiver: a script sent from Windows to
+/// Linux arrives without its executable bit (chmod +x it there).
 #[cfg(not(unix))]
 pub fn is_executable(_meta: &fs::Metadata) -> bool {
     false

@@ -25,6 +25,9 @@ impl Interrupt {
                 }
             });
         }
+        // Windows: Ctrl-C in the console (CTRL_C_EVENT). Closing the console window ends the
+        // process at once; its drops go with it. Untested here: Wine cannot send a console
+        // control event to a program under test.
         #[cfg(windows)]
         {
             let mut sig = tokio::signal::windows::ctrl_c()?;

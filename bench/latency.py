@@ -5,6 +5,10 @@ loopback. Prints median and spread; record the figures in BENCHMARKS.md.
 
     sudo python3 bench/latency.py [--sends 20] [--bin target/release/deaddrop]
     sudo python3 bench/latency.py --paths     # each discovery path on its own (namespace LAN)
+    sudo python3 bench/latency.py --exit      # sender exit after its delivery is counted
+
+With --exit, the sender runs with --json and the figure is the time from its `used_up` line (the
+delivery counted) to the sender process having exited.
 
 With --paths, the LAN is filtered so that one path carries discovery at a time: broadcast (mDNS
 dropped), mDNS over IPv4 (broadcast and IPv6 dropped), mDNS over IPv6 (hosts without IPv4),
@@ -57,7 +61,21 @@ def wait_event(q, kind, text=None, timeout=15.0):
             return stamp
 
 
-def measure(binary, sends, recv_prefix, send_prefix, extra, recv_extra=(), send_extra=()):
+def exited(proc):
+    """A queue that gets the time `proc` exited."""
+    q = queue.Queue()
+
+    def wait():
+        proc.wait()
+        q.put(time.perf_counter())
+
+    threading.Thread(target=wait, daemon=True).start()
+    return q
+
+
+def measure(binary, sends, recv_prefix, send_prefix, extra, recv_extra=(), send_extra=(), exit_lag=None):
+    """Message latencies in ms; with `exit_lag` (a list), also appends each sender's time from
+    its delivery counted to its exit."""
     env = dict(os.environ, DEADDROP_ROOM="bench-room")
     receiver = subprocess.Popen(recv_prefix + [binary, "run", "--json", *extra, *recv_extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -68,14 +86,22 @@ def measure(binary, sends, recv_prefix, send_prefix, extra, recv_extra=(), send_
         for i in range(sends):
             text = f"bench message {i}"
             t0 = time.perf_counter()
-            sender = subprocess.Popen(send_prefix + [binary, "send-msg", "--ttl", "10s", *extra, *send_extra, text],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            json_out = ["--json"] if exit_lag is not None else []
+            sender = subprocess.Popen(send_prefix + [binary, "send-msg", "--ttl", "10s", *json_out, *extra,
+                                                     *send_extra, text],
+                                      stdout=subprocess.PIPE if json_out else subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, env=env)
+            sender_lines = reader(sender) if json_out else None
+            sender_exit = exited(sender)
             try:
                 shown = wait_event(lines, "message", text)
             except RuntimeError:
                 sender.kill()
                 raise RuntimeError(f"send {i} not shown; sender said: {sender.communicate()[1]}")
             samples.append((shown - t0) * 1000)
+            if sender_lines is not None:
+                counted = wait_event(sender_lines, "used_up")
+                exit_lag.append((sender_exit.get(timeout=15) - counted) * 1000)
             sender.wait(timeout=15)
         return samples
     finally:
@@ -97,7 +123,8 @@ def report(name, samples, overhead):
     s = sorted(samples)
     q = statistics.quantiles(s, n=10)
     print(f"{name}: n={len(s)} median={statistics.median(s):.1f} ms  p10={q[0]:.1f}  p90={q[-1]:.1f}  "
-          f"min={s[0]:.1f}  max={s[-1]:.1f} ms  (process-spawn overhead included: {overhead:.1f} ms)")
+          f"min={s[0]:.1f}  max={s[-1]:.1f} ms" +
+          (f"  (process-spawn overhead included: {overhead:.1f} ms)" if overhead is not None else ""))
 
 
 BROADCAST = "ether type ip ether daddr ff:ff:ff:ff:ff:ff"
@@ -128,11 +155,20 @@ def main():
     ap.add_argument("--sends", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "deaddrop"))
     ap.add_argument("--paths", action="store_true", help="each discovery path on its own")
+    ap.add_argument("--exit", action="store_true", help="sender exit after the delivery is counted")
     args = ap.parse_args()
     if args.bin.endswith(os.path.join("release", "deaddrop")):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     if args.paths:
         paths(args)
+        return
+    if args.exit:
+        lan_lags, loop_lags = [], []
+        with Lan(2) as lan:
+            measure(args.bin, args.sends, lan.prefix(2), lan.prefix(1), [], exit_lag=lan_lags)
+        measure(args.bin, args.sends, [], [], ["--interface", "127.0.0.1", "--port", "47901"], exit_lag=loop_lags)
+        report("namespace LAN (host 1 -> host 2): sender exit after the delivery is counted", lan_lags, None)
+        report("loopback: sender exit after the delivery is counted", loop_lags, None)
         return
     with Lan(2) as lan:
         lan_samples = measure(args.bin, args.sends, lan.prefix(2), lan.prefix(1), [])

@@ -12,7 +12,13 @@ deaddrop's own design.
 --rate caps the namespace LAN's links (a tbf qdisc on each host's interface, e.g. 1gbit) to
 measure a link-bound path, as on a real LAN, instead of a CPU-bound one.
 
-    sudo python3 bench/throughput.py [--sizes 1,4] [--runs 3] [--paths lan,loopback] [--rate 1gbit]
+--pin runs every sender on core 0 and every receiver on core 1 (taskset; socat's and the floor's
+two ends too), which is what two real hosts look like, instead of both ends sharing both cores.
+
+Besides the ratio of medians, each row gives the ratios paired within a round (socat's time over
+deaddrop's in the same round; median, min and max), which the machine's noise affects less.
+
+    sudo python3 bench/throughput.py [--sizes 1,4] [--runs 3] [--paths lan,loopback] [--rate 1gbit] [--pin]
 """
 import argparse
 import json
@@ -121,6 +127,8 @@ def measure(name, binary, sizes, runs, send_prefix, recv_prefix, host, extra, po
             print(f"  {name} {size} GiB: socat {socat[-1][0]:.2f} s, floor {floor[-1][0]:.2f} s, "
                   f"deaddrop {ours[-1][0]:.2f} s", file=sys.stderr, flush=True)
         mb = (size << 30) / 1e6
+        paired = [s[0] / o[0] for s, o in zip(socat, ours)]
+        paired_floor = [s[0] / f[0] for s, f in zip(socat, floor)]
         s_med = statistics.median(t for t, _, _ in socat)
         f_med = statistics.median(t for t, _, _ in floor)
         o_med = statistics.median(t for t, _, _ in ours)
@@ -128,6 +136,9 @@ def measure(name, binary, sizes, runs, send_prefix, recv_prefix, host, extra, po
             "path": name, "size": f"{size} GiB",
             "socat_MBps": round(mb / s_med), "floor_MBps": round(mb / f_med), "deaddrop_MBps": round(mb / o_med),
             "ratio": round(s_med / o_med, 2), "floor_ratio": round(s_med / f_med, 2),
+            "paired_ratio": round(statistics.median(paired), 2),
+            "paired_ratio_min": round(min(paired), 2), "paired_ratio_max": round(max(paired), 2),
+            "paired_floor_ratio": round(statistics.median(paired_floor), 2),
             "deaddrop_sender_peak_MiB": round(max(r for _, r, _ in ours) / 1024, 1),
             "deaddrop_receiver_peak_MiB": round(max(r for _, _, r in ours) / 1024, 1),
             "socat_peak_MiB": round(max(max(a, b) for _, a, b in socat) / 1024, 1),
@@ -145,10 +156,13 @@ def main():
     ap.add_argument("--paths", default="lan,loopback")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "deaddrop"))
     ap.add_argument("--rate", help="cap the namespace LAN's links to this tbf rate, e.g. 1gbit")
+    ap.add_argument("--pin", action="store_true", help="senders on core 0, receivers on core 1 (taskset)")
     args = ap.parse_args()
+    pin_send, pin_recv = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if args.pin else ([], [])
     sizes = [int(s) for s in args.sizes.split(",")]
     need("socat", "socat")
     need("/usr/bin/time", "time")
+    need("taskset", "util-linux")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "deaddrop", "--example", "floor"],
                    cwd=ROOT, check=True)
     os.makedirs(WORK, exist_ok=True)
@@ -160,19 +174,23 @@ def main():
                 if args.rate:
                     lan.limit_rate(args.rate)
                     name += f" at {args.rate}"
-                rows += measure(name, args.bin, sizes, args.runs, lan.prefix(1), lan.prefix(2),
-                                lan.addr(2), [], 47950)
+                if args.pin:
+                    name += ", pinned"
+                rows += measure(name, args.bin, sizes, args.runs, lan.prefix(1) + pin_send,
+                                lan.prefix(2) + pin_recv, lan.addr(2), [], 47950)
         if "loopback" in args.paths:
-            rows += measure("loopback", args.bin, sizes, args.runs, [], [], "127.0.0.1",
+            rows += measure("loopback, pinned" if args.pin else "loopback", args.bin, sizes, args.runs,
+                            pin_send, pin_recv, "127.0.0.1",
                             ["--interface", "127.0.0.1", "--port", "47951"], 47952)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
-    print("\n| path | size | socat MB/s | floor MB/s | floor ratio | deaddrop MB/s | ratio | sender peak RSS "
-          "| receiver peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| path | size | socat MB/s | floor MB/s | floor ratio (paired) | deaddrop MB/s | ratio | "
+          "paired ratio median (min–max) | sender peak RSS | receiver peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['size']} | {r['socat_MBps']} | {r['floor_MBps']} | {r['floor_ratio']} | "
-              f"{r['deaddrop_MBps']} | {r['ratio']} | "
+        print(f"| {r['path']} | {r['size']} | {r['socat_MBps']} | {r['floor_MBps']} | {r['floor_ratio']} "
+              f"({r['paired_floor_ratio']}) | {r['deaddrop_MBps']} | {r['ratio']} | "
+              f"{r['paired_ratio']} ({r['paired_ratio_min']}–{r['paired_ratio_max']}) | "
               f"{r['deaddrop_sender_peak_MiB']} MiB | {r['deaddrop_receiver_peak_MiB']} MiB |")
 
 

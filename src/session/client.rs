@@ -569,7 +569,9 @@ pub fn timeouts_for(ctx: &ClientContext, attempt: &Attempt) -> Timeouts {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FindError {
-    #[error("no holder in this room offers that drop ({holders} holder(s) answered)")]
+    #[error(
+        "no holder in this room offers that drop ({holders} holder(s) answered); it may have been fetched already, withdrawn or expired"
+    )]
     NotFound { holders: usize },
     #[error(
         "{rejected} holder(s) answered but none accepted the passphrase: wrong passphrase, or someone interfered"

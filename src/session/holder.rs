@@ -76,6 +76,8 @@ struct Inner {
     withdrawn: watch::Sender<bool>,
     /// Transfers under way.
     sending: watch::Sender<usize>,
+    /// Connections open (in the handshake, or a member's session).
+    connections: watch::Sender<usize>,
 }
 
 impl Inner {
@@ -146,6 +148,7 @@ impl Holder {
             address,
             withdrawn: watch::channel(false).0,
             sending: watch::channel(0).0,
+            connections: watch::channel(0).0,
         });
         let discovery = Arc::new(discovery);
         let slots = Arc::new(Mutex::new(Slots::new(
@@ -269,6 +272,15 @@ impl Holder {
         let mut rx = self.inner.sending.subscribe();
         let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
     }
+
+    /// Waits, at most `within`, until no connection is open: the receiver that used up the
+    /// last drop has read its confirmation and said goodbye, and members racing for it, already
+    /// connected, have heard that it is taken. (A stranger's silent connection holds this for
+    /// at most `within`.)
+    pub async fn sessions_ended(&self, within: Duration) {
+        let mut rx = self.inner.connections.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+    }
 }
 
 /// Why a drop could not be offered.
@@ -375,6 +387,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<
         };
         let inner = inner.clone();
         tokio::spawn(async move {
+            let _open = Counted::start(&inner.connections);
             tokio::select! {
                 _ = evicted.notified() => {
                     tracing::debug!("connection from {addr} closed: its slot went to a newer one");
@@ -727,17 +740,17 @@ enum Sent {
     Aborted(String),
 }
 
-/// Counts a transfer under way while it lives.
-struct Sending<'a>(&'a watch::Sender<usize>);
+/// Counts something under way (a transfer, a session) while it lives.
+struct Counted<'a>(&'a watch::Sender<usize>);
 
-impl<'a> Sending<'a> {
+impl<'a> Counted<'a> {
     fn start(count: &'a watch::Sender<usize>) -> Self {
         count.send_modify(|n| *n += 1);
-        Sending(count)
+        Counted(count)
     }
 }
 
-impl Drop for Sending<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n -= 1);
     }
@@ -750,7 +763,7 @@ async fn send_content(
     offset: u64,
     mut progress: impl FnMut(u64, bool),
 ) -> Result<Sent, SessionError> {
-    let _sending = Sending::start(&inner.sending);
+    let _sending = Counted::start(&inner.sending);
     let mut withdrawn = inner.withdrawn.subscribe();
     s.send_reply(&Reply::Start {
         info: grant.info.clone(),
@@ -999,6 +1012,49 @@ mod tests {
         second.send_request(&Request::Ack { token }).await.unwrap();
         assert_eq!(second.recv_reply().await.unwrap(), Reply::Acked { token });
         assert_eq!(h.len(), 0, "counted, and used up");
+    }
+
+    #[tokio::test]
+    async fn sessions_ended_waits_for_every_member_to_leave_and_no_longer() {
+        let h = holder().await;
+        let token = {
+            let mut s = member_session(h.local_addr(), PeerId::random()).await;
+            s.send_request(&Request::List).await.unwrap();
+            let Reply::Listing(drops) = s.recv_reply().await.unwrap() else {
+                panic!("a listing")
+            };
+            drops[0].token
+        };
+        let mut winner = member_session(h.local_addr(), PeerId::random()).await;
+        let mut racer = member_session(h.local_addr(), PeerId::random()).await;
+        fetch_all(&mut winner, token).await;
+        winner.send_request(&Request::Ack { token }).await.unwrap();
+        assert_eq!(winner.recv_reply().await.unwrap(), Reply::Acked { token });
+        assert_eq!(h.len(), 0, "used up");
+        // Two members are still connected: the holder keeps answering them.
+        let forever = Duration::from_secs(3600);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), h.sessions_ended(forever))
+                .await
+                .is_err()
+        );
+        winner.close().await.unwrap();
+        racer
+            .send_request(&Request::Fetch { token, offset: 0 })
+            .await
+            .unwrap();
+        assert_eq!(
+            racer.recv_reply().await.unwrap(),
+            Reply::Refused {
+                token,
+                reason: Refusal::Taken
+            }
+        );
+        racer.close().await.unwrap();
+        // Once both said goodbye, at once (not after `forever`).
+        tokio::time::timeout(Duration::from_secs(10), h.sessions_ended(forever))
+            .await
+            .expect("the sessions ended");
     }
 
     async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {

@@ -1,15 +1,19 @@
 //! What a holder sends: a drop's content as a list of segments (bytes in memory, files on disk),
-//! hashed once when it is offered, then produced from any offset on a blocking thread that reads
-//! ahead and notices files that change while they are being sent.
+//! produced from any offset on a blocking thread that reads ahead and notices files that change
+//! while they are being sent.
 //!
-//! Hashing at offer time costs one read of the content before the token is shown (about 0.3 s
-//! per GiB here), and saves a hash pass in every transfer: one for each receiver with
-//! `--everyone`, and the whole prefix again on every resume.
+//! A file or folder is on offer as soon as it has been looked at: nothing is read before the
+//! token is shown, whatever the size. The content's BLAKE3 hash, which `End` carries, is built by
+//! the first transfer as it reads (the bytes are in cache then) and kept for every later one. On
+//! the way, that transfer leaves hasher states behind at regular positions ([`Checkpoints`]), so
+//! a fetch resumed before any transfer reached the end re-reads at most one interval, not the
+//! whole prefix. See PROTOCOL.md, "What the holder guarantees about content".
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
@@ -18,19 +22,32 @@ use crate::protocol::message::DropKind;
 use crate::storage::names;
 use crate::storage::tree::{self, Header, MAX_ENTRIES};
 
-/// A file as it was when offered. A different length or modification time later means it
-/// changed.
+/// A file as it was when offered. Any difference later means it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
+    /// Unix: the device and inode (another file put in its place) and the status-change time,
+    /// which every write and every change of the modification time updates, and which no
+    /// program can set back. Windows has no such time; there the length and the modification
+    /// time are what is checked.
+    #[cfg(unix)]
+    inode: (u64, u64),
+    #[cfg(unix)]
+    status_changed: (i64, i64),
 }
 
 impl Stamp {
     fn of(meta: &fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
         Stamp {
             len: meta.len(),
             modified: meta.modified().ok(),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+            #[cfg(unix)]
+            status_changed: (meta.ctime(), meta.ctime_nsec()),
         }
     }
 }
@@ -55,8 +72,90 @@ impl Segment {
 pub struct Source {
     segments: Vec<Segment>,
     total: u64,
-    /// BLAKE3 of the whole content.
-    hash: [u8; 32],
+    /// BLAKE3 of the whole content, once a transfer has read all of it.
+    hash: OnceLock<[u8; 32]>,
+    /// Until then, where hashing can pick up.
+    checkpoints: Checkpoints,
+}
+
+/// Hasher states at multiples of `every`, left by transfers that read past them while the whole
+/// hash was not known yet. At most [`MAX_CHECKPOINTS`] (about 2 KiB each), dropped once the hash
+/// is known. A fetch resumed at offset `o` starts hashing at the last one at or before `o`.
+#[derive(Debug)]
+struct Checkpoints {
+    every: u64,
+    states: Mutex<BTreeMap<u64, blake3::Hasher>>,
+}
+
+/// Checkpoints per drop, at most.
+const MAX_CHECKPOINTS: u64 = 1024;
+/// Checkpoints are never closer than this: catching up from one re-reads at most this much
+/// (up to 1 TiB; beyond, 1/1024 of the size).
+const MIN_CHECKPOINT_EVERY: u64 = 16 << 20;
+
+impl Checkpoints {
+    fn new(total: u64) -> Checkpoints {
+        Checkpoints {
+            every: MIN_CHECKPOINT_EVERY.max(total.div_ceil(MAX_CHECKPOINTS)),
+            states: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// One transfer's hash of the content, built as it reads.
+struct Hashing {
+    hasher: blake3::Hasher,
+    /// How much of the content `hasher` has seen.
+    pos: u64,
+}
+
+impl Hashing {
+    /// Starts from the last checkpoint at or before `pos` (from byte 0 if there is none).
+    fn from_checkpoint(source: &Source, pos: u64) -> Hashing {
+        let states = source.checkpoints.states.lock().expect("checkpoints lock");
+        match states.range(..=pos).next_back() {
+            Some((&at, hasher)) => Hashing {
+                hasher: hasher.clone(),
+                pos: at,
+            },
+            None => Hashing {
+                hasher: blake3::Hasher::new(),
+                pos: 0,
+            },
+        }
+    }
+
+    /// Hashes the next `data` of the content, leaving checkpoints where it passes them.
+    fn update(&mut self, source: &Source, mut data: &[u8]) {
+        let every = source.checkpoints.every;
+        while !data.is_empty() {
+            let next = (self.pos / every + 1) * every;
+            let take = (next - self.pos).min(data.len() as u64) as usize;
+            self.hasher.update(&data[..take]);
+            self.pos += take as u64;
+            data = &data[take..];
+            if self.pos == next && self.pos < source.total && source.hash.get().is_none() {
+                let mut states = source.checkpoints.states.lock().expect("checkpoints lock");
+                states
+                    .entry(self.pos)
+                    .or_insert_with(|| self.hasher.clone());
+            }
+        }
+    }
+
+    /// The hash of the whole content, kept in `source` for later transfers.
+    fn finish(self, source: &Source) -> [u8; 32] {
+        debug_assert_eq!(self.pos, source.total);
+        let hash = *self.hasher.finalize().as_bytes();
+        let _ = source.hash.set(hash);
+        source
+            .checkpoints
+            .states
+            .lock()
+            .expect("checkpoints lock")
+            .clear();
+        hash
+    }
 }
 
 /// A path made ready to offer.
@@ -98,18 +197,29 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SourceError + '_ {
 }
 
 impl Source {
-    pub fn bytes(data: impl Into<Arc<[u8]>>) -> Source {
-        let data = data.into();
+    fn new(segments: Vec<Segment>) -> Source {
+        let total = segments.iter().map(Segment::len).sum();
         Source {
-            total: data.len() as u64,
-            hash: *blake3::hash(&data).as_bytes(),
-            segments: vec![Segment::Bytes(data)],
+            segments,
+            total,
+            hash: OnceLock::new(),
+            checkpoints: Checkpoints::new(total),
         }
     }
 
-    /// BLAKE3 of the whole content.
-    pub fn hash(&self) -> [u8; 32] {
-        self.hash
+    /// Content in memory (a message), hashed at once.
+    pub fn bytes(data: impl Into<Arc<[u8]>>) -> Source {
+        let data = data.into();
+        let hash = *blake3::hash(&data).as_bytes();
+        let source = Source::new(vec![Segment::Bytes(data)]);
+        let _ = source.hash.set(hash);
+        source
+    }
+
+    /// BLAKE3 of the whole content, once known (a message's at once; a file's or folder's
+    /// when a transfer has read it to the end).
+    pub fn hash(&self) -> Option<[u8; 32]> {
+        self.hash.get().copied()
     }
 
     /// The content length in bytes.
@@ -121,39 +231,8 @@ impl Source {
         self.total == 0
     }
 
-    /// Builds a source and hashes its content (blocking: reads every file once).
-    /// `progress(done, total)` follows the hashing.
-    fn from_segments(
-        segments: Vec<Segment>,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Source, SourceError> {
-        let total = segments.iter().map(Segment::len).sum();
-        let mut source = Source {
-            segments,
-            total,
-            hash: [0; 32],
-        };
-        let mut hasher = blake3::Hasher::new();
-        let mut cursor = Cursor::new(&source);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut done = 0;
-        progress(0, total);
-        loop {
-            let n = cursor.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            done += n as u64;
-            progress(done, total);
-        }
-        source.hash = *hasher.finalize().as_bytes();
-        Ok(source)
-    }
-
-    /// Prepares a file or a directory (blocking: walks the tree and hashes the content).
-    /// `progress(done, total)` follows the hashing.
-    pub fn path(path: &Path, mut progress: impl FnMut(u64, u64)) -> Result<Prepared, SourceError> {
+    /// Prepares a file or a directory (blocking: walks a directory's tree; reads no content).
+    pub fn path(path: &Path) -> Result<Prepared, SourceError> {
         let meta = fs::metadata(path).map_err(io_err(path))?;
         let name = path
             .canonicalize()
@@ -165,13 +244,10 @@ impl Source {
                 kind: DropKind::File,
                 name,
                 executable: tree::is_executable(&meta),
-                source: Arc::new(Source::from_segments(
-                    vec![Segment::File {
-                        path: path.to_owned(),
-                        stamp: Stamp::of(&meta),
-                    }],
-                    &mut progress,
-                )?),
+                source: Arc::new(Source::new(vec![Segment::File {
+                    path: path.to_owned(),
+                    stamp: Stamp::of(&meta),
+                }])),
                 skipped: Vec::new(),
                 files: 1,
                 bytes: meta.len(),
@@ -188,7 +264,7 @@ impl Source {
             kind: DropKind::Directory,
             name,
             executable: false,
-            source: Arc::new(Source::from_segments(walk.segments, &mut progress)?),
+            source: Arc::new(Source::new(walk.segments)),
             skipped: walk.skipped,
             files: walk.files,
             bytes: walk.bytes,
@@ -258,7 +334,8 @@ impl Walk {
 pub enum Produced {
     /// A buffer prepared by the frame function, with content appended.
     Data(Vec<u8>),
-    /// Everything from the offset was produced; the BLAKE3 hash of the whole content.
+    /// Everything from the offset was produced; the BLAKE3 hash of the whole content (as this
+    /// transfer read it, when it was not known before).
     Done([u8; 32]),
     Failed(SourceError),
 }
@@ -294,8 +371,8 @@ pub fn stream(
         let mut cursor = Cursor::new(&source);
         let result = produce(&mut cursor, offset, (chunk, prefix, frame), &tx, &recycled);
         let last = match result {
-            Ok(true) => Produced::Done(source.hash),
-            Ok(false) => return, // the sender went away
+            Ok(Some(hash)) => Produced::Done(hash),
+            Ok(None) => return, // the sender went away
             Err(e) => Produced::Failed(e),
         };
         let _ = tx.blocking_send(last);
@@ -303,16 +380,42 @@ pub fn stream(
     Stream { rx, recycle }
 }
 
-/// Produces content from `offset` to the end. False if the sender went away.
+/// Produces content from `offset` to the end and returns the whole content's hash; None if the
+/// sender went away.
 fn produce(
     cursor: &mut Cursor<'_>,
     offset: u64,
     (chunk, prefix, frame): (usize, usize, fn(&mut [u8])),
     tx: &mpsc::Sender<Produced>,
     recycled: &std::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<bool, SourceError> {
-    cursor.seek(offset.min(cursor.source.total));
-    while cursor.pos < cursor.source.total {
+) -> Result<Option<[u8; 32]>, SourceError> {
+    let source = cursor.source;
+    let offset = offset.min(source.total);
+    // While the hash is not known, this transfer builds it: first what lies between the last
+    // checkpoint and the offset (a resumed fetch), then everything it sends.
+    let mut hashing = match source.hash() {
+        Some(_) => None,
+        None => {
+            let mut h = Hashing::from_checkpoint(source, offset);
+            cursor.seek(h.pos);
+            let mut buf = vec![0u8; ((offset - h.pos) as usize).min(chunk)];
+            while h.pos < offset {
+                if tx.is_closed() {
+                    return Ok(None);
+                }
+                let want = ((offset - h.pos) as usize).min(buf.len());
+                let n = cursor.read(&mut buf[..want])?;
+                // (Only a shorter content could end early, and reading notices that first.)
+                if n == 0 {
+                    break;
+                }
+                h.update(source, &buf[..n]);
+            }
+            Some(h)
+        }
+    };
+    cursor.seek(offset);
+    while cursor.pos < source.total {
         let mut buf = recycled
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(prefix + chunk + 64));
@@ -322,11 +425,17 @@ fn produce(
         frame(&mut buf[..prefix]);
         let n = cursor.read(&mut buf[prefix..])?;
         buf.truncate(prefix + n);
+        if let Some(h) = &mut hashing {
+            h.update(source, &buf[prefix..]);
+        }
         if tx.blocking_send(Produced::Data(buf)).is_err() {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    Ok(true)
+    Ok(Some(match hashing {
+        Some(h) => h.finish(source),
+        None => source.hash().expect("known when this transfer started"),
+    }))
 }
 
 /// Sequential reads across segments, checking each file against its stamp when it is opened
@@ -408,6 +517,12 @@ impl<'a> Cursor<'a> {
                             error: e,
                         },
                     })?;
+                    // A write since the last look (in place, same length) shows in the open
+                    // file's times: what was just read may be a mix, and is not sent.
+                    let now = f.metadata().map_err(io_err(path))?;
+                    if Stamp::of(&now) != *stamp {
+                        return Err(SourceError::Changed(path.clone()));
+                    }
                 }
             }
             filled += want;
@@ -469,7 +584,7 @@ mod tests {
         let path = dir.path().join("data.bin");
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         fs::write(&path, &data).unwrap();
-        let p = Source::path(&path, |_, _| {}).unwrap();
+        let p = Source::path(&path).unwrap();
         assert_eq!(p.kind, DropKind::File);
         assert_eq!(p.name, "data.bin");
         let whole = *blake3::hash(&data).as_bytes();
@@ -490,7 +605,7 @@ mod tests {
         fs::write(root.join("readme.txt"), b"hi").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let p = Source::path(&root, |_, _| {}).unwrap();
+        let p = Source::path(&root).unwrap();
         assert_eq!(
             (p.kind, p.name.as_str(), p.files),
             (DropKind::Directory, "photos", 2)
@@ -521,7 +636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.txt");
         fs::write(&path, vec![1u8; 10_000]).unwrap();
-        let p = Source::path(&path, |_, _| {}).unwrap();
+        let p = Source::path(&path).unwrap();
         fs::write(&path, vec![2u8; 10_001]).unwrap();
         assert!(matches!(
             collect(p.source, 0, 4096).await,
@@ -534,7 +649,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shrinking");
         fs::write(&path, vec![1u8; 1 << 20]).unwrap();
-        let p = Source::path(&path, |_, _| {}).unwrap();
+        let p = Source::path(&path).unwrap();
         let mut s = stream(p.source, 0, 4096, 1, frame);
         // Let the reader get going, then cut the file short.
         let first = s.rx.recv().await.unwrap();
@@ -556,6 +671,135 @@ mod tests {
         assert!(failed);
     }
 
+    /// Content whose every 1 KiB block differs, so a hash over misplaced bytes cannot match.
+    fn numbered(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i / 1024 % 251) as u8 ^ i as u8).collect()
+    }
+
+    #[test]
+    fn offering_a_huge_file_reads_none_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.img");
+        File::create(&path).unwrap().set_len(20 << 30).unwrap();
+        let p = Source::path(&path).unwrap();
+        assert_eq!((p.source.len(), p.bytes), (20 << 30, 20 << 30));
+        // Nothing was hashed: the first transfer will.
+        assert_eq!(p.source.hash(), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_transfer_hashes_and_later_ones_reuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        let data = numbered(3 << 20);
+        fs::write(&path, &data).unwrap();
+        let p = Source::path(&path).unwrap();
+        let whole = *blake3::hash(&data).as_bytes();
+        let (_, hash) = collect(p.source.clone(), 0, 1 << 20).await.unwrap();
+        assert_eq!((hash, p.source.hash()), (whole, Some(whole)));
+        assert!(p.source.checkpoints.states.lock().unwrap().is_empty());
+        let (tail, hash) = collect(p.source.clone(), 5, 1 << 20).await.unwrap();
+        assert_eq!((tail.as_slice(), hash), (&data[5..], whole));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_resumed_before_the_hash_is_known_hashes_from_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        let data = numbered(40 << 20);
+        fs::write(&path, &data).unwrap();
+        let whole = *blake3::hash(&data).as_bytes();
+        let every = MIN_CHECKPOINT_EVERY as usize;
+
+        // A first transfer cut after about 20 MiB leaves a checkpoint at 16 MiB, none beyond
+        // what it read.
+        let p = Source::path(&path).unwrap();
+        let mut s = stream(p.source.clone(), 0, 1 << 20, 1, frame);
+        for _ in 0..20 {
+            assert!(matches!(s.rx.recv().await, Some(Produced::Data(_))));
+        }
+        drop(s);
+        let marks: Vec<u64> = p
+            .source
+            .checkpoints
+            .states
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(marks, [every as u64]);
+        assert_eq!(p.source.hash(), None);
+        let from = Hashing::from_checkpoint(&p.source, 20 << 20);
+        assert_eq!(from.pos, every as u64);
+
+        // The resumed fetch sends the rest, and the hash covers the whole content.
+        let (tail, hash) = collect(p.source.clone(), 20 << 20, 1 << 20).await.unwrap();
+        assert_eq!((tail.as_slice(), hash), (&data[20 << 20..], whole));
+        assert_eq!(p.source.hash(), Some(whole));
+
+        // Resumed with no checkpoint at all (from another offset): hashed from byte 0.
+        let fresh = Source::path(&path).unwrap();
+        let (tail, hash) = collect(fresh.source, (30 << 20) + 7, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((tail.as_slice(), hash), (&data[(30 << 20) + 7..], whole));
+    }
+
+    #[test]
+    fn checkpoints_are_few_whatever_the_size() {
+        assert_eq!(Checkpoints::new(0).every, MIN_CHECKPOINT_EVERY);
+        assert_eq!(Checkpoints::new(1 << 40).every, 1 << 30);
+        assert_eq!(Checkpoints::new(50 << 40).every, 50 << 30);
+        assert!(Checkpoints::new(u64::MAX).every > 0);
+    }
+
+    /// Rewrites `path` in place (same length) while a transfer reads it, with its modification
+    /// time set back to what it was: only the status-change time (Unix) or the length and
+    /// modification time (elsewhere) can tell. The transfer stops rather than send a mix.
+    async fn rewritten_in_place(set_mtime_back: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let data = numbered(4 << 20);
+        fs::write(&path, &data).unwrap();
+        let modified = fs::metadata(&path).unwrap().modified().unwrap();
+        // Let the coarse file-system clock move on from the file's creation.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let p = Source::path(&path).unwrap();
+        let mut s = stream(p.source, 0, 64 << 10, 1, frame);
+        assert!(matches!(s.rx.recv().await, Some(Produced::Data(_))));
+        // The reader is now waiting for room to read ahead: the rewrite lands between two reads.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        {
+            let mut f = File::options().write(true).open(&path).unwrap();
+            f.seek(SeekFrom::Start(3 << 20)).unwrap();
+            std::io::Write::write_all(&mut f, &vec![0u8; 1 << 20]).unwrap();
+            if set_mtime_back {
+                f.set_modified(modified).unwrap();
+            }
+        }
+        let mut failed = false;
+        while let Some(p) = s.rx.recv().await {
+            match p {
+                Produced::Failed(SourceError::Changed(_)) => failed = true,
+                Produced::Done(_) => panic!("a file rewritten while being sent was sent whole"),
+                _ => {}
+            }
+        }
+        assert!(failed);
+    }
+
+    #[tokio::test]
+    async fn a_file_rewritten_in_place_while_being_sent_is_noticed() {
+        rewritten_in_place(false).await;
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_rewrite_that_sets_the_modification_time_back_is_noticed() {
+        rewritten_in_place(true).await;
+    }
+
     #[tokio::test]
     async fn messages_and_empty_files() {
         let (got, hash) = collect(Arc::new(Source::bytes(&b"hello"[..])), 0, 2)
@@ -568,7 +812,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         fs::write(&empty, b"").unwrap();
-        let p = Source::path(&empty, |_, _| {}).unwrap();
+        let p = Source::path(&empty).unwrap();
         let (got, hash) = collect(p.source, 0, 4096).await.unwrap();
         assert!(got.is_empty());
         assert_eq!(hash, *blake3::hash(b"").as_bytes());

@@ -125,14 +125,15 @@ fn exactly_one_of_five_concurrent_fetchers_wins_a_one_time_drop() {
         .collect();
     assert_eq!(winners.len(), 1, "{outputs:?}");
     assert_eq!(winners[0].stdout, b"only once");
+    // A loser that reached the sender before it left hears "taken"; the sender leaves as soon
+    // as no one is connected, so one that was still looking finds no holder.
     for o in outputs.iter().filter(|o| o.status.code() != Some(0)) {
-        assert_eq!(
-            o.status.code(),
-            Some(5),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(String::from_utf8_lossy(&o.stderr).contains("already taken"));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(5) => assert!(stderr.contains("already taken"), "{stderr}"),
+            Some(4) => assert!(stderr.contains("may have been fetched already"), "{stderr}"),
+            other => panic!("exit {other:?}: {stderr}"),
+        }
         assert!(o.stdout.is_empty());
     }
     assert_eq!(s.wait(T).code(), Some(0));

@@ -42,8 +42,9 @@ const EXIT_NO_ROOM: u8 = 6;
 pub(crate) const EXIT_PROBLEM: u8 = 7;
 const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
-/// After its last drop is used up, a sender keeps answering for this long, so that fetchers
-/// racing for a one-time drop hear "already taken" rather than "no such drop".
+/// After its last drop is used up, a sender exits as soon as no room member has a session open
+/// (the receiver that used it up has its confirmation; members racing for a one-time drop have
+/// heard "already taken"), or after this long at most.
 const LINGER: Duration = Duration::from_secs(1);
 /// On Ctrl-C, how long a sender waits for the receivers of transfers under way to be told
 /// that the drop is withdrawn.
@@ -536,16 +537,8 @@ async fn send(
     let prepared = match &offer {
         Offer::Path(path) => {
             let path = path.clone();
-            let hashing = ui.clone();
-            let mut throttle = Throttle::new();
-            let prepared = tokio::task::spawn_blocking(move || {
-                Source::path(&path, |done, total| {
-                    if throttle.ready(done == total) {
-                        hashing.task("hashing", done, total);
-                    }
-                })
-            })
-            .await??;
+            // Nothing is read here (a folder's tree is walked): the first transfer hashes.
+            let prepared = tokio::task::spawn_blocking(move || Source::path(&path)).await??;
             for skipped in &prepared.skipped {
                 ui.err(&format!(
                     "warning: left out {} (not a regular file or folder)",
@@ -650,7 +643,7 @@ async fn wait_for_end(
         if left.is_empty() {
             if used_up {
                 tokio::select! {
-                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = holder.sessions_ended(LINGER) => {}
                     _ = interrupt.wait() => {}
                 }
             }

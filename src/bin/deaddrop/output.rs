@@ -316,16 +316,6 @@ impl Ui {
         }
     }
 
-    /// Moves a bar for work that is not a transfer (hashing a folder before offering it).
-    pub fn task(&self, label: &str, done: u64, total: u64) {
-        let key = BarKey {
-            token: String::new(),
-            peer: label.to_owned(),
-            sending: false,
-        };
-        self.progress(key, label, 0, done, total);
-    }
-
     /// Moves the bar `key` (shown as `label`; `resumed` bytes were there before it began, so
     /// they count for the position but not for the rate); removes it when `done` reaches `total`.
     fn progress(&self, key: BarKey, label: &str, resumed: u64, done: u64, total: u64) {

@@ -4,7 +4,8 @@
 noisy machine, where only runs interleaved in one window compare. Also prints the CPU seconds
 (user + system) of both processes per transfer, and for deaddrop the time from the sender's start
 (which includes hashing the file for builds that hash before offering) besides the time from the
-offer. --pin runs senders on core 0 and receivers on core 1.
+offer. --pin runs senders on core 0 and receivers on core 1; --loopback uses 127.0.0.1 instead of
+the namespace LAN.
 
 `floor` and `floor:N` are examples/floor.rs, the least an encrypted verified copy does, with
 N threads sealing and opening records on each side (build it with `cargo build --release
@@ -35,6 +36,23 @@ def children_cpu():
 
 
 PIN = {1: [], 2: []}
+
+
+class Loopback:
+    """Both ends on this host's loopback, with deaddrop's discovery confined to it."""
+    extra = ["--interface", "127.0.0.1", "--port", "47962"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def prefix(self, _host):
+        return []
+
+    def addr(self, _host):
+        return "127.0.0.1"
 
 
 def socat(lan, src):
@@ -74,11 +92,11 @@ def deaddrop(lan, binary, src):
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
     start = time.perf_counter()
-    send = subprocess.Popen(lan.prefix(1) + PIN[1] + [binary, "send-file", "--json", src], stdout=subprocess.PIPE,
+    send = subprocess.Popen(lan.prefix(1) + PIN[1] + [binary, "send-file", "--json", *getattr(lan, "extra", []), src], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env)
     token = json.loads(send.stdout.readline())["token"]
     t0 = time.perf_counter()
-    subprocess.run(lan.prefix(2) + PIN[2] + [binary, "fetch", "--dir", dest, token], check=True,
+    subprocess.run(lan.prefix(2) + PIN[2] + [binary, "fetch", "--dir", dest, *getattr(lan, "extra", []), token], check=True,
                    stdout=subprocess.DEVNULL, env=env)
     end = time.perf_counter()
     send.wait()
@@ -90,6 +108,7 @@ def main():
     ap.add_argument("contenders", nargs="+", help="'socat' or paths to deaddrop binaries")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--pin", action="store_true", help="senders on core 0, receivers on core 1")
+    ap.add_argument("--loopback", action="store_true", help="127.0.0.1 instead of the namespace LAN")
     args = ap.parse_args()
     if args.pin:
         PIN[1], PIN[2] = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
@@ -103,7 +122,7 @@ def main():
     totals = {c: [] for c in args.contenders}
     cpu = {c: [] for c in args.contenders}
     try:
-        with Lan(2) as lan:
+        with (Loopback() if args.loopback else Lan(2)) as lan:
             for _ in range(args.rounds):
                 for c in args.contenders:
                     before = children_cpu()

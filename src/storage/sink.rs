@@ -77,30 +77,29 @@ struct Writer {
 }
 
 impl Writer {
-    /// `prefix`: the partial file (opened for reading too) whose first bytes are already ours;
-    /// they are hashed first.
+    /// `prefix`: the partial file (opened for reading too) whose first bytes are already ours.
+    /// A resumed copy is hashed whole from disk once everything is written, not its prefix
+    /// before anything new is taken: hashing tens of GiB already here first would stall the
+    /// transfer past the holder's idle timeout on a slow disk, every time it is resumed, while
+    /// the final check runs under the receiver's keep-alive (`Wait`).
     fn spawn(mut out: Out, prefix: Option<(File, u64)>) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Chunk>(WRITE_AHEAD);
         let (spare_tx, spare) = std::sync::mpsc::channel();
         let handle = tokio::task::spawn_blocking(move || {
             let mut hasher = blake3::Hasher::new();
-            if let Some((mut file, len)) = prefix {
-                use std::io::Seek;
-                file.seek(io::SeekFrom::Start(0))?;
-                let copied = io::copy(&mut file.take(len), &mut hasher)?;
-                if copied != len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the partial file shrank",
-                    ));
-                }
-            }
+            let mut written = 0u64;
             while let Some(chunk) = rx.blocking_recv() {
                 out.write_all(&chunk)?;
-                hasher.update(&chunk);
+                if prefix.is_none() {
+                    hasher.update(&chunk);
+                }
+                written += chunk.len() as u64;
                 let _ = spare_tx.send(chunk.into_parts().0);
             }
             out.finish()?;
+            if let Some((file, held)) = prefix {
+                hasher = hash_from_start(file, held + written)?;
+            }
             Ok(hasher)
         });
         Writer {
@@ -147,6 +146,28 @@ impl Writer {
     async fn close(mut self) -> Result<blake3::Hasher, FetchError> {
         self.join().await
     }
+}
+
+/// The BLAKE3 hasher of the first `len` bytes of `file`; an error if it holds fewer.
+fn hash_from_start(mut file: File, len: u64) -> io::Result<blake3::Hasher> {
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the partial file shrank",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher)
 }
 
 /// Receives a file or folder drop.
@@ -760,6 +781,41 @@ mod tests {
             Err(FetchError::Corrupt)
         ));
         assert!(listing(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resumed_copy_is_checked_whole_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let i = info(DropKind::File, &data, "f");
+        let mut first =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        first.begin(&i, 0).await.unwrap();
+        first.write(piece(&data[..123_456])).await.unwrap();
+        first.abort(true).await;
+        let mut second =
+            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
+        assert_eq!(second.offset(), 123_456);
+        receive(&mut second, &i, &data, 123_456).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_partial_file_that_shrank_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        fs::write(&path, vec![5u8; 3 << 20]).unwrap();
+        let whole = hash_from_start(File::open(&path).unwrap(), 3 << 20).unwrap();
+        assert_eq!(
+            whole.finalize(),
+            blake3::hash(&vec![5u8; 3 << 20]),
+            "hashed in 1 MiB reads"
+        );
+        let short = hash_from_start(File::open(&path).unwrap(), (3 << 20) + 1);
+        assert_eq!(
+            short.map(|_| ()).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     #[tokio::test]

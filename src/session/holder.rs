@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -385,6 +386,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<
             slots: slots.clone(),
             seq,
         };
+        let _ = stream.set_nodelay(true);
         let inner = inner.clone();
         tokio::spawn(async move {
             let _open = Counted::start(&inner.connections);
@@ -516,13 +518,14 @@ impl Drop for SlotGuard {
     }
 }
 
-async fn handle_connection(
+/// One connection, from its hello to its end. Generic over the stream so that the same code
+/// serves any reliable, ordered byte stream (TCP today).
+async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     inner: &Inner,
-    mut stream: TcpStream,
+    mut stream: S,
     addr: SocketAddr,
     slot: &SlotGuard,
 ) {
-    let _ = stream.set_nodelay(true);
     let t = inner.opts.timeouts;
     let hello = match transport::read_client_hello(&mut stream, t.handshake).await {
         Ok(hello) => hello,
@@ -595,7 +598,10 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    async fn serve(&mut self, s: &mut Session<TcpStream>) -> Result<(), SessionError> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut Session<S>,
+    ) -> Result<(), SessionError> {
         while let Some(req) = s.recv_request().await? {
             match req {
                 Request::Hello { name } => {
@@ -756,8 +762,8 @@ impl Drop for Counted<'_> {
     }
 }
 
-async fn send_content(
-    s: &mut Session<TcpStream>,
+async fn send_content<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session<S>,
     inner: &Inner,
     grant: &Grant<Content>,
     offset: u64,
@@ -905,6 +911,7 @@ mod tests {
     use crate::event::ignore;
     use crate::protocol::handshake;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn holder() -> Holder {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")

@@ -90,7 +90,7 @@ struct Checkpoints {
 /// Checkpoints per drop, at most.
 const MAX_CHECKPOINTS: u64 = 1024;
 /// Checkpoints are never closer than this: catching up from one re-reads at most this much
-/// (up to 1 TiB; beyond, 1/1024 of the size).
+/// (for drops up to 16 GiB; beyond, 1/1024 of the size).
 const MIN_CHECKPOINT_EVERY: u64 = 16 << 20;
 
 impl Checkpoints {

@@ -800,6 +800,41 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
     }
 
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_resumed_writer_takes_new_data_before_reading_what_it_holds() {
+        // What it holds is a pipe nobody writes to: reading it first would never end.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("held");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let held = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let mut feed = OpenOptions::new().write(true).open(&fifo).unwrap();
+        let out_path = dir.path().join("out");
+        let out = File::create(&out_path).unwrap();
+        let mut w = Writer::spawn(Out::File(out), Some((held, 1000)));
+        w.write(piece(&[1u8; 5000])).await.unwrap();
+        w.write(piece(&[2u8; 5000])).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::metadata(&out_path).unwrap().len() < 10_000 {
+            if std::time::Instant::now() > deadline {
+                // Let a writer stuck on the pipe go, so the test fails instead of hanging.
+                feed.write_all(&[0u8; 1000]).unwrap();
+                panic!("new data waited for what was held");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Checking the whole copy at the end cannot read a pipe from its start: an error.
+        assert!(w.close().await.is_err());
+    }
+
     #[test]
     fn a_partial_file_that_shrank_is_an_error() {
         let dir = tempfile::tempdir().unwrap();

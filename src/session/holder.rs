@@ -270,8 +270,7 @@ impl Holder {
     /// Waits, at most `within`, until no transfer is under way (after [`Holder::withdraw_all`]:
     /// until every receiver was told).
     pub async fn transfers_stopped(&self, within: Duration) {
-        let mut rx = self.inner.sending.subscribe();
-        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        none_left(&self.inner.sending, within).await;
     }
 
     /// Waits, at most `within`, until no connection is open: the receiver that used up the
@@ -279,9 +278,14 @@ impl Holder {
     /// connected, have heard that it is taken. (A stranger's silent connection holds this for
     /// at most `within`.)
     pub async fn sessions_ended(&self, within: Duration) {
-        let mut rx = self.inner.connections.subscribe();
-        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        none_left(&self.inner.connections, within).await;
     }
+}
+
+/// Waits, at most `within`, until `count` is zero.
+async fn none_left(count: &watch::Sender<usize>, within: Duration) {
+    let mut rx = count.subscribe();
+    let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
 }
 
 /// Why a drop could not be offered.

@@ -676,6 +676,14 @@ mod tests {
         sink.finish(info, *blake3::hash(data).as_bytes()).await
     }
 
+    /// A first fetch of `info` into `dir` that wrote `held` and was cut (resumable).
+    async fn interrupted(dir: &Path, info: &DropInfo, held: &[u8]) {
+        let mut first = FileSink::new(Destination::Folder(dir.into()), info.token, None).unwrap();
+        first.begin(info, 0).await.unwrap();
+        first.write(piece(held)).await.unwrap();
+        first.abort(true).await;
+    }
+
     fn piece(bytes: &[u8]) -> Chunk {
         Chunk::new(bytes.to_vec(), 0..bytes.len())
     }
@@ -745,11 +753,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
         let i = info(DropKind::File, &data, "big.bin");
-        let mut first =
-            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
-        first.begin(&i, 0).await.unwrap();
-        first.write(piece(&data[..20_000])).await.unwrap();
-        first.abort(true).await;
+        interrupted(dir.path(), &i, &data[..20_000]).await;
         let hidden = listing(dir.path());
         assert_eq!(hidden.len(), 1);
         assert!(
@@ -769,11 +773,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = vec![1u8; 5000];
         let i = info(DropKind::File, &data, "f");
-        let mut first =
-            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
-        first.begin(&i, 0).await.unwrap();
-        first.write(piece(&[9u8; 2000])).await.unwrap();
-        first.abort(true).await;
+        interrupted(dir.path(), &i, &[9u8; 2000]).await;
         let mut second =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         assert!(matches!(
@@ -788,11 +788,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let i = info(DropKind::File, &data, "f");
-        let mut first =
-            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
-        first.begin(&i, 0).await.unwrap();
-        first.write(piece(&data[..123_456])).await.unwrap();
-        first.abort(true).await;
+        interrupted(dir.path(), &i, &data[..123_456]).await;
         let mut second =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         assert_eq!(second.offset(), 123_456);
@@ -970,11 +966,7 @@ mod tests {
         // At a partial about to be resumed: the resume fails, nothing is written.
         let data = vec![3u8; 4000];
         let i = info(DropKind::File, &data, "f");
-        let mut first =
-            FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
-        first.begin(&i, 0).await.unwrap();
-        first.write(piece(&data[..1000])).await.unwrap();
-        first.abort(true).await;
+        interrupted(dir.path(), &i, &data[..1000]).await;
         let mut second =
             FileSink::new(Destination::Folder(dir.path().into()), i.token, None).unwrap();
         let partial = second.partial.clone().unwrap();

@@ -578,6 +578,19 @@ mod tests {
         panic!("stream ended without a result");
     }
 
+    /// Reads `s` to its end: it must stop with "changed", never finish (`whole` says so).
+    async fn assert_stops_as_changed(s: &mut Stream, whole: &str) {
+        let mut failed = false;
+        while let Some(p) = s.rx.recv().await {
+            match p {
+                Produced::Failed(SourceError::Changed(_)) => failed = true,
+                Produced::Done(_) => panic!("{whole}"),
+                _ => {}
+            }
+        }
+        assert!(failed);
+    }
+
     #[tokio::test]
     async fn a_file_streams_from_any_offset_with_the_whole_hash() {
         let dir = tempfile::tempdir().unwrap();
@@ -660,15 +673,7 @@ mod tests {
             .unwrap()
             .set_len(100)
             .unwrap();
-        let mut failed = false;
-        while let Some(p) = s.rx.recv().await {
-            match p {
-                Produced::Failed(SourceError::Changed(_)) => failed = true,
-                Produced::Done(_) => panic!("a changed file was sent whole"),
-                _ => {}
-            }
-        }
-        assert!(failed);
+        assert_stops_as_changed(&mut s, "a changed file was sent whole").await;
     }
 
     /// Content whose every 1 KiB block differs, so a hash over misplaced bytes cannot match.
@@ -778,15 +783,7 @@ mod tests {
                 f.set_modified(modified).unwrap();
             }
         }
-        let mut failed = false;
-        while let Some(p) = s.rx.recv().await {
-            match p {
-                Produced::Failed(SourceError::Changed(_)) => failed = true,
-                Produced::Done(_) => panic!("a file rewritten while being sent was sent whole"),
-                _ => {}
-            }
-        }
-        assert!(failed);
+        assert_stops_as_changed(&mut s, "a file rewritten while being sent was sent whole").await;
     }
 
     #[tokio::test]

@@ -8,6 +8,29 @@ use serde::Serialize;
 use crate::protocol::id::Token;
 use crate::protocol::message::{DropKind, Refusal};
 
+/// Which way a transfer's packets went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// TCP on the LAN.
+    Lan,
+    /// UDP straight between the two devices of a wide-area room (after hole punching, or
+    /// on one network).
+    Direct,
+    /// Through the wide-area room's relay.
+    Relayed,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Lan => "lan",
+            Via::Direct => "direct",
+            Via::Relayed => "relayed",
+        }
+    }
+}
+
 /// Which drop an event is about: a native token, or a token of the original script's protocol
 /// (`--legacy`), which is any string. Serialized as text either way.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,6 +98,8 @@ pub enum Event {
         token: DropId,
         from: String,
         address: String,
+        /// Which way it came.
+        via: Via,
         text: String,
         /// When the holder created it, Unix seconds (holder's clock).
         sent_unix: u64,
@@ -93,6 +118,8 @@ pub enum Event {
         token: DropId,
         by: String,
         address: String,
+        /// Which way it went.
+        via: Via,
         /// Receivers that have it now.
         delivered: u32,
     },
@@ -135,6 +162,8 @@ pub enum Event {
         files: u64,
         from: String,
         address: String,
+        /// Which way it came.
+        via: Via,
     },
     /// A file or folder transfer is under way (a few per second at most, and one at the end;
     /// none for messages).
@@ -210,11 +239,13 @@ mod tests {
             token: Token([0xab; 16]).into(),
             from: "laptop".into(),
             address: "10.0.0.2:4000".into(),
+            via: Via::Relayed,
             text: "Hello, team!".into(),
             sent_unix: 5,
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event"], "message");
+        assert_eq!(v["via"], "relayed");
         assert_eq!(v["token"], "ab".repeat(16));
         assert_eq!(v["text"], "Hello, team!");
         let v = serde_json::to_value(Event::Offered {

@@ -38,6 +38,12 @@
 //! - [`storage::sink`]: receiving into hidden partial files, verified, then published.
 //! - [`storage::fsx`]: opening without following symlinks, renaming without replacing.
 //!
+//! [`wide`]: rooms beyond one LAN, over iroh (QUIC, hole punching, relays).
+//! - [`wide::invite`]: invites (room id, relay, endpoints to start from) (pure).
+//! - [`wide::config`]: the device key and joined rooms in the config folder.
+//! - [`wide::relay`]: `deaddrop relay` and relay certificate pinning.
+//! - [`wide::room`]: this device's endpoint, the room's meeting point, session streams.
+//!
 //! Beside them: [`legacy`] (the original script's protocol, for `--legacy`), [`event`] (what the
 //! library reports to the program using it) and [`units`] (sizes and durations for people).
 //!
@@ -52,3 +58,4 @@ pub mod protocol;
 pub mod session;
 pub mod storage;
 pub mod units;
+pub mod wide;

@@ -368,8 +368,9 @@ async fn handshake(pass: &Passphrase, name: &str, scope: &Scope, at: SocketAddr)
         name: name.to_owned(),
         scope: Arc::new(scope.clone()),
         timeouts: Timeouts::default().for_stranger(),
+        wide: None,
     };
-    match HolderSession::open(&ctx, at, ctx.timeouts).await {
+    match HolderSession::open(&ctx, at.into(), ctx.timeouts).await {
         Ok(mut hs) => {
             let listed = hs.list().await;
             hs.close().await;

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::fernet::Key;
 use super::wire::{self, Datagram, Kind, Reply, Request};
 use crate::discovery::{Scope, udp_socket};
-use crate::event::{DropId, Event, Events};
+use crate::event::{DropId, Event, Events, Via};
 use crate::protocol::id::Token;
 use crate::protocol::message::{DropInfo, DropKind};
 use crate::protocol::secret::Passphrase;
@@ -393,6 +393,7 @@ pub async fn serve(
                     token: DropId::Legacy(token.clone()),
                     by: by.ip().to_string(),
                     address: by.to_string(),
+                    via: Via::Lan,
                     delivered: 1,
                 });
                 events(Event::UsedUp { token: DropId::Legacy(token.clone()), delivered: 1 });
@@ -584,6 +585,7 @@ pub fn deliver(fetched: Fetched, id: &str, events: &Events) {
             token,
             from,
             address,
+            via: Via::Lan,
             text: String::from_utf8_lossy(&plain).into_owned(),
             sent_unix: unix_now() as u64,
         }),
@@ -599,6 +601,7 @@ pub fn deliver(fetched: Fetched, id: &str, events: &Events) {
             files: 1,
             from,
             address,
+            via: Via::Lan,
         }),
         Got::File { path: None, .. } => {}
     }

@@ -11,6 +11,8 @@ pub const MAX_PEER_NAME: usize = 64;
 pub const MAX_DROP_NAME: usize = 1024;
 /// A listing carries at most this many drops.
 pub const MAX_LISTING: usize = 2048;
+/// A meeting point lists at most this many room members.
+pub const MAX_MEMBERS: usize = 64;
 /// `fetches_left` value meaning "every room member may fetch it once" (`--everyone`).
 pub const EVERYONE: u32 = u32::MAX;
 
@@ -185,7 +187,23 @@ pub enum Request {
     /// to unpack than a holder waits for a record). No reply; a holder that does not know it
     /// answers `Unsupported`.
     Wait,
+    /// To a room's meeting point (wide-area rooms only): "I am here, holding drops of
+    /// `generation` (None: holding none); answer with the members once your table is not at
+    /// version `known` any more, or after a while." The member's endpoint id is the
+    /// connection's, never a claim in the message.
+    Meet {
+        generation: Option<u64>,
+        known: u64,
+    },
     Unknown(u8),
+}
+
+/// A room member as a meeting point lists it: its device endpoint id (an Ed25519 public key)
+/// and, if it holds drops, their generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub id: [u8; 32],
+    pub generation: Option<u64>,
 }
 
 mod kind {
@@ -195,6 +213,7 @@ mod kind {
     pub const ACK: u8 = 0x04;
     pub const BYE: u8 = 0x05;
     pub const WAIT: u8 = 0x06;
+    pub const MEET: u8 = 0x07;
     pub const R_HELLO: u8 = 0x81;
     pub const R_LISTING: u8 = 0x82;
     pub const R_START: u8 = 0x83;
@@ -204,12 +223,16 @@ mod kind {
     pub const R_ACKED: u8 = 0x87;
     pub const R_UNSUPPORTED: u8 = 0x88;
     pub const R_ABORT: u8 = 0x89;
+    pub const R_MEMBERS: u8 = 0x8a;
 }
 
 /// The kind byte of a data reply, for the transport's zero-copy send path.
 pub const DATA_KIND: u8 = kind::R_DATA;
 
 impl Request {
+    /// The kind byte of [`Request::Meet`].
+    pub const MEET_KIND: u8 = kind::MEET;
+
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         match self {
             Request::Hello { name } => {
@@ -228,6 +251,11 @@ impl Request {
             }
             Request::Bye => b.put_u8(kind::BYE),
             Request::Wait => b.put_u8(kind::WAIT),
+            Request::Meet { generation, known } => {
+                b.put_u8(kind::MEET);
+                put_generation(b, *generation);
+                b.put_u64(*known);
+            }
             Request::Unknown(k) => b.put_u8(*k),
         }
     }
@@ -248,6 +276,10 @@ impl Request {
             },
             kind::BYE => Request::Bye,
             kind::WAIT => Request::Wait,
+            kind::MEET => Request::Meet {
+                generation: get_generation(&mut r)?,
+                known: r.u64()?,
+            },
             other => return Ok(Request::Unknown(other)),
         };
         r.finish()?;
@@ -288,13 +320,36 @@ pub enum Reply<'a> {
     Abort {
         reason: Refusal,
     },
+    /// A meeting point's members (at most [`MAX_MEMBERS`]) at table `version`.
+    Members {
+        version: u64,
+        members: Vec<Member>,
+    },
     Unknown(u8),
+}
+
+fn put_generation(b: &mut Vec<u8>, generation: Option<u64>) {
+    match generation {
+        Some(g) => {
+            b.put_u8(1);
+            b.put_u64(g);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+fn get_generation(r: &mut Reader<'_>) -> Result<Option<u64>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(r.u64()?)),
+        _ => Err(DecodeError::Invalid("generation flag")),
+    }
 }
 
 impl Reply<'_> {
     /// Whether this build knows a reply kind byte.
     pub fn is_known_kind(kind: u8) -> bool {
-        (kind::R_HELLO..=kind::R_ABORT).contains(&kind)
+        (kind::R_HELLO..=kind::R_MEMBERS).contains(&kind)
     }
 
     pub fn encode_into(&self, b: &mut Vec<u8>) {
@@ -351,6 +406,16 @@ impl Reply<'_> {
                 b.put_u8(kind::R_ABORT);
                 b.put_u8(reason.to_byte());
             }
+            Reply::Members { version, members } => {
+                b.put_u8(kind::R_MEMBERS);
+                b.put_u64(*version);
+                let members = &members[..members.len().min(MAX_MEMBERS)];
+                b.put_u8(members.len() as u8);
+                for m in members {
+                    b.put_bytes(&m.id);
+                    put_generation(b, m.generation);
+                }
+            }
             Reply::Unknown(k) => b.put_u8(*k),
         }
     }
@@ -394,6 +459,25 @@ impl Reply<'_> {
             kind::R_ABORT => Reply::Abort {
                 reason: Refusal::from_byte(r.u8()?),
             },
+            kind::R_MEMBERS => {
+                let version = r.u64()?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_MEMBERS {
+                    return Err(DecodeError::TooLong {
+                        what: "member list",
+                        len: n,
+                        max: MAX_MEMBERS,
+                    });
+                }
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(Member {
+                        id: r.array()?,
+                        generation: get_generation(&mut r)?,
+                    });
+                }
+                Reply::Members { version, members }
+            }
             other => return Ok(Reply::Unknown(other)),
         };
         r.finish()?;
@@ -433,6 +517,14 @@ mod tests {
             },
             Request::Bye,
             Request::Wait,
+            Request::Meet {
+                generation: None,
+                known: 0,
+            },
+            Request::Meet {
+                generation: Some(7),
+                known: u64::MAX,
+            },
         ]
     }
 
@@ -467,6 +559,19 @@ mod tests {
             },
             Reply::Acked {
                 token: Token([2; 16]),
+            },
+            Reply::Members {
+                version: 3,
+                members: vec![
+                    Member {
+                        id: [5; 32],
+                        generation: None,
+                    },
+                    Member {
+                        id: [6; 32],
+                        generation: Some(1 << 40),
+                    },
+                ],
             },
             Reply::Unsupported { kind: 0x42 },
             Reply::Abort {

@@ -14,11 +14,13 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::discovery::{Discovery, Heard, Scope};
+use crate::event::Via;
 use crate::protocol::id::{PeerId, Token};
-use crate::protocol::message::{DropInfo, Refusal, Reply, Request};
+use crate::protocol::message::{DropInfo, Member, Refusal, Reply, Request};
 use crate::protocol::secret::Passphrase;
-use crate::session::contacts::{Attempt, Book, Mode, Outcome};
+use crate::session::contacts::{Attempt, Book, Contact, Mode, Outcome};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
+use crate::wide::room::{WideLink, WideRoom};
 
 /// Who this process is when it talks to holders.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct ClientContext {
     /// confined.
     pub scope: Arc<Scope>,
     pub timeouts: Timeouts,
+    /// The wide-area side of the room, if it has one (an invite).
+    pub wide: Option<Arc<WideRoom>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,12 +247,66 @@ pub async fn connect_tcp(
     Ok(stream)
 }
 
+/// A stream to a holder: TCP on the LAN, a QUIC stream beyond it. An enum rather than a boxed
+/// trait object, so the LAN path keeps its direct calls.
+pub enum Link {
+    Tcp(TcpStream),
+    Wide(Box<WideLink>),
+}
+
+impl tokio::io::AsyncRead for Link {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Link::Wide(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Link {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Link::Wide(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Link::Wide(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Link::Wide(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An authenticated session with one holder.
 pub struct HolderSession {
-    session: Session<TcpStream>,
+    session: Session<Link>,
     /// The holder's display name (as it chose it; untrusted text).
     pub name: String,
-    pub addr: SocketAddr,
+    pub addr: Contact,
+    via: Box<dyn Fn() -> Via + Send + Sync>,
 }
 
 /// Why a session with a holder could not be opened.
@@ -279,16 +337,34 @@ impl HolderSession {
     /// Connects, runs the room handshake and exchanges names.
     pub async fn open(
         ctx: &ClientContext,
-        addr: SocketAddr,
+        addr: Contact,
         timeouts: Timeouts,
     ) -> Result<HolderSession, OpenError> {
         let before = |error: SessionError| OpenError {
             error,
             authenticated: false,
         };
-        let stream = connect_tcp(ctx.scope.local_for(addr), addr, timeouts.connect)
-            .await
-            .map_err(|e| before(e.into()))?;
+        let (stream, via): (Link, Box<dyn Fn() -> Via + Send + Sync>) = match addr {
+            Contact::Lan(to) => {
+                let tcp = connect_tcp(ctx.scope.local_for(to), to, timeouts.connect)
+                    .await
+                    .map_err(|e| before(e.into()))?;
+                (Link::Tcp(tcp), Box::new(|| Via::Lan))
+            }
+            Contact::Wide(id) => {
+                let room = ctx.wide.as_ref().ok_or_else(|| {
+                    before(SessionError::Protocol(
+                        "no wide-area room to reach it through",
+                    ))
+                })?;
+                let link = room
+                    .dial(id, timeouts.connect)
+                    .await
+                    .map_err(|e| before(e.into()))?;
+                let via = link.via_now();
+                (Link::Wide(Box::new(link)), Box::new(via))
+            }
+        };
         let mut session = transport::connect(stream, &ctx.pass, ctx.id, timeouts)
             .await
             .map_err(before)?;
@@ -310,7 +386,13 @@ impl HolderSession {
             session,
             name,
             addr,
+            via,
         })
+    }
+
+    /// Which way this session's packets go now.
+    pub fn via(&self) -> Via {
+        (self.via)()
     }
 
     pub fn holder_id(&self) -> PeerId {
@@ -618,7 +700,7 @@ async fn each_holder<T, R, F>(
     discovery: &Discovery,
     deadline: std::time::Instant,
     drain: bool,
-    session: impl Fn(ClientContext, SocketAddr, Timeouts) -> F,
+    session: impl Fn(ClientContext, Contact, Timeouts) -> F,
     mut done: impl AsyncFnMut(&Attempt, Option<T>) -> ControlFlow<R, Outcome>,
 ) -> (Option<R>, Tally)
 where
@@ -628,6 +710,7 @@ where
     let mut book = Book::new(Mode::Once);
     let mut queries = Queries::new(Some(QUERY_EVERY));
     let mut sessions: Sessions<T> = Sessions::default();
+    let mut members = wide_members(ctx);
     let mut tally = Tally::default();
     // Holders whose last try was cut, counted once at the end.
     let mut cut = std::collections::HashSet::new();
@@ -673,6 +756,7 @@ where
                     book.on_announce(addr, generation, std::time::Instant::now());
                 }
             }
+            list = next_members(&mut members) => on_members(&mut book, &list),
             Some((attempt, result)) = sessions.next(), if !sessions.is_empty() => {
                 if let Some(r) = finish(&mut book, attempt, result).await {
                     sessions.abort_all();
@@ -695,8 +779,40 @@ where
     (None, tally)
 }
 
+/// The meeting point's member lists of the wide-area room, if there is one; the current list
+/// comes first.
+pub fn wide_members(ctx: &ClientContext) -> Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>> {
+    ctx.wide.as_ref().map(|room| {
+        let mut rx = room.members();
+        rx.mark_changed();
+        rx
+    })
+}
+
+/// The next member list (never, without a wide-area room).
+pub async fn next_members(
+    rx: &mut Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>>,
+) -> Arc<Vec<Member>> {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return rx.borrow_and_update().clone();
+    }
+    std::future::pending().await
+}
+
+/// Holders on the meeting point's list are announcements of the wide-area room.
+pub fn on_members(book: &mut Book, members: &[Member]) {
+    let now = std::time::Instant::now();
+    for m in members {
+        if let Some(generation) = m.generation {
+            book.on_announce(Contact::Wide(m.id), generation, now);
+        }
+    }
+}
+
 /// The outcome of a failed attempt to open a session, logged.
-fn failed(addr: SocketAddr, result: Option<OpenError>) -> Outcome {
+fn failed(addr: Contact, result: Option<OpenError>) -> Outcome {
     match result {
         Some(e) => {
             tracing::info!("holder at {addr}: {e}");
@@ -716,7 +832,7 @@ pub async fn fetch_token<S: Sink>(
     wait: Duration,
     sink: &mut S,
     mut progress: impl FnMut(&Transfer<'_>) + Send,
-) -> Result<(DropInfo, String, SocketAddr), FindError> {
+) -> Result<(DropInfo, String, Contact, Via), FindError> {
     let deadline = std::time::Instant::now() + wait;
     let open =
         |ctx: ClientContext, addr, t| async move { HolderSession::open(&ctx, addr, t).await };
@@ -733,10 +849,10 @@ pub async fn fetch_token<S: Sink>(
                 None => return ControlFlow::Continue(failed(attempt.addr, None)),
             };
             let outcome = hs.fetch(token, sink, &mut progress).await;
-            let (name, addr) = (hs.name.clone(), hs.addr);
+            let (name, addr, via) = (hs.name.clone(), hs.addr, hs.via());
             hs.close().await;
             match outcome {
-                Ok(FetchOutcome::Done(info)) => ControlFlow::Break(Ok((info, name, addr))),
+                Ok(FetchOutcome::Done(info)) => ControlFlow::Break(Ok((info, name, addr, via))),
                 Ok(FetchOutcome::Refused(Refusal::NotFound)) => {
                     ControlFlow::Continue(Outcome::Complete)
                 }
@@ -766,7 +882,7 @@ pub async fn fetch_token<S: Sink>(
 #[derive(Debug, Clone)]
 pub struct Listing {
     pub holder: String,
-    pub addr: SocketAddr,
+    pub addr: Contact,
     pub drops: Vec<DropInfo>,
 }
 
@@ -899,6 +1015,7 @@ mod tests {
                 idle,
                 ..Timeouts::default()
             },
+            wide: None,
         }
     }
 
@@ -920,7 +1037,9 @@ mod tests {
             false,
         ));
         let ctx = context(pass, idle);
-        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
+        let mut hs = HolderSession::open(&ctx, addr.into(), ctx.timeouts)
+            .await
+            .unwrap();
         let mut sink = MemorySink::new(100);
         let outcome = hs.fetch(token, &mut sink, |_| {}).await.unwrap();
         assert!(matches!(outcome, FetchOutcome::Done(_)));
@@ -966,7 +1085,9 @@ mod tests {
             true,
         ));
         let ctx = context(pass, idle);
-        let mut hs = HolderSession::open(&ctx, addr, ctx.timeouts).await.unwrap();
+        let mut hs = HolderSession::open(&ctx, addr.into(), ctx.timeouts)
+            .await
+            .unwrap();
         let mut sink = SlowSink(MemorySink::new(100), idle * 3);
         let outcome = hs.fetch(token, &mut sink, |_| {}).await.unwrap();
         assert!(matches!(outcome, FetchOutcome::Done(_)));

@@ -23,10 +23,52 @@
 //! 10 minutes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::session::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled};
+use crate::session::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled, SourceKey};
+
+/// Where a holder is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Contact {
+    /// A TCP endpoint on the LAN (one process each).
+    Lan(SocketAddr),
+    /// A device endpoint of a wide-area room, by its endpoint id (an Ed25519 public key that
+    /// the QUIC handshake proves), reached directly or through the room's relay.
+    Wide([u8; 32]),
+}
+
+impl Contact {
+    /// The source it counts as, for sessions per host, connection buckets and guesses.
+    pub fn source(&self) -> SourceKey {
+        match self {
+            Contact::Lan(addr) => SourceKey::from(addr.ip()),
+            Contact::Wide(id) => SourceKey::endpoint(id),
+        }
+    }
+}
+
+impl From<SocketAddr> for Contact {
+    fn from(addr: SocketAddr) -> Self {
+        Contact::Lan(addr)
+    }
+}
+
+impl std::fmt::Display for Contact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Contact::Lan(addr) => write!(f, "{addr}"),
+            // As iroh shows endpoint ids in short: the first 5 bytes in hex.
+            Contact::Wide(id) => {
+                f.write_str("endpoint ")?;
+                for b in &id[..5] {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
 
 /// Holder endpoints tracked at once.
 pub const MAX_ENDPOINTS: usize = 512;
@@ -106,7 +148,7 @@ struct Endpoint {
 
 #[derive(Debug)]
 struct Host {
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<Contact>,
     busy: usize,
     last_served: Option<Instant>,
     bad_until: Option<Instant>,
@@ -143,8 +185,8 @@ impl Host {
 #[derive(Debug)]
 #[must_use = "every attempt must be finished"]
 pub struct Attempt {
-    /// The holder's TCP endpoint.
-    pub addr: SocketAddr,
+    /// Where the holder is reached.
+    pub addr: Contact,
     /// The generation this session syncs.
     pub generation: u64,
     /// The holder has proven membership before: normal timeouts, not a stranger's.
@@ -157,8 +199,8 @@ pub struct Attempt {
 #[derive(Debug)]
 pub struct Book {
     mode: Mode,
-    endpoints: HashMap<SocketAddr, Endpoint>,
-    hosts: HashMap<IpAddr, Host>,
+    endpoints: HashMap<Contact, Endpoint>,
+    hosts: HashMap<SourceKey, Host>,
     guesses: GuessBudget,
     busy: usize,
     busy_bad: usize,
@@ -214,8 +256,10 @@ impl Book {
         self.busy
     }
 
-    /// An announcement from `addr` (source address, announced port) with `generation`.
-    pub fn on_announce(&mut self, addr: SocketAddr, generation: u64, now: Instant) {
+    /// An announcement from `addr` (on the LAN: source address, announced port) with
+    /// `generation`.
+    pub fn on_announce(&mut self, addr: impl Into<Contact>, generation: u64, now: Instant) {
+        let addr = addr.into();
         if let Some(e) = self.endpoints.get_mut(&addr) {
             e.last_heard = now;
             if e.done || e.synced == Some(generation) || e.wanted == Some(generation) {
@@ -235,11 +279,11 @@ impl Book {
             return;
         }
         self.wake_at.set(None);
-        if !self.make_room(addr.ip(), now) {
+        if !self.make_room(addr.source(), now) {
             return;
         }
         self.hosts
-            .entry(addr.ip())
+            .entry(addr.source())
             .or_insert_with(|| Host::new(now))
             .endpoints
             .push(addr);
@@ -261,7 +305,7 @@ impl Book {
     }
 
     /// Frees a place for a new endpoint at `ip`. False if none can be freed (all busy).
-    fn make_room(&mut self, ip: IpAddr, now: Instant) -> bool {
+    fn make_room(&mut self, ip: SourceKey, now: Instant) -> bool {
         let own = self.hosts.get(&ip).map_or(0, |h| h.endpoints.len());
         if own >= MAX_ENDPOINTS_PER_HOST || (own > 0 && self.endpoints.len() >= MAX_ENDPOINTS) {
             // An address only ever pushes out its own endpoints.
@@ -282,7 +326,7 @@ impl Book {
 
     /// Forgets the idle endpoint at `ip` that is worth least: a failing one before a stranger
     /// before a member, and among those the one heard from least recently.
-    fn evict_from(&mut self, ip: IpAddr, _now: Instant) -> bool {
+    fn evict_from(&mut self, ip: SourceKey, _now: Instant) -> bool {
         let Some(host) = self.hosts.get(&ip) else {
             return false;
         };
@@ -302,12 +346,12 @@ impl Book {
         }
     }
 
-    fn remove(&mut self, addr: SocketAddr) {
+    fn remove(&mut self, addr: Contact) {
         self.endpoints.remove(&addr);
-        if let Some(h) = self.hosts.get_mut(&addr.ip()) {
+        if let Some(h) = self.hosts.get_mut(&addr.source()) {
             h.endpoints.retain(|a| *a != addr);
             if h.endpoints.is_empty() && h.busy == 0 {
-                self.hosts.remove(&addr.ip());
+                self.hosts.remove(&addr.source());
             }
         }
     }
@@ -318,7 +362,7 @@ impl Book {
 
     /// The host-level reasons `ip` cannot get a session now, as the time it may (None: never
     /// without a change, such as a session ending).
-    fn host_ready_at(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
+    fn host_ready_at(&self, ip: SourceKey, now: Instant) -> Option<Instant> {
         let host = self.hosts.get(&ip)?;
         if host.busy >= host.session_cap(now) {
             return None;
@@ -333,14 +377,14 @@ impl Book {
         Some(now + wait)
     }
 
-    fn mark_if_startable(&mut self, addr: SocketAddr, now: Instant) {
+    fn mark_if_startable(&mut self, addr: Contact, now: Instant) {
         let Some(e) = self.endpoints.get(&addr) else {
             return;
         };
         if self.busy < MAX_SESSIONS
             && self.wants_session(e)
             && e.retry_at <= now
-            && self.host_ready_at(addr.ip(), now) == Some(now)
+            && self.host_ready_at(addr.source(), now) == Some(now)
         {
             self.dirty = true;
         }
@@ -355,15 +399,15 @@ impl Book {
         self.wake_at.set(None);
         // Served least recently, then members first, then first come.
         type Rank = (Option<Instant>, Status, Instant);
-        let mut best: Option<(SocketAddr, Rank)> = None;
+        let mut best: Option<(Contact, Rank)> = None;
         for (addr, e) in &self.endpoints {
             if !self.wants_session(e) || e.retry_at > now {
                 continue;
             }
-            if self.host_ready_at(addr.ip(), now) != Some(now) {
+            if self.host_ready_at(addr.source(), now) != Some(now) {
                 continue;
             }
-            let host = &self.hosts[&addr.ip()];
+            let host = &self.hosts[&addr.source()];
             let rank = (host.last_served, e.status, e.waiting_since);
             if best.as_ref().is_none_or(|(_, r)| rank < *r) {
                 best = Some((*addr, rank));
@@ -373,7 +417,7 @@ impl Book {
             self.dirty = false;
             return None;
         };
-        let ip = addr.ip();
+        let ip = addr.source();
         let charge = self.guesses.try_start(ip, now)?;
         let host = self.hosts.get_mut(&ip).expect("endpoint's host");
         let bad_host = host.is_bad(now);
@@ -414,7 +458,7 @@ impl Book {
             .iter()
             .filter(|(_, e)| self.wants_session(e))
             .filter_map(|(addr, e)| {
-                self.host_ready_at(addr.ip(), now)
+                self.host_ready_at(addr.source(), now)
                     .map(|t| t.max(e.retry_at))
             })
             .min()
@@ -441,7 +485,7 @@ impl Book {
             self.busy_bad -= 1;
         }
         self.dirty = true;
-        let ip = attempt.addr.ip();
+        let ip = attempt.addr.source();
         if let Some(h) = self.hosts.get_mut(&ip) {
             h.busy -= 1;
             if authenticated {
@@ -499,7 +543,7 @@ impl Book {
 
     /// Forgets holders that have gone quiet.
     pub fn prune(&mut self, now: Instant) {
-        let quiet: Vec<SocketAddr> = self
+        let quiet: Vec<Contact> = self
             .endpoints
             .iter()
             .filter(|(_, e)| !e.busy && now.saturating_duration_since(e.last_heard) >= FORGET_AFTER)
@@ -515,6 +559,7 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn at(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -604,7 +649,7 @@ mod tests {
             b.on_announce(SocketAddr::new("10.0.0.66".parse().unwrap(), port), 1, now);
         }
         assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST + 1);
-        assert!(b.endpoints.contains_key(&real));
+        assert!(b.endpoints.contains_key(&real.into()));
         // Fresh ids at one endpoint are one entry: the book does not know ids at all.
         for g in 0..10_000 {
             b.on_announce(real, g, now);
@@ -625,7 +670,7 @@ mod tests {
         assert_eq!(b.len(), MAX_ENDPOINTS);
         let real = at("10.9.9.9:4000");
         b.on_announce(real, 1, now);
-        assert!(b.endpoints.contains_key(&real));
+        assert!(b.endpoints.contains_key(&real.into()));
         assert_eq!(b.len(), MAX_ENDPOINTS);
     }
 
@@ -648,7 +693,7 @@ mod tests {
         let a = b
             .next(now)
             .expect("a real holder is not queued behind a flood");
-        assert_eq!(a.addr, real);
+        assert_eq!(a.addr, real.into());
         b.finished(a, Outcome::Complete, now);
         // The attacker's sessions time out; the addresses now count as failing.
         let t = now + Duration::from_secs(2);
@@ -681,7 +726,7 @@ mod tests {
         let real = at("10.0.0.8:5000");
         b.on_announce(real, 1, t);
         let a = b.next(t).expect("sessions are kept for good addresses");
-        assert_eq!(a.addr, real);
+        assert_eq!(a.addr, real.into());
         started.push(a);
         for a in started {
             b.finished(a, Outcome::Cut, t);
@@ -700,8 +745,12 @@ mod tests {
         b.on_announce(a1, 2, t);
         let a2 = at("10.0.0.2:1");
         b.on_announce(a2, 1, t);
-        assert_eq!(b.next(t).unwrap().addr, a2, "never served goes first");
-        assert_eq!(b.next(t).unwrap().addr, a1);
+        assert_eq!(
+            b.next(t).unwrap().addr,
+            a2.into(),
+            "never served goes first"
+        );
+        assert_eq!(b.next(t).unwrap().addr, a1.into());
     }
 
     #[test]

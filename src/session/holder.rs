@@ -12,16 +12,18 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::discovery::{Discovery, Heard};
-use crate::event::{Event, Events, Throttle};
+use crate::event::{Event, Events, Throttle, Via};
 use crate::protocol::beacon::Beacon;
 use crate::protocol::id::{PeerId, Token};
 use crate::protocol::message::{DropKind, Refusal, Reply, Request};
 use crate::protocol::secret::Passphrase;
 use crate::session::client::Transfer;
-use crate::session::limit::{GuessBudget, Settled};
+use crate::session::contacts::Contact;
+use crate::session::limit::{GuessBudget, Settled, SourceKey};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
 use crate::storage::source::{self, Prepared, Produced, Source};
 use crate::storage::store::{DropSpec, DropStore, FetchLimit, Gone, Grant, StoreError, Ticket};
+use crate::wide::room::{WideLink, WideRoom};
 
 /// Content bytes per data record.
 pub const DATA_CHUNK: usize = (1 << 20) - 16;
@@ -108,6 +110,7 @@ impl Inner {
 pub struct Holder {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
+    slots: Arc<Mutex<Slots>>,
 }
 
 impl Drop for Holder {
@@ -165,7 +168,27 @@ impl Holder {
             tokio::spawn(answer_queries(inner.clone(), discovery)),
             tokio::spawn(expire_loop(inner.clone())),
         ]);
-        Ok(Holder { inner, tasks })
+        Ok(Holder {
+            inner,
+            tasks,
+            slots,
+        })
+    }
+
+    /// Also serves room members beyond the LAN through `room` (a wide-area room), and keeps its
+    /// meeting point told which generation of drops this holder offers.
+    pub fn serve_wide(&mut self, room: Arc<WideRoom>) {
+        let Some(incoming) = room.take_incoming() else {
+            return;
+        };
+        self.tasks.extend([
+            tokio::spawn(wide_accept_loop(
+                self.inner.clone(),
+                incoming,
+                self.slots.clone(),
+            )),
+            tokio::spawn(publish_generation(self.inner.clone(), room)),
+        ]);
     }
 
     pub fn id(&self) -> PeerId {
@@ -381,7 +404,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<
                 continue;
             }
         };
-        let admitted = slots.lock().expect("slots lock").admit(addr.ip());
+        let admitted = slots
+            .lock()
+            .expect("slots lock")
+            .admit(SourceKey::from(addr.ip()));
         let Some((seq, evicted)) = admitted else {
             tracing::debug!("connection from {addr} closed: no slot for that address");
             continue;
@@ -398,7 +424,58 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, slots: Arc<Mutex<
                 _ = evicted.notified() => {
                     tracing::debug!("connection from {addr} closed: its slot went to a newer one");
                 }
-                _ = handle_connection(&inner, stream, addr, &slot) => {}
+                _ = handle_connection(&inner, stream, Contact::Lan(addr), &|| Via::Lan, &slot) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Tells the wide-area room's meeting point the generation on offer (none when there is
+/// nothing worth finding), as it changes.
+async fn publish_generation(inner: Arc<Inner>, room: Arc<WideRoom>) {
+    let mut generation = inner.generation.subscribe();
+    loop {
+        let g = *generation.borrow_and_update();
+        room.set_generation(inner.worth_finding().then_some(g));
+        if generation.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves session connections that arrive through the wide-area room, with the same slots,
+/// budget and session code as TCP connections.
+async fn wide_accept_loop(
+    inner: Arc<Inner>,
+    mut incoming: tokio::sync::mpsc::Receiver<iroh::endpoint::Connection>,
+    slots: Arc<Mutex<Slots>>,
+) {
+    while let Some(conn) = incoming.recv().await {
+        let from = Contact::Wide(*conn.remote_id().as_bytes());
+        let admitted = slots.lock().expect("slots lock").admit(from.source());
+        let Some((seq, evicted)) = admitted else {
+            tracing::debug!("connection from {from} closed: no slot for it");
+            continue;
+        };
+        let slot = SlotGuard {
+            slots: slots.clone(),
+            seq,
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _open = Counted::start(&inner.connections);
+            let limit = inner.opts.timeouts.handshake;
+            let Ok(Ok((send, recv))) = tokio::time::timeout(limit, conn.accept_bi()).await else {
+                return;
+            };
+            let link = WideLink::new(conn, send, recv);
+            let via = link.via_now();
+            tokio::select! {
+                _ = evicted.notified() => {
+                    tracing::debug!("connection from {from} closed: its slot went to a newer one");
+                }
+                _ = handle_connection(&inner, link, from, &via, &slot) => {}
             }
             drop(slot);
         });
@@ -417,12 +494,12 @@ struct Slots {
     next: u64,
     /// By age: the oldest connection first.
     conns: std::collections::BTreeMap<u64, Slot>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: HashMap<SourceKey, usize>,
 }
 
 #[derive(Debug)]
 struct Slot {
-    ip: IpAddr,
+    ip: SourceKey,
     member: bool,
     evict: Arc<Notify>,
 }
@@ -439,7 +516,7 @@ impl Slots {
     }
 
     /// A slot for a new connection from `ip`, and what tells it it was evicted; `None`: close it.
-    fn admit(&mut self, ip: IpAddr) -> Option<(u64, Arc<Notify>)> {
+    fn admit(&mut self, ip: SourceKey) -> Option<(u64, Arc<Notify>)> {
         if self.per_source.get(&ip).copied().unwrap_or(0) >= self.max_per_source {
             return None;
         }
@@ -461,7 +538,7 @@ impl Slots {
     }
 
     fn evict_a_stranger(&mut self) -> bool {
-        let mut strangers: HashMap<IpAddr, usize> = HashMap::new();
+        let mut strangers: HashMap<SourceKey, usize> = HashMap::new();
         for slot in self.conns.values().filter(|s| !s.member) {
             *strangers.entry(slot.ip).or_default() += 1;
         }
@@ -523,11 +600,12 @@ impl Drop for SlotGuard {
 }
 
 /// One connection, from its hello to its end. Generic over the stream so that the same code
-/// serves any reliable, ordered byte stream (TCP today).
+/// serves any reliable, ordered byte stream: TCP on the LAN, a QUIC stream beyond it.
 async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     inner: &Inner,
     mut stream: S,
-    addr: SocketAddr,
+    addr: Contact,
+    via: &(dyn Fn() -> Via + Send + Sync),
     slot: &SlotGuard,
 ) {
     let t = inner.opts.timeouts;
@@ -543,7 +621,7 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
         .budget
         .lock()
         .expect("budget lock")
-        .try_start(addr.ip(), Instant::now());
+        .try_start(addr.source(), Instant::now());
     let Some(charge) = charge else {
         tracing::debug!("connection from {addr} closed: out of handshake guesses");
         return;
@@ -579,6 +657,7 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Conn {
         inner,
         addr,
+        via,
         peer: session.peer(),
         name: String::new(),
         reserved: None,
@@ -594,7 +673,9 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
 /// One room member's session with this holder.
 struct Conn<'a> {
     inner: &'a Inner,
-    addr: SocketAddr,
+    addr: Contact,
+    /// Which way the connection's packets go now.
+    via: &'a (dyn Fn() -> Via + Send + Sync),
     peer: PeerId,
     name: String,
     /// A fetch sent but not yet acknowledged: released if the session ends first.
@@ -696,6 +777,11 @@ impl Conn<'_> {
                 // The receiver is still checking or saving: its record alone keeps us waiting.
                 Request::Wait => {}
                 Request::Unknown(kind) => s.send_reply(&Reply::Unsupported { kind }).await?,
+                // For meeting points only.
+                Request::Meet { .. } => {
+                    let kind = Request::MEET_KIND;
+                    s.send_reply(&Reply::Unsupported { kind }).await?
+                }
             }
         }
         Ok(())
@@ -725,6 +811,7 @@ impl Conn<'_> {
             token: token.into(),
             by: self.name.clone(),
             address: self.addr.to_string(),
+            via: (self.via)(),
             delivered: c.delivered,
         });
         match c.gone {

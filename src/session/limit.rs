@@ -37,9 +37,26 @@ pub const CLEAN_AFTER: Duration = Duration::from_secs(600);
 /// can be, an untracked source is treated as one that has failed.
 pub const MAX_SOURCES: usize = 4096;
 
-/// Sources are whole IPv4 addresses, or IPv6 /64 prefixes (one host can hold a whole /64).
+/// Sources are whole IPv4 addresses, IPv6 /64 prefixes (one host can hold a whole /64), or, for
+/// connections beyond the LAN, the remote's endpoint id (a public key, proven by the QUIC
+/// handshake). Endpoint ids cost nothing to make, so one that has not proven membership is never
+/// clean: its guesses always come out of the shared bucket too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey(u128);
+
+impl SourceKey {
+    /// The source for an endpoint id. Disjoint from address keys: IPv4 keys are below 2^32,
+    /// IPv6 keys end in 64 bits equal to 1; these end in the byte 2 and have bit 100 set.
+    pub fn endpoint(id: &[u8; 32]) -> Self {
+        let mut high = [0u8; 16];
+        high[..15].copy_from_slice(&id[..15]);
+        SourceKey((u128::from_be_bytes(high) & !0xff) | 2 | (1 << 100))
+    }
+
+    pub fn is_endpoint(self) -> bool {
+        self.0 & 0xff == 2 && self.0 >> 32 != 0
+    }
+}
 
 impl From<IpAddr> for SourceKey {
     fn from(ip: IpAddr) -> Self {
@@ -135,6 +152,8 @@ struct Source {
     failed_at: Option<Instant>,
     /// Attempts not settled yet.
     open: u32,
+    /// It has proven membership (what makes an endpoint-id source clean).
+    proven: bool,
 }
 
 /// A token taken for one attempt; settle it with [`GuessBudget::settle`].
@@ -184,16 +203,17 @@ impl GuessBudget {
         &self.cfg
     }
 
-    fn is_clean(&self, s: &Source, now: Instant) -> bool {
-        s.open == 0
+    fn is_clean(&self, key: SourceKey, s: &Source, now: Instant) -> bool {
+        (s.proven || !key.is_endpoint())
+            && s.open == 0
             && s.failed_at
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.clean_after)
     }
 
     /// Takes the tokens for one attempt with `ip`, or `None`: do not attempt it now (see
     /// [`GuessBudget::wait_for`]).
-    pub fn try_start(&mut self, ip: IpAddr, now: Instant) -> Option<Charge> {
-        let key = SourceKey::from(ip);
+    pub fn try_start(&mut self, source: impl Into<SourceKey>, now: Instant) -> Option<Charge> {
+        let key = source.into();
         let cfg = self.cfg;
         if !self.sources.contains_key(&key) && self.sources.len() >= cfg.max_sources {
             self.forget_clean(now);
@@ -204,8 +224,9 @@ impl GuessBudget {
             bucket: Bucket::full(cfg.burst, now),
             failed_at: None,
             open: 0,
+            proven: false,
         });
-        let clean = !untracked && self.is_clean(&source, now);
+        let clean = !untracked && self.is_clean(key, &source, now);
         let mut bucket = source.bucket;
         if !bucket.take(cfg.burst, cfg.per_second, now) {
             return None;
@@ -243,6 +264,7 @@ impl GuessBudget {
                 Settled::Member => {
                     s.bucket.give_back(cfg.burst);
                     s.failed_at = None;
+                    s.proven = true;
                 }
                 Settled::NoGuess => s.bucket.give_back(cfg.burst),
                 Settled::Guessed => s.failed_at = Some(now),
@@ -251,10 +273,11 @@ impl GuessBudget {
     }
 
     /// How long until `ip` may attempt again (zero if it may now).
-    pub fn wait_for(&self, ip: IpAddr, now: Instant) -> Duration {
+    pub fn wait_for(&self, source: impl Into<SourceKey>, now: Instant) -> Duration {
         let cfg = self.cfg;
-        let Some(s) = self.sources.get(&SourceKey::from(ip)) else {
-            return if self.sources.len() >= cfg.max_sources {
+        let key = source.into();
+        let Some(s) = self.sources.get(&key) else {
+            return if self.sources.len() >= cfg.max_sources || key.is_endpoint() {
                 self.global
                     .wait(cfg.global_burst, cfg.global_per_second, now)
             } else {
@@ -262,7 +285,7 @@ impl GuessBudget {
             };
         };
         let own = s.bucket.wait(cfg.burst, cfg.per_second, now);
-        if self.is_clean(s, now) {
+        if self.is_clean(key, s, now) {
             own
         } else {
             own.max(
@@ -315,6 +338,44 @@ mod tests {
             global_per_second: 1e9,
             ..BudgetConfig::default()
         })
+    }
+
+    #[test]
+    fn fresh_endpoint_ids_share_the_global_bucket_until_proven() {
+        // Endpoint ids cost nothing: a new id per guess must not make each one a clean source.
+        let now = Instant::now();
+        let mut b = GuessBudget::default();
+        let mut granted = 0;
+        for i in 0..200u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            if let Some(c) = b.try_start(SourceKey::endpoint(&id), now) {
+                b.settle(c, Settled::Guessed, now);
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, GLOBAL_BURST as usize);
+        // A member's id that proved itself once is clean: it gets in while the flood has
+        // emptied the shared bucket.
+        let member = SourceKey::endpoint(&[0xaa; 32]);
+        let later = now + CLEAN_AFTER;
+        let mut b = GuessBudget::default();
+        let c = b.try_start(member, now).unwrap();
+        b.settle(c, Settled::Member, now);
+        for i in 0..100u8 {
+            if let Some(c) = b.try_start(SourceKey::endpoint(&[i; 32]), later) {
+                b.settle(c, Settled::Guessed, later);
+            }
+        }
+        assert!(
+            b.try_start(SourceKey::endpoint(&[0x56; 32]), later)
+                .is_none()
+        );
+        assert!(b.try_start(member, later).is_some());
+        // Keys of the three kinds never collide.
+        assert!(SourceKey::endpoint(&[0; 32]).is_endpoint());
+        assert!(!SourceKey::from(ip("0.0.0.2")).is_endpoint());
+        assert!(!SourceKey::from(ip("fe80::2")).is_endpoint());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,9 +14,9 @@ use crate::protocol::id::Token;
 use crate::protocol::message::{DropInfo, DropKind, Refusal};
 use crate::session::client::{
     ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink, Queries, Sessions,
-    Transfer, announced, sleep_until_std, timeouts_for,
+    Transfer, announced, next_members, on_members, sleep_until_std, timeouts_for, wide_members,
 };
-use crate::session::contacts::{Book, Mode, Outcome};
+use crate::session::contacts::{Book, Contact, Mode, Outcome};
 use crate::session::holder::MAX_MESSAGE;
 use crate::session::transport::Timeouts;
 use crate::storage::sink::{self, Destination, FileSink};
@@ -193,6 +192,7 @@ pub async fn run(
     sweep_partials(&shared);
     let mut book = Book::new(Mode::Follow);
     let mut syncs: Sessions<Outcome> = Sessions::default();
+    let mut members = wide_members(&shared.ctx);
     // Unicast peers do not hear each other's broadcasts: keep asking them.
     let mut queries =
         Queries::new((!discovery.scope().peers.is_empty()).then_some(PEER_QUERY_EVERY));
@@ -216,6 +216,7 @@ pub async fn run(
                     book.on_announce(addr, generation, Instant::now());
                 }
             }
+            list = next_members(&mut members) => on_members(&mut book, &list),
             Some((attempt, outcome)) = syncs.next(), if !syncs.is_empty() => {
                 let outcome = outcome.unwrap_or(Outcome::Incomplete);
                 if outcome == Outcome::Rejected {
@@ -238,7 +239,7 @@ pub async fn run(
 }
 
 /// One session with one holder: list, then fetch every new drop.
-async fn sync(shared: &Shared, addr: SocketAddr, timeouts: Timeouts) -> Outcome {
+async fn sync(shared: &Shared, addr: Contact, timeouts: Timeouts) -> Outcome {
     let mut hs = match HolderSession::open(&shared.ctx, addr, timeouts).await {
         Ok(hs) => hs,
         Err(e) => {
@@ -388,6 +389,7 @@ async fn handle_drop(
                 token: info.token.into(),
                 from: hs.name.clone(),
                 address: hs.addr.to_string(),
+                via: hs.via(),
                 text: String::from_utf8_lossy(&sink.data).into_owned(),
                 sent_unix: info.created_unix,
             });
@@ -448,6 +450,7 @@ async fn fetch_file(
                 files: sink.saved().files,
                 from: hs.name.clone(),
                 address: hs.addr.to_string(),
+                via: hs.via(),
             });
             Ok(true)
         }

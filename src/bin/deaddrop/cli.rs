@@ -33,6 +33,12 @@ The UDP discovery port, instead of \fB--port\fR (default 48557; every device of 
 \fBDEADDROP_INTERFACE\fR
 Interfaces to confine discovery and connections to, comma-separated, instead of \fB--interface\fR.
 .TP
+\fBDEADDROP_INVITE\fR
+A wide-area room's invite, instead of \fB--invite\fR.
+.TP
+\fBDEADDROP_CONFIG_DIR\fR
+Where the device key, joined rooms and a relay's certificate are kept (default: the platform's config folder, e.g. ~/.config/deaddrop).
+.TP
 \fBRUST_LOG\fR
 Log filter for diagnostics on standard error (as \fB-v\fR, \fB-vv\fR), e.g. deaddrop=debug.
 "#;
@@ -148,6 +154,45 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Create a room that reaches beyond this LAN (other subnets, other networks behind NAT):
+    /// prints its invite, a line of text and a QR code. Share the invite and, separately, the
+    /// passphrase; each side then adds `--invite INVITE` (or `--joined NAME` after `deaddrop
+    /// join`). The invite holds no passphrase: seeing it does not let anyone in.
+    #[command(override_usage = "deaddrop invite --relay URL [--name NAME]")]
+    Invite {
+        /// The room's relay, as `deaddrop relay` prints it (https://host:port#sha256=...), or
+        /// `n0` for the public relays of iroh's operator.
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// Also keep the invite on this device under this name (as `deaddrop join` does).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the invite as one JSON object instead of text and a QR code.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a wide-area room's invite on this device under a name, for `--joined NAME` (in
+    /// the config folder; the passphrase is never stored).
+    #[command(override_usage = "deaddrop join <INVITE> --name NAME")]
+    Join {
+        /// The invite, as `deaddrop invite` printed it.
+        invite: String,
+        /// The name to use it by.
+        #[arg(long)]
+        name: String,
+    },
+    /// Run a relay for wide-area rooms on a host both sides can reach (until Ctrl-C). It
+    /// forwards encrypted packets between members that cannot reach each other directly and
+    /// never sees content or the passphrase. Prints the URL to give to `deaddrop invite`.
+    #[command(override_usage = "deaddrop relay [--bind ADDR:PORT] [--hostname NAME]")]
+    Relay {
+        /// Where to listen: HTTPS on this TCP port, QUIC address discovery on this UDP port.
+        #[arg(long, default_value = "0.0.0.0:3340")]
+        bind: std::net::SocketAddr,
+        /// The name or address members reach this host by, for the printed URL (repeatable).
+        #[arg(long, value_name = "NAME")]
+        hostname: Vec<String>,
+    },
     /// Print shell completions for bash, zsh, fish, powershell or elvish.
     #[command(after_help = COMPLETIONS_HELP, override_usage = "deaddrop completions <SHELL>")]
     Completions {
@@ -221,6 +266,19 @@ pub struct Common {
     /// fetch port (default 48556), and only `fetch` uses it.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub peer: Vec<String>,
+    /// Reach the room beyond this LAN too, through the relay named in this invite (from
+    /// `deaddrop invite`). The LAN is still used first; the passphrase is still needed.
+    #[arg(
+        long,
+        env = "DEADDROP_INVITE",
+        hide_env_values = true,
+        value_name = "INVITE",
+        conflicts_with = "joined"
+    )]
+    pub invite: Option<String>,
+    /// Like --invite, with the invite kept under NAME by `deaddrop join`.
+    #[arg(long, value_name = "NAME")]
+    pub joined: Option<String>,
     /// Speak the original p2p_dead_drop.py protocol, to exchange drops with people still running
     /// that script. Much weaker: anyone on the LAN can test passphrase guesses offline against
     /// its room id, and anyone on the LAN can fetch (and so burn) a drop. One fetch per drop.

@@ -6,6 +6,7 @@ mod doctor;
 mod interrupt;
 mod legacy;
 mod output;
+mod wide;
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,14 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Completions { shell } => return completions(*shell),
         Command::Man { dir } => return man(dir.as_deref()),
+        Command::Invite { relay, name, json } => {
+            return wide::invite(relay, name.as_deref(), *json);
+        }
+        Command::Join { invite, name } => return wide::join(invite, name),
+        Command::Relay { bind, hostname } => {
+            init_logging(0);
+            return wide::relay(*bind, hostname);
+        }
         _ => {}
     }
     // `fetch --out -`: standard output carries the drop's bytes and nothing else.
@@ -69,7 +78,11 @@ fn main() -> ExitCode {
         | Command::Fetch { common, .. }
         | Command::List { common, .. }
         | Command::Doctor { common, .. } => common,
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Invite { .. }
+        | Command::Join { .. }
+        | Command::Relay { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
     let ui = Ui::new(common.json, stdout_is_content);
@@ -219,7 +232,9 @@ pub(crate) fn report_error(ui: &Ui, message: &str) {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // iroh's own warnings are about its internals; what matters to the user (a relay that
+        // cannot be reached, say) deaddrop reports itself. -vv shows everything of ours.
+        0 => "warn,iroh=off,iroh_relay=off,noq=off,noq_proto=off,noq_udp=off",
         1 => "deaddrop=info",
         _ => "deaddrop=debug",
     };
@@ -288,14 +303,20 @@ async fn open_discovery(common: &Common) -> Result<Discovery> {
     Ok(Discovery::bind(scope)?)
 }
 
-fn client_context(pass: Passphrase, common: &Common, discovery: &Discovery) -> ClientContext {
-    ClientContext {
+async fn client_context(
+    pass: Passphrase,
+    common: &Common,
+    discovery: &Discovery,
+) -> Result<ClientContext> {
+    let wide = wide::room(common, &pass, discovery).await?;
+    Ok(ClientContext {
         pass,
         id: PeerId::random(),
         name: display_name(common),
         scope: std::sync::Arc::new(discovery.scope().clone()),
         timeouts: Timeouts::default(),
-    }
+        wide,
+    })
 }
 
 /// Renders events; forwards them to `tap` too, if given.
@@ -420,7 +441,12 @@ async fn dispatch(
         Command::List { common, .. } if common.legacy => Err(usage(
             "list is not available with --legacy: the original protocol cannot list drops",
         )),
-        Command::Doctor { .. } | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Doctor { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Invite { .. }
+        | Command::Join { .. }
+        | Command::Relay { .. } => {
             unreachable!("handled before the passphrase")
         }
         Command::List { wait, common } => {
@@ -456,7 +482,7 @@ async fn run(
         check_receive_dir(dir)?;
     }
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery);
+    let ctx = client_context(pass, &common, &discovery).await?;
     receiver::run(ctx, opts, discovery, printer(ui, None), interrupt.wait()).await;
     Ok(0)
 }
@@ -550,14 +576,18 @@ async fn send(
         Offer::Message(_) => None,
     };
     let discovery = open_discovery(&common).await?;
+    let room = wide::room(&common, &pass, &discovery).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = HolderOptions {
         name: display_name(&common),
         ..HolderOptions::default()
     };
-    let holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
+    let mut holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
         .await
         .context("cannot start serving")?;
+    if let Some(room) = room {
+        holder.serve_wide(room);
+    }
     let limit = if limit.everyone {
         FetchLimit::Everyone
     } else {
@@ -690,7 +720,7 @@ async fn fetch(
         ));
     }
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery);
+    let ctx = client_context(pass, &common, &discovery).await?;
     let mut throttle = Throttle::new();
     let progress_ui = ui.clone();
     let progress = move |t: &client::Transfer<'_>| {
@@ -699,7 +729,7 @@ async fn fetch(
             progress_ui.event(&t.event(false));
         }
     };
-    let (info, holder, address) = match client::fetch_token(
+    let (info, holder, address, via) = match client::fetch_token(
         &ctx, &discovery, token, wait, &mut sink, progress,
     )
     .await
@@ -746,6 +776,7 @@ async fn fetch(
                     token: token.into(),
                     from: holder,
                     address: address.to_string(),
+                    via,
                     text: String::from_utf8_lossy(text).into_owned(),
                     sent_unix: info.created_unix,
                 }),
@@ -766,6 +797,7 @@ async fn fetch(
                     files: sink.file.saved().files,
                     from: holder,
                     address: address.to_string(),
+                    via,
                 });
             }
         }
@@ -822,7 +854,7 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> Result<()> {
 
 async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> Result<u8> {
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery);
+    let ctx = client_context(pass, &common, &discovery).await?;
     let (listings, tally) = client::list_room(&ctx, &discovery, wait).await;
     let total: usize = listings.iter().map(|l| l.drops.len()).sum();
     if listings.is_empty() && tally.rejected > 0 {

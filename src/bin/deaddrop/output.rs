@@ -545,6 +545,7 @@ mod tests {
             files: 1,
             from: "alice".into(),
             address: String::new(),
+            via: deaddrop::event::Via::Lan,
         })
         .unwrap();
         assert!(to_stdout);

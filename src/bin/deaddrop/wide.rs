@@ -1,0 +1,196 @@
+//! The wide-area commands (`invite`, `join`, `relay`) and starting a room's wide-area side for
+//! `run`, `send-*`, `fetch` and `list`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use deaddrop::discovery::Discovery;
+use deaddrop::protocol::secret::Passphrase;
+use deaddrop::session::transport::Timeouts;
+use deaddrop::wide::config;
+use deaddrop::wide::invite::{self, Invite};
+use deaddrop::wide::room::{WideOptions, WideRoom};
+
+use crate::cli::Common;
+use crate::output::stderr_line;
+use crate::{EXIT_ERROR, EXIT_USAGE, usage};
+
+/// `deaddrop invite`: a new room id, with the relay, printed (and kept if named).
+pub fn invite(relay: &str, name: Option<&str>, json: bool) -> ExitCode {
+    let relay = match invite::parse_relay(relay) {
+        Ok(r) => r,
+        Err(e) => {
+            stderr_line(&format!("error: --relay: {e}"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let invite = Invite::new(relay, Vec::new());
+    if let Some(name) = name {
+        let kept = config::dir().and_then(|dir| config::join(&dir, name, &invite));
+        if let Err(e) = kept {
+            stderr_line(&format!("error: cannot keep the invite: {e}"));
+            return ExitCode::from(EXIT_ERROR);
+        }
+    }
+    let text = invite.to_text();
+    if json {
+        let line = serde_json::json!({ "invite": text, "name": name });
+        println!("{line}");
+        return ExitCode::SUCCESS;
+    }
+    println!("{text}");
+    eprintln!();
+    eprint!("{}", invite.to_qr());
+    eprintln!();
+    eprintln!("This invite lets devices beyond this LAN find the room; it does not hold the");
+    eprintln!("passphrase, so share the passphrase separately. On each device:");
+    eprintln!("  deaddrop run --invite {text}");
+    eprintln!("or keep it once:  deaddrop join {text} --name ROOM  (then --joined ROOM)");
+    if let Some(name) = name {
+        eprintln!("Kept on this device as {name:?}: use --joined {name}.");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `deaddrop join`: keeps an invite under a name.
+pub fn join(text: &str, name: &str) -> ExitCode {
+    let invite = match Invite::from_text(text) {
+        Ok(i) => i,
+        Err(e) => {
+            stderr_line(&format!("error: {e}"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match config::dir().and_then(|dir| config::join(&dir, name, &invite).map(|()| dir)) {
+        Ok(dir) => {
+            stderr_line(&format!(
+                "Kept as {name:?} in {}: use --joined {name} (with the room's passphrase).",
+                dir.join("rooms.json").display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            stderr_line(&format!("error: cannot keep the invite: {e}"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// `deaddrop relay`: serves until Ctrl-C.
+pub fn relay(bind: SocketAddr, hostnames: &[String]) -> ExitCode {
+    let run = async {
+        let dir = config::dir().context("cannot find the config folder")?;
+        let mut names: Vec<String> = hostnames.to_vec();
+        if !bind.ip().is_unspecified() {
+            names.push(bind.ip().to_string());
+        }
+        if names.is_empty() {
+            names.push("deaddrop-relay".into());
+        }
+        let relay = deaddrop::wide::relay::start(bind, &dir, &names).await?;
+        let port = relay.https_addr().map_or(bind.port(), |a| a.port());
+        let pin = invite::hex(&relay.pin);
+        let hosts: Vec<String> = if !hostnames.is_empty() {
+            hostnames.to_vec()
+        } else if !bind.ip().is_unspecified() {
+            vec![bind.ip().to_string()]
+        } else {
+            local_addresses()
+        };
+        println!("deaddrop relay listening on {bind} (HTTPS on TCP, QUIC on UDP).");
+        println!("Its certificate is kept in {}.", dir.display());
+        println!("Create a room that uses it, on any device (with the address the others reach):");
+        for host in hosts {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            println!("  deaddrop invite --relay 'https://{host}:{port}#sha256={pin}'");
+        }
+        tokio::select! {
+            r = relay.stopped() => r.context("the relay stopped"),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            stderr_line(&format!("error: {e:#}"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// This host's addresses that others could reach, for the printed URLs.
+fn local_addresses() -> Vec<String> {
+    let mut out: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| {
+            !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
+        .map(|ip| ip.to_string())
+        .collect();
+    if out.is_empty() {
+        out.push("THIS-HOST".into());
+    }
+    out
+}
+
+/// The room's wide-area side when an invite is given (`--invite`, `DEADDROP_INVITE`,
+/// `--joined`); `None` for a LAN-only room, which then starts nothing of this.
+pub async fn room(
+    common: &Common,
+    pass: &Passphrase,
+    discovery: &Discovery,
+) -> Result<Option<Arc<WideRoom>>> {
+    let invite = match (&common.invite, &common.joined) {
+        (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
+        (None, Some(name)) => {
+            let dir = config::dir()?;
+            config::room(&dir, name).map_err(|e| usage(format!("--joined: {e}")))?
+        }
+        (None, None) => return Ok(None),
+    };
+    if common.legacy {
+        return Err(usage(
+            "--legacy rooms stay on the LAN: leave out --invite or --joined",
+        ));
+    }
+    let dir = config::dir()?;
+    let device = config::device(&dir)
+        .with_context(|| format!("cannot keep this device's key in {}", dir.display()))?;
+    let device_key = device.key;
+    // Held until the process exits: the next deaddrop process on this device uses a key of
+    // its own meanwhile.
+    Box::leak(Box::new(device));
+    // Confined (--interface): the endpoint's sockets are bound to the chosen addresses, one per
+    // address family.
+    let scope = discovery.scope();
+    let mut bind: Vec<IpAddr> = Vec::new();
+    if scope.confined {
+        for addr in scope.listen_addrs() {
+            let ip = addr.ip();
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            if !link_local && !bind.iter().any(|b| b.is_ipv4() == ip.is_ipv4()) {
+                bind.push(ip);
+            }
+        }
+    }
+    let opts = WideOptions {
+        invite,
+        device_key,
+        bind,
+        timeouts: Timeouts::default(),
+    };
+    Ok(Some(WideRoom::start(opts, pass.clone()).await?))
+}

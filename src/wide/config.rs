@@ -1,0 +1,235 @@
+//! What deaddrop keeps in the platform's config folder for wide-area rooms: this device's
+//! endpoint key, the rooms joined (`deaddrop join`), and a relay's certificate.
+//!
+//! The folder is `DEADDROP_CONFIG_DIR` if set, else the platform's: `~/.config/deaddrop` on
+//! Linux, `%APPDATA%\deaddrop\config` on Windows, `~/Library/Application Support/deaddrop` on
+//! macOS. Nothing here is a room credential: the passphrase is never stored.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::wide::invite::Invite;
+
+/// The most rooms kept.
+pub const MAX_ROOMS: usize = 256;
+/// The longest room name.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// The config folder.
+pub fn dir() -> io::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("DEADDROP_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    directories::ProjectDirs::from("", "", "deaddrop")
+        .map(|p| p.config_dir().to_path_buf())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no home folder to keep deaddrop's settings in; set DEADDROP_CONFIG_DIR",
+            )
+        })
+}
+
+/// Writes `bytes` to `path` readable by this user only (on Unix), replacing it atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let tmp = folder.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// The endpoint key a process uses.
+#[derive(Debug)]
+pub struct Device {
+    pub key: [u8; 32],
+    /// False when another deaddrop process of this user holds the device key: this one then
+    /// uses a key of its own for its lifetime (one endpoint id must not be on a relay twice:
+    /// the relay forwards to one of them only).
+    pub is_device_key: bool,
+    _lock: Option<std::fs::File>,
+}
+
+/// The device key for this process if no other process holds it (`device.lock`), else a
+/// fresh key. Keep the result for as long as the endpoint runs.
+pub fn device(dir: &Path) -> io::Result<Device> {
+    use fs4::fs_std::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("device.lock"))?;
+    if lock.try_lock_exclusive()? {
+        return Ok(Device {
+            key: device_key(dir)?,
+            is_device_key: true,
+            _lock: Some(lock),
+        });
+    }
+    Ok(Device {
+        key: crate::protocol::id::random_array(),
+        is_device_key: false,
+        _lock: None,
+    })
+}
+
+/// This device's endpoint secret key, made on first use (`device.key`, 32 bytes, private to
+/// this user). It names the device to other members; it is not a room credential.
+pub fn device_key(dir: &Path) -> io::Result<[u8; 32]> {
+    let path = dir.join("device.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is damaged (not 32 bytes); remove it to make a new device key",
+                    path.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            crate::protocol::id::random_bytes(&mut key);
+            write_private(&path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The rooms joined, by name (`rooms.json`: name → invite text).
+pub fn rooms(dir: &Path) -> io::Result<BTreeMap<String, String>> {
+    let path = dir.join("rooms.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is damaged: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps `invite` under `name`, replacing a room of that name.
+pub fn join(dir: &Path, name: &str, invite: &Invite) -> io::Result<()> {
+    check_room_name(name)?;
+    let mut rooms = rooms(dir)?;
+    if rooms.len() >= MAX_ROOMS && !rooms.contains_key(name) {
+        return Err(io::Error::other(format!(
+            "{MAX_ROOMS} rooms are kept already; remove one from {}",
+            dir.join("rooms.json").display()
+        )));
+    }
+    rooms.insert(name.to_owned(), invite.to_text());
+    let json = serde_json::to_vec_pretty(&rooms).map_err(io::Error::other)?;
+    write_private(&dir.join("rooms.json"), &json)
+}
+
+/// The stored room `name`.
+pub fn room(dir: &Path, name: &str) -> io::Result<Invite> {
+    let rooms = rooms(dir)?;
+    let text = rooms.get(name).ok_or_else(|| {
+        let known = if rooms.is_empty() {
+            "none is kept; join one with `deaddrop join INVITE --name NAME`".to_owned()
+        } else {
+            format!(
+                "kept: {}",
+                rooms.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no room named {name:?} ({known})"),
+        )
+    })?;
+    Invite::from_text(text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the kept invite of {name:?}: {e}"),
+        )
+    })
+}
+
+fn check_room_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() > MAX_ROOM_NAME || name.chars().any(char::is_control) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a room name is 1 to {MAX_ROOM_NAME} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wide::invite::Relay;
+
+    #[test]
+    fn the_device_key_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = device_key(dir.path()).unwrap();
+        let b = device_key(dir.path()).unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("device.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+        std::fs::write(dir.path().join("device.key"), b"short").unwrap();
+        assert!(device_key(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_second_process_gets_a_key_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = device(dir.path()).unwrap();
+        assert!(first.is_device_key);
+        assert_eq!(first.key, device_key(dir.path()).unwrap());
+        let second = device(dir.path()).unwrap();
+        assert!(!second.is_device_key);
+        assert_ne!(second.key, first.key);
+        drop(first);
+        let third = device(dir.path()).unwrap();
+        assert!(third.is_device_key);
+    }
+
+    #[test]
+    fn joined_rooms_are_kept_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let invite = Invite::new(Relay::Public, vec![]);
+        assert!(room(dir.path(), "home").is_err());
+        join(dir.path(), "home", &invite).unwrap();
+        assert_eq!(room(dir.path(), "home").unwrap(), invite);
+        let other = Invite::new(Relay::Public, vec![]);
+        join(dir.path(), "home", &other).unwrap();
+        assert_eq!(room(dir.path(), "home").unwrap(), other);
+        let e = room(dir.path(), "office").unwrap_err().to_string();
+        assert!(e.contains("home"), "{e}");
+        assert!(join(dir.path(), "", &invite).is_err());
+        assert!(join(dir.path(), "a\nb", &invite).is_err());
+    }
+}

@@ -1,0 +1,769 @@
+//! A wide-area room: this device's iroh endpoint, the room's meeting point, and sessions over
+//! QUIC streams. PROTOCOL.md ("Rooms beyond the LAN") describes the design; in short:
+//!
+//! - Every member dials the room's **meeting endpoint**, whose key every member derives from
+//!   the room id, through the room's relay. Whoever holds that key answers; the first member
+//!   online finds nobody and binds it itself. Over the connection the member runs the room
+//!   handshake (SPAKE2 with key confirmation, as on the LAN) before anything else, then says
+//!   which generation of drops it holds and long-polls for the member list.
+//! - Members reach each other's **device endpoints** (ALPN `deaddrop/1`) for sessions: one
+//!   bi-directional stream, the same handshake and records as over TCP. iroh punches holes
+//!   where it can and relays where it cannot.
+//! - Two members that bound the meeting key at once heal: the relay forwards to the newest,
+//!   and a holder of the key checks every [`CHECK_EVERY`] from a fresh endpoint who answers
+//!   there; if it is someone else, it lets go.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use iroh::endpoint::{Connection, RecvStream, SendStream, presets};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, SecretKey};
+use iroh_relay::{RelayConfig, RelayMap, RelayQuicConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+
+use crate::event::Via;
+use crate::protocol::id::PeerId;
+use crate::protocol::message::{MAX_MEMBERS, Member, Reply, Request};
+use crate::protocol::secret::Passphrase;
+use crate::session::limit::{GuessBudget, Settled, SourceKey};
+use crate::session::transport::{self, Session, SessionError, Timeouts};
+use crate::wide::invite::{Invite, Relay};
+use crate::wide::relay::PinnedCert;
+
+/// ALPN of sessions with a member's device endpoint.
+pub const ALPN_SESSION: &[u8] = b"deaddrop/1";
+/// ALPN of the meeting point.
+pub const ALPN_MEET: &[u8] = b"deaddrop/meet/1";
+/// Connecting through a relay takes a few round trips more than a LAN connection.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dial to the meeting endpoint may take before this member concludes nobody
+/// holds it.
+const MEET_DIAL_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest a meeting point holds a member's request before answering.
+const MEET_WAIT: Duration = Duration::from_secs(10);
+/// A member says it is still here this often, besides whenever its drops change.
+const REGISTER_EVERY: Duration = Duration::from_secs(10);
+/// A holder of the meeting key checks this often that it is the one the relay forwards to.
+pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+/// Connections a meeting point serves at once.
+const MAX_MEET_CONNECTIONS: usize = 2 * MAX_MEMBERS;
+/// Streams (sessions) per connection to the meeting point: one to watch, one to register.
+const MEET_STREAMS: usize = 2;
+/// How long the relay may take to answer before the user is told it does not.
+const RELAY_PATIENCE: Duration = Duration::from_secs(8);
+/// QUIC handshakes on the device endpoint at once; more incoming connections are refused.
+const MAX_INCOMING: usize = 64;
+/// After a meeting point failed the passphrase check, dial it again after this long, doubling
+/// up to ten minutes: a squatter on the meeting key gets no guess oracle.
+const REJECTED_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+const REJECTED_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// How a wide-area room starts.
+#[derive(Debug, Clone)]
+pub struct WideOptions {
+    pub invite: Invite,
+    /// This device's endpoint secret key (kept in the config folder).
+    pub device_key: [u8; 32],
+    /// Addresses to bind the endpoint's UDP sockets to (confinement); empty: every address.
+    pub bind: Vec<IpAddr>,
+    pub timeouts: Timeouts,
+}
+
+/// The path a connection uses now.
+pub fn via(conn: &Connection) -> Via {
+    let paths = conn.paths();
+    let selected = paths.iter().find(|p| p.is_selected());
+    match selected {
+        Some(p) if p.is_ip() => Via::Direct,
+        _ => Via::Relayed,
+    }
+}
+
+/// A session stream to a member: one QUIC bi-directional stream, with its connection kept
+/// open as long as the stream is used.
+pub struct WideLink {
+    conn: Connection,
+    io: tokio::io::Join<RecvStream, SendStream>,
+}
+
+impl WideLink {
+    pub fn new(conn: Connection, send: SendStream, recv: RecvStream) -> Self {
+        WideLink {
+            conn,
+            io: tokio::io::join(recv, send),
+        }
+    }
+
+    pub fn via(&self) -> Via {
+        via(&self.conn)
+    }
+
+    /// What tells the path at any later time (it changes when a hole is punched).
+    pub fn via_now(&self) -> impl Fn() -> Via + Send + Sync + 'static {
+        let conn = self.conn.clone();
+        move || via(&conn)
+    }
+
+    pub fn remote(&self) -> [u8; 32] {
+        *self.conn.remote_id().as_bytes()
+    }
+}
+
+impl AsyncRead for WideLink {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WideLink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A running wide-area room. Dropping the last handle stops its tasks.
+pub struct WideRoom {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+    incoming: Mutex<Option<mpsc::Receiver<Connection>>>,
+}
+
+impl std::fmt::Debug for WideRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WideRoom")
+            .field("id", &self.inner.endpoint.id().fmt_short().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WideRoom {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let endpoint = self.inner.endpoint.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { endpoint.close().await });
+        }
+    }
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    opts: WideOptions,
+    pass: Passphrase,
+    /// This process's id in room handshakes over the wide-area path.
+    me: PeerId,
+    meeting: EndpointAddr,
+    /// The members the meeting point lists, this device left out.
+    members: watch::Sender<Arc<Vec<Member>>>,
+    /// The generation of drops this process holds, if it holds any.
+    generation: watch::Sender<Option<u64>>,
+    /// The meeting point this process is registered with (its handshake id), if any.
+    at_meeting: watch::Sender<Option<PeerId>>,
+    /// Dials to the meeting endpoint that nobody answered, in a row.
+    unanswered: watch::Sender<u32>,
+    /// Guesses at meeting points, both as the one dialling and as the one holding it.
+    budget: Mutex<GuessBudget>,
+}
+
+fn relay_url(invite: &Invite) -> io::Result<Option<RelayUrl>> {
+    match &invite.relay {
+        Relay::Public => Ok(None),
+        Relay::Url { url, .. } => url
+            .parse()
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}"))),
+    }
+}
+
+/// Binds an endpoint with `key`, for the room's relay, answering `alpns`.
+async fn bind(opts: &WideOptions, key: SecretKey, alpns: Vec<Vec<u8>>) -> io::Result<Endpoint> {
+    let mut builder = match &opts.invite.relay {
+        // Asked for: iroh's public relays, and its DNS lookup to find endpoints' relays.
+        Relay::Public => Endpoint::builder(presets::N0),
+        Relay::Url { url, pin } => {
+            let url: RelayUrl = url
+                .parse()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}")))?;
+            let port = url.port().unwrap_or(443);
+            let map = RelayMap::from(RelayConfig::new(url, Some(RelayQuicConfig::new(port))));
+            let mut b = Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(map));
+            if let Some(pin) = *pin {
+                b = b.ca_tls_config(iroh_relay::tls::CaTlsConfig::custom_server_cert_verifier(
+                    Arc::new(move |provider| {
+                        Ok(Arc::new(PinnedCert::new(pin, provider))
+                            as Arc<dyn rustls::client::danger::ServerCertVerifier>)
+                    }),
+                ));
+            }
+            b
+        }
+    };
+    builder = builder
+        .secret_key(key)
+        .alpns(alpns)
+        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled);
+    if !opts.bind.is_empty() {
+        builder = builder.clear_ip_transports();
+        for ip in &opts.bind {
+            builder = builder
+                .bind_addr(SocketAddr::new(*ip, 0))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|e| io::Error::other(format!("cannot start the wide-area endpoint: {e}")))
+}
+
+impl WideRoom {
+    /// Starts this device's endpoint and its membership at the room's meeting point.
+    pub async fn start(opts: WideOptions, pass: Passphrase) -> io::Result<Arc<WideRoom>> {
+        let relay = relay_url(&opts.invite)?;
+        let endpoint = bind(
+            &opts,
+            SecretKey::from_bytes(&opts.device_key),
+            vec![ALPN_SESSION.to_vec()],
+        )
+        .await?;
+        let meeting_id = SecretKey::from_bytes(&opts.invite.room.meeting_secret()).public();
+        let mut meeting = EndpointAddr::new(meeting_id);
+        if let Some(url) = relay {
+            meeting = meeting.with_relay_url(url);
+        }
+        let inner = Arc::new(Inner {
+            endpoint,
+            opts,
+            pass,
+            me: PeerId::random(),
+            meeting,
+            members: watch::channel(Arc::new(Vec::new())).0,
+            generation: watch::channel(None).0,
+            at_meeting: watch::channel(None).0,
+            unanswered: watch::channel(0).0,
+            budget: Mutex::new(GuessBudget::default()),
+        });
+        let (tx, rx) = mpsc::channel(MAX_INCOMING);
+        let tasks = vec![
+            tokio::spawn(accept_loop(inner.clone(), tx)),
+            tokio::spawn(member_loop(inner.clone())),
+            tokio::spawn(keeper(inner.clone())),
+            tokio::spawn(report_relay(inner.clone())),
+        ];
+        Ok(Arc::new(WideRoom {
+            inner,
+            tasks,
+            incoming: Mutex::new(Some(rx)),
+        }))
+    }
+
+    /// This device's endpoint id.
+    pub fn id(&self) -> [u8; 32] {
+        *self.inner.endpoint.id().as_bytes()
+    }
+
+    /// The members the meeting point lists (not this device), as they change.
+    pub fn members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.inner.members.subscribe()
+    }
+
+    /// Tells the meeting point which generation of drops this process holds.
+    pub fn set_generation(&self, generation: Option<u64>) {
+        self.inner.generation.send_if_modified(|g| {
+            let changed = *g != generation;
+            *g = generation;
+            changed
+        });
+    }
+
+    /// Incoming session connections, for the holder (once).
+    pub fn take_incoming(&self) -> Option<mpsc::Receiver<Connection>> {
+        self.incoming.lock().expect("incoming lock").take()
+    }
+
+    /// Whether this process is registered with a meeting point now.
+    pub fn at_meeting(&self) -> watch::Receiver<Option<PeerId>> {
+        self.inner.at_meeting.subscribe()
+    }
+
+    /// Opens a session stream to member `id`'s device endpoint.
+    pub async fn dial(&self, id: [u8; 32], limit: Duration) -> io::Result<WideLink> {
+        let key = EndpointId::from_bytes(&id)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not an endpoint id"))?;
+        let mut addr = EndpointAddr::new(key);
+        if let Some(url) = relay_url(&self.inner.opts.invite)? {
+            addr = addr.with_relay_url(url);
+        }
+        let endpoint = self.inner.endpoint.clone();
+        let open = async move {
+            let conn = endpoint
+                .connect(addr, ALPN_SESSION)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
+            let (send, recv) = conn.open_bi().await.map_err(io::Error::other)?;
+            Ok::<_, io::Error>(WideLink::new(conn, send, recv))
+        };
+        timeout(limit.max(DIAL_TIMEOUT), open)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?
+    }
+}
+
+/// Says so (once) when the room's relay cannot be reached: members beyond the LAN are then
+/// not found, and the user should know why.
+async fn report_relay(inner: Arc<Inner>) {
+    use iroh::Watcher;
+    sleep(RELAY_PATIENCE).await;
+    let statuses = inner.endpoint.home_relay_status().get();
+    if statuses.iter().any(|s| s.is_connected()) {
+        return;
+    }
+    let why = statuses
+        .iter()
+        .find_map(|s| s.last_error().map(|e| e.to_string()))
+        .unwrap_or_else(|| "no answer".into());
+    let relay = match &inner.opts.invite.relay {
+        Relay::Url { url, .. } => url.clone(),
+        Relay::Public => "(iroh's public relays)".into(),
+    };
+    tracing::warn!(
+        "cannot reach the room's relay {relay}: {why}; only members on this LAN can be found until it answers"
+    );
+}
+
+/// Accepts connections on the device endpoint and hands session connections to the holder.
+async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_INCOMING));
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let tx = tx.clone();
+        let limit = inner.opts.timeouts.handshake;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(accepting) = incoming.accept() else {
+                return;
+            };
+            let Ok(Ok(conn)) = timeout(limit, accepting).await else {
+                return;
+            };
+            if conn.alpn() != ALPN_SESSION {
+                return;
+            }
+            // No holder in this process, or it is busy: the connection is closed.
+            let _ = tx.try_send(conn);
+        });
+    }
+}
+
+/// Opens a stream on `conn` and runs the room handshake over it as the dialling side.
+async fn meet_session(inner: &Inner, conn: &Connection) -> Result<Session<WideLink>, SessionError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SessionError::Io(io::Error::other(e)))?;
+    let link = WideLink::new(conn.clone(), send, recv);
+    transport::connect(link, &inner.pass, inner.me, inner.opts.timeouts).await
+}
+
+#[derive(Debug)]
+enum MeetEnd {
+    /// Nobody holds the meeting key (or the relay is unreachable).
+    NoAnswer,
+    /// The one holding it failed the passphrase check.
+    Rejected,
+    /// Out of guesses for now.
+    NoBudget,
+    /// The connection ended after working.
+    Ended,
+}
+
+/// Stays registered at the meeting point, redialling whenever the connection ends.
+async fn member_loop(inner: Arc<Inner>) {
+    let mut rejected = 0u32;
+    loop {
+        let end = meet_once(&inner).await;
+        inner.at_meeting.send_replace(None);
+        tracing::debug!("meeting point: {end:?}");
+        let pause = match end {
+            MeetEnd::NoAnswer => {
+                inner.unanswered.send_modify(|n| *n += 1);
+                Duration::from_millis(500)
+            }
+            MeetEnd::Rejected => {
+                rejected += 1;
+                (REJECTED_BACKOFF_FIRST * 2u32.pow(rejected.min(5) - 1)).min(REJECTED_BACKOFF_MAX)
+            }
+            MeetEnd::NoBudget => Duration::from_secs(1),
+            MeetEnd::Ended => {
+                rejected = 0;
+                Duration::from_millis(200)
+            }
+        };
+        sleep(pause).await;
+    }
+}
+
+async fn meet_once(inner: &Arc<Inner>) -> MeetEnd {
+    let dial = inner.endpoint.connect(inner.meeting.clone(), ALPN_MEET);
+    let conn = match timeout(MEET_DIAL_TIMEOUT, dial).await {
+        Ok(Ok(conn)) => conn,
+        _ => return MeetEnd::NoAnswer,
+    };
+    let source = SourceKey::endpoint(conn.remote_id().as_bytes());
+    let Some(charge) = inner
+        .budget
+        .lock()
+        .expect("budget lock")
+        .try_start(source, Instant::now())
+    else {
+        return MeetEnd::NoBudget;
+    };
+    let watch_session = meet_session(inner, &conn).await;
+    let settled = match &watch_session {
+        Ok(_) => Settled::Member,
+        Err(e) if e.is_rejection() => Settled::Guessed,
+        Err(_) => Settled::NoGuess,
+    };
+    inner
+        .budget
+        .lock()
+        .expect("budget lock")
+        .settle(charge, settled, Instant::now());
+    let mut watching = match watch_session {
+        Ok(s) => s,
+        Err(e) if e.is_rejection() => return MeetEnd::Rejected,
+        Err(_) => return MeetEnd::NoAnswer,
+    };
+    inner.unanswered.send_replace(0);
+    inner.at_meeting.send_replace(Some(watching.peer()));
+    let me = *inner.endpoint.id().as_bytes();
+    let watch = async {
+        let mut known = u64::MAX;
+        loop {
+            let generation = *inner.generation.borrow();
+            watching
+                .send_request(&Request::Meet { generation, known })
+                .await?;
+            match watching.recv_reply().await? {
+                Reply::Members { version, members } => {
+                    known = version;
+                    let others: Vec<Member> = members.into_iter().filter(|m| m.id != me).collect();
+                    inner.members.send_if_modified(|m| {
+                        let changed = **m != others;
+                        if changed {
+                            *m = Arc::new(others);
+                        }
+                        changed
+                    });
+                }
+                _ => return Err(SessionError::Protocol("expected the members")),
+            }
+        }
+    };
+    let register = async {
+        let mut s = meet_session(inner, &conn).await?;
+        let mut generation = inner.generation.subscribe();
+        loop {
+            let g = *generation.borrow_and_update();
+            s.send_request(&Request::Meet {
+                generation: g,
+                known: u64::MAX,
+            })
+            .await?;
+            if !matches!(s.recv_reply().await?, Reply::Members { .. }) {
+                return Err(SessionError::Protocol("expected the members"));
+            }
+            let _ = timeout(REGISTER_EVERY, generation.changed()).await;
+        }
+    };
+    let result: Result<(), SessionError> = tokio::select! {
+        r = watch => r,
+        r = register => r,
+    };
+    if let Err(e) = result {
+        tracing::debug!("meeting point session ended: {e}");
+    }
+    MeetEnd::Ended
+}
+
+/// Holds the meeting key when nobody answers there, and lets go of it when another holder of
+/// it is the one the relay forwards to.
+async fn keeper(inner: Arc<Inner>) {
+    let mut unanswered = inner.unanswered.subscribe();
+    loop {
+        // Nobody answered: wait a moment (others who found nobody may take it first), ask once
+        // more, and hold it if still nobody answers.
+        let _ = unanswered.wait_for(|n| *n >= 1).await;
+        sleep(Duration::from_millis(
+            u64::from(crate::protocol::id::random_array::<1>()[0]) * 8,
+        ))
+        .await;
+        if *inner.unanswered.borrow() == 0 {
+            continue;
+        }
+        let point = match MeetingPoint::start(&inner).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot hold the room's meeting point: {e}");
+                sleep(CHECK_EVERY).await;
+                continue;
+            }
+        };
+        tracing::info!("holding the room's meeting point");
+        loop {
+            sleep(CHECK_EVERY).await;
+            match who_answers(&inner).await {
+                Some(peer) if peer != point.peer => {
+                    tracing::info!("another member holds the meeting point; letting go");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        drop(point);
+        inner.unanswered.send_replace(0);
+    }
+}
+
+/// Who answers at the meeting endpoint through the relay, asked from a fresh endpoint (which
+/// knows no direct address of anyone, so the relay decides where the dial goes).
+async fn who_answers(inner: &Arc<Inner>) -> Option<PeerId> {
+    let probe = bind(&inner.opts, SecretKey::generate(), vec![])
+        .await
+        .ok()?;
+    let ask = async {
+        let conn = probe.connect(inner.meeting.clone(), ALPN_MEET).await.ok()?;
+        let (send, recv) = conn.open_bi().await.ok()?;
+        let link = WideLink::new(conn, send, recv);
+        let s = transport::connect(link, &inner.pass, inner.me, inner.opts.timeouts)
+            .await
+            .ok()?;
+        Some(s.peer())
+    };
+    let peer = timeout(DIAL_TIMEOUT, ask).await.ok().flatten();
+    probe.close().await;
+    peer
+}
+
+/// The room's meeting point, held by this process: lists the members connected to it.
+struct MeetingPoint {
+    peer: PeerId,
+    endpoint: Endpoint,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MeetingPoint {
+    fn drop(&mut self) {
+        self.task.abort();
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move { endpoint.close().await });
+    }
+}
+
+/// The members registered at a meeting point.
+#[derive(Debug, Default, Clone)]
+struct Table {
+    version: u64,
+    /// Endpoint id → (generation held, sessions open).
+    members: std::collections::BTreeMap<[u8; 32], (Option<u64>, usize)>,
+}
+
+impl Table {
+    fn list(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(id, (generation, _))| Member {
+                id: *id,
+                generation: *generation,
+            })
+            .collect()
+    }
+}
+
+impl MeetingPoint {
+    async fn start(inner: &Arc<Inner>) -> io::Result<MeetingPoint> {
+        let key = SecretKey::from_bytes(&inner.opts.invite.room.meeting_secret());
+        let endpoint = bind(&inner.opts, key, vec![ALPN_MEET.to_vec()]).await?;
+        let peer = PeerId::random();
+        let table = Arc::new(watch::channel(Table::default()).0);
+        let task = tokio::spawn(serve_meeting(inner.clone(), endpoint.clone(), peer, table));
+        Ok(MeetingPoint {
+            peer,
+            endpoint,
+            task,
+        })
+    }
+}
+
+async fn serve_meeting(
+    inner: Arc<Inner>,
+    endpoint: Endpoint,
+    peer: PeerId,
+    table: Arc<watch::Sender<Table>>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_MEET_CONNECTIONS));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let (inner, table) = (inner.clone(), table.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let limit = inner.opts.timeouts.handshake;
+            let Ok(accepting) = incoming.accept() else {
+                return;
+            };
+            let Ok(Ok(conn)) = timeout(limit, accepting).await else {
+                return;
+            };
+            let id = *conn.remote_id().as_bytes();
+            let mut streams = tokio::task::JoinSet::new();
+            for _ in 0..MEET_STREAMS {
+                let next = tokio::select! {
+                    s = timeout(limit, conn.accept_bi()) => s,
+                    _ = streams.join_next(), if !streams.is_empty() => break,
+                };
+                let Ok(Ok((send, recv))) = next else {
+                    break;
+                };
+                let link = WideLink::new(conn.clone(), send, recv);
+                streams.spawn(serve_member(inner.clone(), link, id, peer, table.clone()));
+            }
+            // The connection ends with its first stream: a member keeps both open.
+            streams.join_next().await;
+            streams.abort_all();
+            conn.close(0u32.into(), b"bye");
+        });
+    }
+}
+
+/// One member's session at the meeting point.
+async fn serve_member(
+    inner: Arc<Inner>,
+    mut link: WideLink,
+    id: [u8; 32],
+    peer: PeerId,
+    table: Arc<watch::Sender<Table>>,
+) {
+    let t = inner.opts.timeouts;
+    let Ok(hello) = transport::read_client_hello(&mut link, t.handshake).await else {
+        return;
+    };
+    let charge = inner
+        .budget
+        .lock()
+        .expect("budget lock")
+        .try_start(SourceKey::endpoint(&id), Instant::now());
+    let Some(charge) = charge else {
+        return;
+    };
+    let session = transport::accept(link, &hello, &inner.pass, peer, t).await;
+    let settled = match &session {
+        Ok(_) => Settled::Member,
+        Err(SessionError::Refused) => Settled::NoGuess,
+        Err(_) => Settled::Guessed,
+    };
+    inner
+        .budget
+        .lock()
+        .expect("budget lock")
+        .settle(charge, settled, Instant::now());
+    let Ok(mut s) = session else {
+        return;
+    };
+    let mut registered = false;
+    let result = async {
+        loop {
+            let (generation, known) = match s.recv_request().await? {
+                Some(Request::Meet { generation, known }) => (generation, known),
+                Some(Request::Bye) | None => return Ok(()),
+                Some(other) => {
+                    let kind = match other {
+                        Request::Unknown(k) => k,
+                        _ => 0,
+                    };
+                    s.send_reply(&Reply::Unsupported { kind }).await?;
+                    continue;
+                }
+            };
+            let mut full = false;
+            table.send_if_modified(|t| {
+                if !t.members.contains_key(&id) && t.members.len() >= MAX_MEMBERS {
+                    full = true;
+                    return false;
+                }
+                let entry = t.members.entry(id).or_insert((generation, 0));
+                let mut changed = false;
+                if !registered {
+                    entry.1 += 1;
+                    registered = true;
+                    changed = entry.1 == 1;
+                }
+                if entry.0 != generation {
+                    entry.0 = generation;
+                    changed = true;
+                }
+                if changed {
+                    t.version += 1;
+                }
+                changed
+            });
+            if full {
+                return Err(SessionError::Protocol("the meeting point is full"));
+            }
+            let mut rx = table.subscribe();
+            if rx.borrow_and_update().version == known {
+                let _ = timeout(MEET_WAIT, rx.changed()).await;
+            }
+            let (version, members) = {
+                let t = rx.borrow();
+                (t.version, t.list())
+            };
+            s.send_reply(&Reply::Members { version, members }).await?;
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("meeting point: a member's session ended: {e}");
+    }
+    if registered {
+        table.send_modify(|t| {
+            if let Some(e) = t.members.get_mut(&id) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    t.members.remove(&id);
+                    t.version += 1;
+                }
+            }
+        });
+    }
+}

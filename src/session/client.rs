@@ -776,6 +776,10 @@ where
     }
     sessions.abort_all();
     tally.cut = cut.len();
+    // Beyond the LAN, a wrong passphrase shows first at the meeting point.
+    if ctx.wide.as_ref().is_some_and(|w| w.rejected_at_meeting()) {
+        tally.rejected += 1;
+    }
     (None, tally)
 }
 

@@ -45,13 +45,16 @@ pub const ALPN_MEET: &[u8] = b"deaddrop/meet/1";
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial to the meeting endpoint may take before this member concludes nobody
 /// holds it.
-const MEET_DIAL_TIMEOUT: Duration = Duration::from_secs(4);
+const MEET_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest a meeting point holds a member's request before answering.
 const MEET_WAIT: Duration = Duration::from_secs(10);
 /// A member says it is still here this often, besides whenever its drops change.
 const REGISTER_EVERY: Duration = Duration::from_secs(10);
 /// A holder of the meeting key checks this often that it is the one the relay forwards to.
 pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+/// ...and this often in its first minute, when two members that started together may both
+/// have taken it.
+const CHECK_EVERY_AT_FIRST: Duration = Duration::from_secs(4);
 /// Connections a meeting point serves at once.
 const MAX_MEET_CONNECTIONS: usize = 2 * MAX_MEMBERS;
 /// Streams (sessions) per connection to the meeting point: one to watch, one to register.
@@ -73,6 +76,9 @@ pub struct WideOptions {
     pub device_key: [u8; 32],
     /// Addresses to bind the endpoint's UDP sockets to (confinement); empty: every address.
     pub bind: Vec<IpAddr>,
+    /// Whether this process may hold the room's meeting point when nobody does: yes for the
+    /// long-running `run` and `send-*`, no for `list` and `fetch`, which come and go.
+    pub may_host: bool,
     pub timeouts: Timeouts,
 }
 
@@ -186,6 +192,8 @@ struct Inner {
     at_meeting: watch::Sender<Option<PeerId>>,
     /// Dials to the meeting endpoint that nobody answered, in a row.
     unanswered: watch::Sender<u32>,
+    /// The last meeting point reached failed the passphrase check.
+    rejected: std::sync::atomic::AtomicBool,
     /// Guesses at meeting points, both as the one dialling and as the one holding it.
     budget: Mutex<GuessBudget>,
 }
@@ -266,15 +274,18 @@ impl WideRoom {
             generation: watch::channel(None).0,
             at_meeting: watch::channel(None).0,
             unanswered: watch::channel(0).0,
+            rejected: Default::default(),
             budget: Mutex::new(GuessBudget::default()),
         });
         let (tx, rx) = mpsc::channel(MAX_INCOMING);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(accept_loop(inner.clone(), tx)),
             tokio::spawn(member_loop(inner.clone())),
-            tokio::spawn(keeper(inner.clone())),
             tokio::spawn(report_relay(inner.clone())),
         ];
+        if inner.opts.may_host {
+            tasks.push(tokio::spawn(keeper(inner.clone())));
+        }
         Ok(Arc::new(WideRoom {
             inner,
             tasks,
@@ -304,6 +315,14 @@ impl WideRoom {
     /// Incoming session connections, for the holder (once).
     pub fn take_incoming(&self) -> Option<mpsc::Receiver<Connection>> {
         self.incoming.lock().expect("incoming lock").take()
+    }
+
+    /// Whether the last meeting point reached failed the passphrase check (a wrong
+    /// passphrase here, or a squatter there).
+    pub fn rejected_at_meeting(&self) -> bool {
+        self.inner
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this process is registered with a meeting point now.
@@ -459,9 +478,17 @@ async fn meet_once(inner: &Arc<Inner>) -> MeetEnd {
         .settle(charge, settled, Instant::now());
     let mut watching = match watch_session {
         Ok(s) => s,
-        Err(e) if e.is_rejection() => return MeetEnd::Rejected,
+        Err(e) if e.is_rejection() => {
+            inner
+                .rejected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return MeetEnd::Rejected;
+        }
         Err(_) => return MeetEnd::NoAnswer,
     };
+    inner
+        .rejected
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     inner.unanswered.send_replace(0);
     inner.at_meeting.send_replace(Some(watching.peer()));
     let me = *inner.endpoint.id().as_bytes();
@@ -538,8 +565,15 @@ async fn keeper(inner: Arc<Inner>) {
             }
         };
         tracing::info!("holding the room's meeting point");
+        let since = Instant::now();
         loop {
-            sleep(CHECK_EVERY).await;
+            let first_minute = since.elapsed() < Duration::from_secs(60);
+            sleep(if first_minute {
+                CHECK_EVERY_AT_FIRST
+            } else {
+                CHECK_EVERY
+            })
+            .await;
             match who_answers(&inner).await {
                 Some(peer) if peer != point.peer => {
                     tracing::info!("another member holds the meeting point; letting go");

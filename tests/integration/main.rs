@@ -10,3 +10,4 @@ mod paths;
 mod relay;
 mod terminal;
 mod util;
+mod wide;

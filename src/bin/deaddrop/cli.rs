@@ -125,18 +125,19 @@ pub enum Command {
         /// Save files and folders here, under the drop's name (never overwriting: "name (1)").
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// How long to look for the drop's holder.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        wait: Duration,
+        /// How long to look for the drop's holder [default: 5s; 15s with an invite, since
+        /// members beyond the LAN are found through the relay].
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<Duration>,
         #[command(flatten)]
         common: Common,
     },
     /// Show the drops on offer in the room, without fetching them.
     #[command(after_help = EXIT_CODES, override_usage = "deaddrop list [OPTIONS]")]
     List {
-        /// How long to collect answers from holders.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        wait: Duration,
+        /// How long to collect answers from holders [default: 1s; 6s with an invite].
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<Duration>,
         #[command(flatten)]
         common: Common,
     },

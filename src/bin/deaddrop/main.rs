@@ -47,6 +47,12 @@ pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// (the receiver that used it up has its confirmation; members racing for a one-time drop have
 /// heard "already taken"), or after this long at most.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long `fetch` and `list` look for holders by default: on the LAN, and in a room with an
+/// invite (finding members through a relay takes a meeting point's answer first).
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+const FETCH_WAIT_WIDE: Duration = Duration::from_secs(15);
+const LIST_WAIT: Duration = Duration::from_secs(1);
+const LIST_WAIT_WIDE: Duration = Duration::from_secs(6);
 /// On Ctrl-C, how long a sender waits for the receivers of transfers under way to be told
 /// that the drop is withdrawn.
 const WITHDRAW_NOTICE: Duration = Duration::from_secs(1);
@@ -307,8 +313,9 @@ async fn client_context(
     pass: Passphrase,
     common: &Common,
     discovery: &Discovery,
+    long_running: bool,
 ) -> Result<ClientContext> {
-    let wide = wide::room(common, &pass, discovery).await?;
+    let wide = wide::room(common, &pass, discovery, long_running).await?;
     Ok(ClientContext {
         pass,
         id: PeerId::random(),
@@ -409,6 +416,7 @@ async fn dispatch(
             wait,
             common,
         } if common.legacy => {
+            let wait = wait.unwrap_or(FETCH_WAIT);
             let fetch = legacy::fetch(pass, token, out, dir, wait, common, ui.clone());
             interrupted(fetch, &interrupt, &ui).await
         }
@@ -419,6 +427,11 @@ async fn dispatch(
             wait,
             common,
         } => {
+            let wait = wait.unwrap_or(if wide::named(&common) {
+                FETCH_WAIT_WIDE
+            } else {
+                FETCH_WAIT
+            });
             let token: Token = match token.parse() {
                 Ok(t) => t,
                 Err(e) => {
@@ -450,6 +463,11 @@ async fn dispatch(
             unreachable!("handled before the passphrase")
         }
         Command::List { wait, common } => {
+            let wait = wait.unwrap_or(if wide::named(&common) {
+                LIST_WAIT_WIDE
+            } else {
+                LIST_WAIT
+            });
             interrupted(list(pass, wait, common, ui.clone()), &interrupt, &ui).await
         }
     }
@@ -482,7 +500,7 @@ async fn run(
         check_receive_dir(dir)?;
     }
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery).await?;
+    let ctx = client_context(pass, &common, &discovery, true).await?;
     receiver::run(ctx, opts, discovery, printer(ui, None), interrupt.wait()).await;
     Ok(0)
 }
@@ -576,7 +594,7 @@ async fn send(
         Offer::Message(_) => None,
     };
     let discovery = open_discovery(&common).await?;
-    let room = wide::room(&common, &pass, &discovery).await?;
+    let room = wide::room(&common, &pass, &discovery, true).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = HolderOptions {
         name: display_name(&common),
@@ -720,7 +738,7 @@ async fn fetch(
         ));
     }
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery).await?;
+    let ctx = client_context(pass, &common, &discovery, false).await?;
     let mut throttle = Throttle::new();
     let progress_ui = ui.clone();
     let progress = move |t: &client::Transfer<'_>| {
@@ -854,7 +872,7 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> Result<()> {
 
 async fn list(pass: Passphrase, wait: Duration, common: Common, ui: Arc<Ui>) -> Result<u8> {
     let discovery = open_discovery(&common).await?;
-    let ctx = client_context(pass, &common, &discovery).await?;
+    let ctx = client_context(pass, &common, &discovery, false).await?;
     let (listings, tally) = client::list_room(&ctx, &discovery, wait).await;
     let total: usize = listings.iter().map(|l| l.drops.len()).sum();
     if listings.is_empty() && tally.rejected > 0 {

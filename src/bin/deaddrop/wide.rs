@@ -146,12 +146,19 @@ fn local_addresses() -> Vec<String> {
     out
 }
 
+/// Whether a wide-area room is named (`--invite`, `DEADDROP_INVITE`, `--joined`).
+pub fn named(common: &Common) -> bool {
+    common.invite.is_some() || common.joined.is_some()
+}
+
 /// The room's wide-area side when an invite is given (`--invite`, `DEADDROP_INVITE`,
 /// `--joined`); `None` for a LAN-only room, which then starts nothing of this.
+/// `may_host`: whether this process may hold the room's meeting point (long-running ones).
 pub async fn room(
     common: &Common,
     pass: &Passphrase,
     discovery: &Discovery,
+    may_host: bool,
 ) -> Result<Option<Arc<WideRoom>>> {
     let invite = match (&common.invite, &common.joined) {
         (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
@@ -190,6 +197,7 @@ pub async fn room(
         invite,
         device_key,
         bind,
+        may_host,
         timeouts: Timeouts::default(),
     };
     Ok(Some(WideRoom::start(opts, pass.clone()).await?))

@@ -1,0 +1,254 @@
+//! Wide-area rooms on loopback: a `deaddrop relay`, and members that cannot hear each other's
+//! LAN discovery (each on its own discovery port) meeting through the invite. Every packet stays
+//! on 127.0.0.1. The NAT topology tests are in `wide_nat`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::{Proc, Room, assert_ok, bin, free_port, json};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A relay on loopback, its config folder kept by the caller.
+pub struct TestRelay {
+    pub proc: Proc,
+    /// The URL with the certificate pin, as `deaddrop relay` printed it.
+    pub url: String,
+}
+
+impl TestRelay {
+    pub fn start(config: &Path, bind: &str) -> TestRelay {
+        let mut c = Command::new(bin());
+        c.args(["relay", "--bind", bind])
+            .env("DEADDROP_CONFIG_DIR", config);
+        TestRelay::spawn(c)
+    }
+
+    /// Runs `cmd` (a `deaddrop relay` command line) and reads its URL.
+    pub fn spawn(cmd: Command) -> TestRelay {
+        let mut proc = Proc::spawn(cmd);
+        let line = proc
+            .wait_line(T, |l| l.contains("--relay"))
+            .unwrap_or_else(|| panic!("no relay URL; stderr: {}", proc.stderr()));
+        let url = line
+            .split('\'')
+            .nth(1)
+            .expect("the URL is quoted")
+            .to_owned();
+        TestRelay { proc, url }
+    }
+}
+
+/// A new room's invite for `relay`.
+pub fn invite(config: &Path, relay: &str) -> String {
+    let out = Command::new(bin())
+        .args(["invite", "--relay", relay])
+        .env("DEADDROP_CONFIG_DIR", config)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(text.starts_with("deaddrop1:"), "{text}");
+    text
+}
+
+/// A member on loopback with its own discovery port (so LAN discovery cannot find the others)
+/// and its own config folder (its own device key).
+fn member(room: &str, invite: &str, config: &Path, args: &[&str]) -> Command {
+    let mut c = Room {
+        pass: room.into(),
+        port: free_port(),
+    }
+    .cmd(args);
+    c.args(["--invite", invite])
+        .env("DEADDROP_CONFIG_DIR", config);
+    c
+}
+
+#[test]
+fn members_that_cannot_hear_each_other_meet_through_the_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a, b, c, got) = (
+        dir.path().join("relay"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+        dir.path().join("got"),
+    );
+    let relay = TestRelay::start(&relay_cfg, &format!("127.0.0.1:{}", free_port()));
+    let invite = invite(&a, &relay.url);
+
+    // A receiver with the invite gets a message from a sender it cannot hear on the LAN.
+    let mut run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &a,
+        &["run", "--json", "--dir", got.to_str().unwrap()],
+    ));
+    run.wait_event(T, "listening").unwrap();
+    let mut send = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &b,
+        &["send-msg", "--json", "--ttl", "60s", "over the relay's room"],
+    ));
+    let msg = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no message; receiver: {}", run.stderr()));
+    assert_eq!(msg["text"], "over the relay's room");
+    assert!(
+        msg["address"].as_str().unwrap().starts_with("endpoint "),
+        "{msg}"
+    );
+    // On loopback the two endpoints reach each other directly.
+    assert_eq!(msg["via"], "direct", "{msg}");
+    assert!(send.wait(T).success(), "{}", send.stderr());
+    let fetched = send
+        .drain(Duration::ZERO)
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["event"] == "fetched")
+        .map(|v| v["via"].clone());
+    assert_eq!(fetched, Some(serde_json::json!("direct")));
+
+    // A file, fetched by token with `fetch` from a third device, checked whole.
+    drop(run);
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let file = dir.path().join("data.bin");
+    std::fs::write(&file, &content).unwrap();
+    let mut hold = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &b,
+        &["send-file", "--json", file.to_str().unwrap()],
+    ));
+    let token = hold.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out_dir = dir.path().join("fetched");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = member(
+        "secret123",
+        &invite,
+        &c,
+        &["fetch", "--json", "--dir", out_dir.to_str().unwrap(), &token],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&out);
+    let received = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json)
+        .find(|v| v["event"] == "received")
+        .expect("a received event");
+    assert_eq!(received["via"], "direct", "{received}");
+    assert_eq!(std::fs::read(out_dir.join("data.bin")).unwrap(), content);
+    assert!(hold.wait(T).success(), "{}", hold.stderr());
+}
+
+#[test]
+fn an_invite_without_the_passphrase_gets_nothing_and_burns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(
+        &dir.path().join("relay"),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    let invite = invite(&dir.path().join("a"), &relay.url);
+    let mut send = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &dir.path().join("a"),
+        &["send-msg", "--json", "--ttl", "60s", "for members only"],
+    ));
+    let token = send.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Someone with the invite and a wrong passphrase: finds the holder, fails the handshake.
+    let out = member(
+        "wrong guess",
+        &invite,
+        &dir.path().join("x"),
+        &["fetch", "--wait", "12s", &token],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was burned: a member still gets it.
+    let out = member(
+        "secret123",
+        &invite,
+        &dir.path().join("b"),
+        &["fetch", "--out", "-", &token],
+    )
+    .output()
+    .unwrap();
+    assert_ok(&out);
+    assert_eq!(out.stdout, b"for members only");
+    assert!(send.wait(T).success(), "{}", send.stderr());
+}
+
+#[test]
+fn invites_are_kept_by_name_and_damaged_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin = "ab".repeat(32);
+    let relay = format!("https://127.0.0.1:9#sha256={pin}");
+    let out = Command::new(bin())
+        .args(["invite", "--relay", &relay, "--name", "home", "--json"])
+        .env("DEADDROP_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let v = json(String::from_utf8_lossy(&out.stdout).trim());
+    let text = v["invite"].as_str().unwrap().to_owned();
+    let rooms = std::fs::read_to_string(dir.path().join("rooms.json")).unwrap();
+    assert!(rooms.contains(&text), "{rooms}");
+    // The passphrase is nowhere in what is kept.
+    let out = Command::new(bin())
+        .args(["join", &text, "--name", "office"])
+        .env("DEADDROP_CONFIG_DIR", dir.path())
+        .env("DEADDROP_ROOM", "secret123")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(9).any(|w| w == b"secret123"));
+    }
+    // A damaged invite: a usage error that says so, before anything starts.
+    let mut broken = text.clone();
+    broken.truncate(text.len() - 3);
+    let out = Room::new("secret123")
+        .cmd(&["list", "--invite", &broken])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invite"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unknown room name says which are kept.
+    let out = Room::new("secret123")
+        .cmd(&["list", "--joined", "nowhere"])
+        .env("DEADDROP_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("home") && err.contains("office"), "{err}");
+    // Plain HTTP relays are refused.
+    let out = Command::new(bin())
+        .args(["invite", "--relay", "http://127.0.0.1:9"])
+        .env("DEADDROP_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

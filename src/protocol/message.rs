@@ -3,7 +3,7 @@
 //! Unknown kinds decode to `Unknown` so a newer peer's extra messages are skipped, not fatal.
 
 use crate::protocol::codec::{DecodeError, Put, Reader};
-use crate::protocol::id::Token;
+use crate::protocol::id::{PeerId, Token};
 
 /// Peer display names (`--name`) are cut to this many bytes.
 pub const MAX_PEER_NAME: usize = 64;
@@ -198,11 +198,13 @@ pub enum Request {
     Unknown(u8),
 }
 
-/// A room member as a meeting point lists it: its device endpoint id (an Ed25519 public key)
-/// and, if it holds drops, their generation.
+/// A room member as a meeting point lists it: its device endpoint id (an Ed25519 public key),
+/// the process id it proved in the room handshake (the one its LAN beacons carry, so a receiver
+/// that hears it on the LAN uses the LAN) and, if it holds drops, their generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     pub id: [u8; 32],
+    pub peer: PeerId,
     pub generation: Option<u64>,
 }
 
@@ -413,6 +415,7 @@ impl Reply<'_> {
                 b.put_u8(members.len() as u8);
                 for m in members {
                     b.put_bytes(&m.id);
+                    b.put_bytes(&m.peer.0);
                     put_generation(b, m.generation);
                 }
             }
@@ -473,6 +476,7 @@ impl Reply<'_> {
                 for _ in 0..n {
                     members.push(Member {
                         id: r.array()?,
+                        peer: PeerId(r.array()?),
                         generation: get_generation(&mut r)?,
                     });
                 }
@@ -565,10 +569,12 @@ mod tests {
                 members: vec![
                     Member {
                         id: [5; 32],
+                        peer: PeerId([1; 16]),
                         generation: None,
                     },
                     Member {
                         id: [6; 32],
+                        peer: PeerId([2; 16]),
                         generation: Some(1 << 40),
                     },
                 ],

@@ -574,16 +574,47 @@ impl Queries {
     }
 }
 
-/// The TCP endpoint an announcement points to, if it is one: `None` for queries and our own.
-pub fn announced(heard: Heard, me: PeerId) -> Option<(SocketAddr, u64)> {
+/// The TCP endpoint an announcement points to, its generation and the holder's id, if it is
+/// one: `None` for queries and our own.
+pub fn announced(heard: Heard, me: PeerId) -> Option<(SocketAddr, u64, PeerId)> {
     match heard {
         Heard::Announce {
             endpoint,
             id,
             generation,
             ..
-        } if id != me => Some((endpoint, generation)),
+        } if id != me => Some((endpoint, generation, id)),
         _ => None,
+    }
+}
+
+/// Holders heard on the LAN lately, by id: the wide-area path is not used for them (the LAN
+/// comes first). Bounded: the oldest is forgotten first.
+#[derive(Debug, Default)]
+pub struct HeardOnLan {
+    ids: HashMap<PeerId, std::time::Instant>,
+}
+
+impl HeardOnLan {
+    const MAX: usize = 1024;
+
+    pub fn note(&mut self, id: PeerId) {
+        let now = std::time::Instant::now();
+        if self.ids.len() >= Self::MAX && !self.ids.contains_key(&id) {
+            self.ids.retain(|_, t| {
+                now.saturating_duration_since(*t) < crate::session::contacts::FORGET_AFTER
+            });
+            if self.ids.len() >= Self::MAX {
+                return;
+            }
+        }
+        self.ids.insert(id, now);
+    }
+
+    pub fn contains(&self, id: &PeerId) -> bool {
+        self.ids
+            .get(id)
+            .is_some_and(|t| t.elapsed() < crate::session::contacts::FORGET_AFTER)
     }
 }
 
@@ -711,6 +742,7 @@ where
     let mut queries = Queries::new(Some(QUERY_EVERY));
     let mut sessions: Sessions<T> = Sessions::default();
     let mut members = wide_members(ctx);
+    let mut lan = HeardOnLan::default();
     let mut tally = Tally::default();
     // Holders whose last try was cut, counted once at the end.
     let mut cut = std::collections::HashSet::new();
@@ -752,11 +784,12 @@ where
             .max(floor);
         tokio::select! {
             heard = discovery.recv() => {
-                if let Some((addr, generation)) = announced(heard, ctx.id) {
+                if let Some((addr, generation, id)) = announced(heard, ctx.id) {
+                    lan.note(id);
                     book.on_announce(addr, generation, std::time::Instant::now());
                 }
             }
-            list = next_members(&mut members) => on_members(&mut book, &list),
+            list = next_members(&mut members) => on_members(&mut book, &list, &lan),
             Some((attempt, result)) = sessions.next(), if !sessions.is_empty() => {
                 if let Some(r) = finish(&mut book, attempt, result).await {
                     sessions.abort_all();
@@ -805,10 +838,14 @@ pub async fn next_members(
     std::future::pending().await
 }
 
-/// Holders on the meeting point's list are announcements of the wide-area room.
-pub fn on_members(book: &mut Book, members: &[Member]) {
+/// Holders on the meeting point's list are announcements of the wide-area room, except those
+/// heard on the LAN.
+pub fn on_members(book: &mut Book, members: &[Member], lan: &HeardOnLan) {
     let now = std::time::Instant::now();
     for m in members {
+        if lan.contains(&m.peer) {
+            continue;
+        }
         if let Some(generation) = m.generation {
             book.on_announce(Contact::Wide(m.id), generation, now);
         }

@@ -13,8 +13,9 @@ use crate::event::{Event, Events, Throttle};
 use crate::protocol::id::Token;
 use crate::protocol::message::{DropInfo, DropKind, Refusal};
 use crate::session::client::{
-    ClientContext, FetchError, FetchOutcome, HolderSession, MemorySink, Queries, Sessions,
-    Transfer, announced, next_members, on_members, sleep_until_std, timeouts_for, wide_members,
+    ClientContext, FetchError, FetchOutcome, HeardOnLan, HolderSession, MemorySink, Queries,
+    Sessions, Transfer, announced, next_members, on_members, sleep_until_std, timeouts_for,
+    wide_members,
 };
 use crate::session::contacts::{Book, Contact, Mode, Outcome};
 use crate::session::holder::MAX_MESSAGE;
@@ -193,6 +194,7 @@ pub async fn run(
     let mut book = Book::new(Mode::Follow);
     let mut syncs: Sessions<Outcome> = Sessions::default();
     let mut members = wide_members(&shared.ctx);
+    let mut lan = HeardOnLan::default();
     // Unicast peers do not hear each other's broadcasts: keep asking them.
     let mut queries =
         Queries::new((!discovery.scope().peers.is_empty()).then_some(PEER_QUERY_EVERY));
@@ -212,11 +214,12 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             heard = discovery.recv() => {
-                if let Some((addr, generation)) = announced(heard, me) {
+                if let Some((addr, generation, id)) = announced(heard, me) {
+                    lan.note(id);
                     book.on_announce(addr, generation, Instant::now());
                 }
             }
-            list = next_members(&mut members) => on_members(&mut book, &list),
+            list = next_members(&mut members) => on_members(&mut book, &list, &lan),
             Some((attempt, outcome)) = syncs.next(), if !syncs.is_empty() => {
                 let outcome = outcome.unwrap_or(Outcome::Incomplete);
                 if outcome == Outcome::Rejected {

@@ -76,6 +76,9 @@ pub struct WideOptions {
     pub device_key: [u8; 32],
     /// Addresses to bind the endpoint's UDP sockets to (confinement); empty: every address.
     pub bind: Vec<IpAddr>,
+    /// This process's id in room handshakes: the one its LAN beacons carry (a holder's id, or
+    /// a receiver's), so receivers on the LAN can tell it is the same process.
+    pub me: PeerId,
     /// Whether this process may hold the room's meeting point when nobody does: yes for the
     /// long-running `run` and `send-*`, no for `list` and `fetch`, which come and go.
     pub may_host: bool,
@@ -264,11 +267,12 @@ impl WideRoom {
         if let Some(url) = relay {
             meeting = meeting.with_relay_url(url);
         }
+        let me = opts.me;
         let inner = Arc::new(Inner {
             endpoint,
             opts,
             pass,
-            me: PeerId::random(),
+            me,
             meeting,
             members: watch::channel(Arc::new(Vec::new())).0,
             generation: watch::channel(None).0,
@@ -626,16 +630,17 @@ impl Drop for MeetingPoint {
 #[derive(Debug, Default, Clone)]
 struct Table {
     version: u64,
-    /// Endpoint id → (generation held, sessions open).
-    members: std::collections::BTreeMap<[u8; 32], (Option<u64>, usize)>,
+    /// Endpoint id → (handshake id, generation held, sessions open).
+    members: std::collections::BTreeMap<[u8; 32], (PeerId, Option<u64>, usize)>,
 }
 
 impl Table {
     fn list(&self) -> Vec<Member> {
         self.members
             .iter()
-            .map(|(id, (generation, _))| Member {
+            .map(|(id, (peer, generation, _))| Member {
                 id: *id,
+                peer: *peer,
                 generation: *generation,
             })
             .collect()
@@ -734,6 +739,7 @@ async fn serve_member(
     let Ok(mut s) = session else {
         return;
     };
+    let member = s.peer();
     let mut registered = false;
     let result = async {
         loop {
@@ -755,15 +761,15 @@ async fn serve_member(
                     full = true;
                     return false;
                 }
-                let entry = t.members.entry(id).or_insert((generation, 0));
+                let entry = t.members.entry(id).or_insert((member, generation, 0));
                 let mut changed = false;
                 if !registered {
-                    entry.1 += 1;
+                    entry.2 += 1;
                     registered = true;
-                    changed = entry.1 == 1;
+                    changed = entry.2 == 1;
                 }
-                if entry.0 != generation {
-                    entry.0 = generation;
+                if (entry.0, entry.1) != (member, generation) {
+                    (entry.0, entry.1) = (member, generation);
                     changed = true;
                 }
                 if changed {
@@ -792,8 +798,8 @@ async fn serve_member(
     if registered {
         table.send_modify(|t| {
             if let Some(e) = t.members.get_mut(&id) {
-                e.1 -= 1;
-                if e.1 == 0 {
+                e.2 -= 1;
+                if e.2 == 0 {
                     t.members.remove(&id);
                     t.version += 1;
                 }

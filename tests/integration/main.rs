@@ -11,3 +11,4 @@ mod relay;
 mod terminal;
 mod util;
 mod wide;
+mod wide_nat;

@@ -91,7 +91,13 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
         "secret123",
         &invite,
         &b,
-        &["send-msg", "--json", "--ttl", "60s", "over the relay's room"],
+        &[
+            "send-msg",
+            "--json",
+            "--ttl",
+            "60s",
+            "over the relay's room",
+        ],
     ));
     let msg = run
         .wait_event(T, "message")
@@ -133,7 +139,13 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
         "secret123",
         &invite,
         &c,
-        &["fetch", "--json", "--dir", out_dir.to_str().unwrap(), &token],
+        &[
+            "fetch",
+            "--json",
+            "--dir",
+            out_dir.to_str().unwrap(),
+            &token,
+        ],
     )
     .output()
     .unwrap();

@@ -315,10 +315,11 @@ async fn client_context(
     discovery: &Discovery,
     long_running: bool,
 ) -> Result<ClientContext> {
-    let wide = wide::room(common, &pass, discovery, long_running).await?;
+    let id = PeerId::random();
+    let wide = wide::room(common, &pass, discovery.scope(), id, long_running).await?;
     Ok(ClientContext {
         pass,
-        id: PeerId::random(),
+        id,
         name: display_name(common),
         scope: std::sync::Arc::new(discovery.scope().clone()),
         timeouts: Timeouts::default(),
@@ -594,16 +595,20 @@ async fn send(
         Offer::Message(_) => None,
     };
     let discovery = open_discovery(&common).await?;
-    let room = wide::room(&common, &pass, &discovery, true).await?;
+    let named = wide::named(&common);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = HolderOptions {
         name: display_name(&common),
         ..HolderOptions::default()
     };
+    let scope = discovery.scope().clone();
+    let wide_pass = named.then(|| pass.clone());
     let mut holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
         .await
         .context("cannot start serving")?;
-    if let Some(room) = room {
+    if let Some(pass) = wide_pass
+        && let Some(room) = wide::room(&common, &pass, &scope, holder.id(), true).await?
+    {
         holder.serve_wide(room);
     }
     let limit = if limit.everyone {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use deaddrop::discovery::Discovery;
+use deaddrop::discovery::Scope;
+use deaddrop::protocol::id::PeerId;
 use deaddrop::protocol::secret::Passphrase;
 use deaddrop::session::transport::Timeouts;
 use deaddrop::wide::config;
@@ -153,11 +154,13 @@ pub fn named(common: &Common) -> bool {
 
 /// The room's wide-area side when an invite is given (`--invite`, `DEADDROP_INVITE`,
 /// `--joined`); `None` for a LAN-only room, which then starts nothing of this.
-/// `may_host`: whether this process may hold the room's meeting point (long-running ones).
+/// `me`: this process's id (its holder's, or its client's); `may_host`: whether this process
+/// may hold the room's meeting point (long-running ones).
 pub async fn room(
     common: &Common,
     pass: &Passphrase,
-    discovery: &Discovery,
+    scope: &Scope,
+    me: PeerId,
     may_host: bool,
 ) -> Result<Option<Arc<WideRoom>>> {
     let invite = match (&common.invite, &common.joined) {
@@ -182,7 +185,6 @@ pub async fn room(
     Box::leak(Box::new(device));
     // Confined (--interface): the endpoint's sockets are bound to the chosen addresses, one per
     // address family.
-    let scope = discovery.scope();
     let mut bind: Vec<IpAddr> = Vec::new();
     if scope.confined {
         for addr in scope.listen_addrs() {
@@ -197,6 +199,7 @@ pub async fn room(
         invite,
         device_key,
         bind,
+        me,
         may_host,
         timeouts: Timeouts::default(),
     };

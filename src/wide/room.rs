@@ -67,6 +67,8 @@ const MAX_INCOMING: usize = 64;
 /// up to ten minutes: a squatter on the meeting key gets no guess oracle.
 const REJECTED_BACKOFF_FIRST: Duration = Duration::from_secs(30);
 const REJECTED_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// How long leaving the room may hold up a process's exit.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// How a wide-area room starts.
 #[derive(Debug, Clone)]
@@ -197,6 +199,9 @@ struct Inner {
     unanswered: watch::Sender<u32>,
     /// The last meeting point reached failed the passphrase check.
     rejected: std::sync::atomic::AtomicBool,
+    /// The meeting endpoint, while this process holds it (closed with the device endpoint
+    /// when the process exits).
+    held: Mutex<Option<Endpoint>>,
     /// Guesses at meeting points, both as the one dialling and as the one holding it.
     budget: Mutex<GuessBudget>,
 }
@@ -279,6 +284,7 @@ impl WideRoom {
             at_meeting: watch::channel(None).0,
             unanswered: watch::channel(0).0,
             rejected: Default::default(),
+            held: Mutex::new(None),
             budget: Mutex::new(GuessBudget::default()),
         });
         let (tx, rx) = mpsc::channel(MAX_INCOMING);
@@ -295,6 +301,27 @@ impl WideRoom {
             tasks,
             incoming: Mutex::new(Some(rx)),
         }))
+    }
+
+    /// Leaves the room before the process exits: closes this process's connections (and the
+    /// meeting point, if it holds it) so that members see it go at once instead of waiting for
+    /// an idle timeout, and a dial to the device's next process is not held up by a dead
+    /// connection to this one. Waits at most `CLOSE_WAIT`.
+    pub async fn close(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let held = self.inner.held.lock().expect("held lock").take();
+        let device = self.inner.endpoint.clone();
+        let both = async move {
+            match held {
+                Some(meeting) => {
+                    tokio::join!(device.close(), meeting.close());
+                }
+                None => device.close().await,
+            }
+        };
+        let _ = timeout(CLOSE_WAIT, both).await;
     }
 
     /// This device's endpoint id.
@@ -334,8 +361,35 @@ impl WideRoom {
         self.inner.at_meeting.subscribe()
     }
 
-    /// Opens a session stream to member `id`'s device endpoint.
-    pub async fn dial(&self, id: [u8; 32], limit: Duration) -> io::Result<WideLink> {
+    /// Opens a session stream to member `id`'s device endpoint. With `process`, the dial is
+    /// for that process of the device, as the meeting point listed it: it gives up as soon as
+    /// the meeting point no longer lists it (the process exited; its device's next process is
+    /// dialled on its own), instead of waiting out the timeout on a dead process.
+    pub async fn dial(
+        &self,
+        id: [u8; 32],
+        process: Option<PeerId>,
+        limit: Duration,
+    ) -> io::Result<WideLink> {
+        let gone = async {
+            let Some(peer) = process else {
+                return std::future::pending().await;
+            };
+            let mut members = self.inner.members.subscribe();
+            let _ = members
+                .wait_for(|list| !list.iter().any(|m| m.id == id && m.peer == peer))
+                .await;
+        };
+        tokio::select! {
+            link = self.dial_endpoint(id, limit) => link,
+            () = gone => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the member left the room's meeting point",
+            )),
+        }
+    }
+
+    async fn dial_endpoint(&self, id: [u8; 32], limit: Duration) -> io::Result<WideLink> {
         let key = EndpointId::from_bytes(&id)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not an endpoint id"))?;
         let mut addr = EndpointAddr::new(key);
@@ -586,6 +640,7 @@ async fn keeper(inner: Arc<Inner>) {
                 _ => {}
             }
         }
+        inner.held.lock().expect("held lock").take();
         drop(point);
         inner.unanswered.send_replace(0);
     }
@@ -654,6 +709,7 @@ impl MeetingPoint {
         let peer = PeerId::random();
         let table = Arc::new(watch::channel(Table::default()).0);
         let task = tokio::spawn(serve_meeting(inner.clone(), endpoint.clone(), peer, table));
+        *inner.held.lock().expect("held lock") = Some(endpoint.clone());
         Ok(MeetingPoint {
             peer,
             endpoint,

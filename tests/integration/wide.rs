@@ -267,3 +267,47 @@ fn invites_are_kept_by_name_and_damaged_ones_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// One device's processes share its endpoint id. A receiver that was still dialling a sender
+/// that has just exited must not hold up the same device's next sender behind that dead dial
+/// (it once waited for the dial's handshake timeout, 5 s, or for QUIC's retransmissions to
+/// reach the new process): senders leave the room when they exit, and a dial gives up when
+/// the meeting point no longer lists the process it was for.
+#[test]
+fn a_devices_next_sender_is_not_held_up_by_its_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a, b) = (
+        dir.path().join("relay"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+    );
+    let relay = TestRelay::start(&relay_cfg, &format!("127.0.0.1:{}", free_port()));
+    let invite = invite(&a, &relay.url);
+    let mut run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &a,
+        &["run", "--json", "--no-files", "-v"],
+    ));
+    run.wait_event(T, "listening").unwrap();
+    for i in 0..4 {
+        let text = format!("message {i}");
+        let mut send = Proc::spawn(member(
+            "secret123",
+            &invite,
+            &b,
+            &["send-msg", "--ttl", "60s", &text],
+        ));
+        let m = run
+            .wait_event(T, "message")
+            .unwrap_or_else(|| panic!("no message {i}: {}", run.stderr()));
+        assert_eq!(m["text"], text.as_str());
+        assert!(send.wait(T).success(), "{}", send.stderr());
+    }
+    let log = run.stderr();
+    assert!(
+        !log.contains("timed out"),
+        "the receiver waited on a sender that had gone: {log}"
+    );
+    drop(relay);
+}

@@ -117,7 +117,9 @@ fn main() -> ExitCode {
             .block_on(async {
                 let interrupt =
                     Interrupt::install().context("cannot install the Ctrl-C handler")?;
-                dispatch(cli.command, pass, ui.clone(), interrupt).await
+                let result = dispatch(cli.command, pass, ui.clone(), interrupt).await;
+                wide::leave_all().await;
+                result
             })
     });
     // No bar may stay on screen, however the command ended.
@@ -606,11 +608,10 @@ async fn send(
     let mut holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
         .await
         .context("cannot start serving")?;
-    if let Some(pass) = wide_pass
-        && let Some(room) = wide::room(&common, &pass, &scope, holder.id(), true).await?
-    {
-        holder.serve_wide(room);
-    }
+    let wide = match wide_pass {
+        Some(pass) => wide::plan(&common, &scope, holder.id(), true)?.map(|opts| (opts, pass)),
+        None => None,
+    };
     let limit = if limit.everyone {
         FetchLimit::Everyone
     } else {
@@ -635,6 +636,10 @@ async fn send(
         ),
         (Offer::Path(_), None) => unreachable!("prepared above"),
     };
+    // On offer on the LAN first; then beyond it.
+    if let Some((opts, pass)) = wide {
+        holder.serve_wide(wide::start(opts, &pass).await?);
+    }
     if !ui.json() {
         ui.out(&token.to_string());
         ui.err(&format!(

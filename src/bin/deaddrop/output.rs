@@ -58,6 +58,16 @@ fn clock(unix: Option<u64>) -> String {
     t.format("%H:%M:%S").to_string()
 }
 
+/// Said after a transfer that did not go over the LAN: the user may want to know that a file
+/// went through the relay.
+fn beyond_lan(via: deaddrop::event::Via) -> &'static str {
+    match via {
+        deaddrop::event::Via::Lan => "",
+        deaddrop::event::Via::Direct => ", direct",
+        deaddrop::event::Via::Relayed => ", through the relay",
+    }
+}
+
 fn size(bytes: u64) -> String {
     format_size(bytes)
 }
@@ -112,10 +122,11 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             size: bytes,
             files,
             from,
+            via,
             ..
         } => (
             format!(
-                "[{}] {}: saved {} {} ({})",
+                "[{}] {}: saved {} {} ({}{})",
                 clock(None),
                 sanitize(from, false),
                 kind.as_str(),
@@ -123,12 +134,19 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
                 match kind {
                     DropKind::Directory => format!("{}, {}", crate::files(*files), size(*bytes)),
                     _ => size(*bytes),
-                }
+                },
+                beyond_lan(*via)
             ),
             true,
         ),
-        Event::Fetched { by, address, .. } => (
-            format!("Fetched by {} ({address}).", sanitize(by, false)),
+        Event::Fetched {
+            by, address, via, ..
+        } => (
+            format!(
+                "Fetched by {} ({address}{}).",
+                sanitize(by, false),
+                beyond_lan(*via)
+            ),
             false,
         ),
         Event::UsedUp { .. } => return None,
@@ -553,5 +571,27 @@ mod tests {
             line.contains("alice: saved file ./a\u{fffd}[2Jb.txt (2.0 KiB)"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn human_lines_say_when_a_transfer_went_beyond_the_lan() {
+        let received = |via| {
+            human(&Event::Received {
+                token: Token([0; 16]).into(),
+                kind: deaddrop::protocol::message::DropKind::File,
+                path: "./a.txt".into(),
+                size: 2048,
+                files: 1,
+                from: "alice".into(),
+                address: String::new(),
+                via,
+            })
+            .unwrap()
+            .0
+        };
+        use deaddrop::event::Via;
+        assert!(received(Via::Lan).ends_with("(2.0 KiB)"));
+        assert!(received(Via::Relayed).ends_with("(2.0 KiB, through the relay)"));
+        assert!(received(Via::Direct).ends_with("(2.0 KiB, direct)"));
     }
 }

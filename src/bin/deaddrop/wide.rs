@@ -163,6 +163,21 @@ pub async fn room(
     me: PeerId,
     may_host: bool,
 ) -> Result<Option<Arc<WideRoom>>> {
+    match plan(common, scope, me, may_host)? {
+        Some(opts) => Ok(Some(start(opts, pass).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Checks the invite and takes the device key, without touching the network: a sender does
+/// this before offering (a bad invite offers nothing) and [`start`]s the room after (the LAN
+/// hears of the drop without waiting for the endpoint).
+pub fn plan(
+    common: &Common,
+    scope: &Scope,
+    me: PeerId,
+    may_host: bool,
+) -> Result<Option<WideOptions>> {
     let invite = match (&common.invite, &common.joined) {
         (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
         (None, Some(name)) => {
@@ -195,13 +210,33 @@ pub async fn room(
             }
         }
     }
-    let opts = WideOptions {
+    Ok(Some(WideOptions {
         invite,
         device_key,
         bind,
         me,
         may_host,
         timeouts: Timeouts::default(),
-    };
-    Ok(Some(WideRoom::start(opts, pass.clone()).await?))
+    }))
+}
+
+/// Starts the room's endpoint and membership; it is left when the process exits.
+pub async fn start(opts: WideOptions, pass: &Passphrase) -> Result<Arc<WideRoom>> {
+    let room = WideRoom::start(opts, pass.clone()).await?;
+    OPEN.lock().expect("open rooms lock").push(room.clone());
+    Ok(room)
+}
+
+/// The rooms this process started, to leave when it exits.
+static OPEN: std::sync::Mutex<Vec<Arc<WideRoom>>> = std::sync::Mutex::new(Vec::new());
+
+/// Leaves every room this process started (closes their connections, so members see this
+/// process go at once). Called when a command ends, however it ended.
+pub async fn leave_all() {
+    let rooms = std::mem::take(&mut *OPEN.lock().expect("open rooms lock"));
+    let mut set = tokio::task::JoinSet::new();
+    for room in rooms {
+        set.spawn(async move { room.close().await });
+    }
+    while set.join_next().await.is_some() {}
 }

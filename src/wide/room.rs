@@ -312,16 +312,15 @@ impl WideRoom {
             t.abort();
         }
         let held = self.inner.held.lock().expect("held lock").take();
-        let device = self.inner.endpoint.clone();
-        let both = async move {
-            match held {
-                Some(meeting) => {
-                    tokio::join!(device.close(), meeting.close());
-                }
-                None => device.close().await,
+        let meeting = async {
+            if let Some(endpoint) = held {
+                endpoint.close().await;
             }
         };
-        let _ = timeout(CLOSE_WAIT, both).await;
+        let _ = timeout(CLOSE_WAIT, async {
+            tokio::join!(self.inner.endpoint.close(), meeting)
+        })
+        .await;
     }
 
     /// This device's endpoint id.

@@ -25,6 +25,11 @@ impl TestRelay {
         TestRelay::spawn(c)
     }
 
+    /// A relay on a free loopback port.
+    pub fn on_loopback(config: &Path) -> TestRelay {
+        TestRelay::start(config, &format!("127.0.0.1:{}", free_port()))
+    }
+
     /// Runs `cmd` (a `deaddrop relay` command line) and reads its URL.
     pub fn spawn(cmd: Command) -> TestRelay {
         let mut proc = Proc::spawn(cmd);
@@ -76,7 +81,7 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
         dir.path().join("c"),
         dir.path().join("got"),
     );
-    let relay = TestRelay::start(&relay_cfg, &format!("127.0.0.1:{}", free_port()));
+    let relay = TestRelay::on_loopback(&relay_cfg);
     let invite = invite(&a, &relay.url);
 
     // A receiver with the invite gets a message from a sender it cannot hear on the LAN.
@@ -166,10 +171,7 @@ fn members_that_cannot_hear_each_other_meet_through_the_invite() {
 #[test]
 fn an_invite_without_the_passphrase_gets_nothing_and_burns_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(
-        &dir.path().join("relay"),
-        &format!("127.0.0.1:{}", free_port()),
-    );
+    let relay = TestRelay::on_loopback(&dir.path().join("relay"));
     let invite = invite(&dir.path().join("a"), &relay.url);
     let mut send = Proc::spawn(member(
         "secret123",
@@ -281,7 +283,7 @@ fn a_devices_next_sender_is_not_held_up_by_its_last_one() {
         dir.path().join("a"),
         dir.path().join("b"),
     );
-    let relay = TestRelay::start(&relay_cfg, &format!("127.0.0.1:{}", free_port()));
+    let relay = TestRelay::on_loopback(&relay_cfg);
     let invite = invite(&a, &relay.url);
     let mut run = Proc::spawn(member(
         "secret123",

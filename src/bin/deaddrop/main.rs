@@ -597,14 +597,13 @@ async fn send(
         Offer::Message(_) => None,
     };
     let discovery = open_discovery(&common).await?;
-    let named = wide::named(&common);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let opts = HolderOptions {
         name: display_name(&common),
         ..HolderOptions::default()
     };
     let scope = discovery.scope().clone();
-    let wide_pass = named.then(|| pass.clone());
+    let wide_pass = wide::named(&common).then(|| pass.clone());
     let mut holder = Holder::start(pass, opts, discovery, printer(ui.clone(), Some(tx)))
         .await
         .context("cannot start serving")?;

@@ -8,10 +8,13 @@ drops new inbound connections), and a "public" network between the routers with 
 In one run, interleaved, for each path:
   - lan:     a1 -> a2, same LAN, no invite (TCP), and socat a1 -> a2 (plain TCP) beside it;
   - direct:  a1 -> b1 with the invite (UDP through both NATs after hole punching);
-  - relayed: a1 -> b1 with direct UDP between the NATs blocked (through deaddrop relay).
+  - relayed: a1 -> b1 with direct UDP between the NATs blocked (through deaddrop relay);
+  - iroh floor: a1 -> b1 direct, examples/iroh_floor (one iroh stream, hashed and written, none
+    of deaddrop's handshake or records): the engine's ceiling on this path.
 it measures the message latency (send-msg start to the running receiver's message event) and
 the time to fetch a file (fetch start to exit, finding the holder included) of --size MiB.
 
+    cargo build --release --bin deaddrop --example iroh_floor
     sudo python3 bench/wide.py [--size 512] [--runs 3] [--messages 10] [--binary target/release/deaddrop]
 """
 import argparse
@@ -190,6 +193,25 @@ def fetch_time(nat, binary, src, recv_host, invite):
     return elapsed, received - first, via
 
 
+def iroh_floor_time(nat, floor, src, invite):
+    """(transfer, via): iroh_floor a1 -> b1, seconds from the first byte to the last, hashed and
+    written: the engine's own ceiling for this path, without deaddrop's handshake and records."""
+    out = os.path.join(WORK, "floor-out.bin")
+    recv = subprocess.Popen(nat.prefix("b1") + [floor, "recv", invite, out], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    first = recv.stdout.readline().split()
+    if len(first) != 2 or first[0] != "id":
+        raise RuntimeError(f"iroh_floor recv: {first}")
+    time.sleep(1)  # both ends online at the relay, as the room's members are when a fetch starts
+    subprocess.run(nat.prefix("a1") + [floor, "send", invite, first[1], src], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    _digest, via, secs = recv.stdout.readline().split()
+    recv.wait(timeout=60)
+    assert os.path.getsize(out) == os.path.getsize(src)
+    os.remove(out)
+    return float(secs), via.lower()
+
+
 def socat_time(nat, src):
     out = os.path.join(WORK, "socat-out.bin")
     recv = subprocess.Popen(nat.prefix("a2") + ["socat", "-b1048576", "-u", "TCP-LISTEN:9999,reuseaddr",
@@ -209,6 +231,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--messages", type=int, default=10)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "deaddrop"))
+    ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "examples", "iroh_floor"),
+                    help="the iroh floor program (cargo build --release --example iroh_floor)")
     args = ap.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
@@ -229,10 +253,15 @@ def main():
         paths = [("lan", "a2", None, False), ("direct", "b1", invite, False), ("relayed", "b1", invite, True)]
         times = {p[0]: [] for p in paths}
         times["socat"] = []
+        times["iroh floor"] = []
+        vias["iroh floor"] = set()
         wholes = {p[0]: [] for p in paths}
         vias = {p[0]: set() for p in paths}
         for r in range(args.runs):
             times["socat"].append(socat_time(nat, src))
+            t, via = iroh_floor_time(nat, args.floor, src, invite)
+            times["iroh floor"].append(t)
+            vias["iroh floor"].add(via)
             for name, host, inv, block in paths:
                 nat.block_direct(block)
                 whole, t, via = fetch_time(nat, args.binary, src, host, inv)
@@ -253,7 +282,7 @@ def main():
               "copy checked whole; whole: fetch start to exit (finding the holder included)")
         print("| path | transfer | MB/s | vs LAN TCP (paired rounds) | whole | vias seen |")
         print("|---|---|---|---|---|---|")
-        for name in ("socat", "lan", "direct", "relayed"):
+        for name in ("socat", "lan", "iroh floor", "direct", "relayed"):
             t = statistics.median(times[name])
             mbs = (args.size << 20) / t / 1e6
             paired = ", ".join(f"{l / x:.2f}" for l, x in zip(times["lan"], times[name]))

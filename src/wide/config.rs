@@ -1,5 +1,6 @@
 //! What deaddrop keeps in the platform's config folder for wide-area rooms: this device's
-//! endpoint key, the rooms joined (`deaddrop join`), and a relay's certificate.
+//! endpoint key, the rooms joined (`deaddrop join`), the members each room's device met
+//! (`peers/`), and a relay's certificate.
 //!
 //! The folder is `DEADDROP_CONFIG_DIR` if set, else the platform's: `~/.config/deaddrop` on
 //! Linux, `%APPDATA%\deaddrop\config` on Windows, `~/Library/Application Support/deaddrop` on
@@ -9,7 +10,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::wide::invite::Invite;
+use serde::{Deserialize, Serialize};
+
+use crate::wide::invite::{Invite, RoomId, hex};
 
 /// The most rooms kept.
 pub const MAX_ROOMS: usize = 256;
@@ -169,6 +172,104 @@ pub fn room(dir: &Path, name: &str) -> io::Result<Invite> {
     })
 }
 
+/// The most members remembered per room.
+pub const MAX_PEERS: usize = 16;
+
+/// Where the members this device met in `room` are kept: `peers/ROOM-ID.json`.
+pub fn peers_path(dir: &Path, room: &RoomId) -> PathBuf {
+    dir.join("peers").join(format!("{}.json", hex(&room.0)))
+}
+
+/// The device endpoint ids of members met in one room, most recently seen first: where a
+/// member looks for the others when the room's meeting point is held by someone who fails
+/// the room handshake (PROTOCOL.md, "Members met before"). An endpoint id names a device; it
+/// is no credential, and nothing here is derived from the passphrase.
+#[derive(Debug, Default)]
+pub struct Peers {
+    path: Option<PathBuf>,
+    ids: Vec<([u8; 32], u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeersFile {
+    peers: Vec<PeerEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerEntry {
+    id: String,
+    /// Unix seconds.
+    seen: u64,
+}
+
+impl Peers {
+    /// The members kept at `path` (none if it is absent or damaged: it is only a hint), then
+    /// the invite's endpoints.
+    pub fn load(path: Option<PathBuf>, bootstrap: &[[u8; 32]]) -> Peers {
+        let mut ids: Vec<([u8; 32], u64)> = Vec::new();
+        let file = path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| serde_json::from_slice::<PeersFile>(&bytes).ok());
+        for entry in file.map(|f| f.peers).unwrap_or_default() {
+            let Ok(bytes) = data_encoding::HEXLOWER_PERMISSIVE.decode(entry.id.as_bytes()) else {
+                continue;
+            };
+            if let Ok(id) = <[u8; 32]>::try_from(bytes)
+                && !ids.iter().any(|(i, _)| *i == id)
+            {
+                ids.push((id, entry.seen));
+            }
+        }
+        ids.sort_by_key(|e| std::cmp::Reverse(e.1));
+        for id in bootstrap {
+            if !ids.iter().any(|(i, _)| i == id) {
+                ids.push((*id, 0));
+            }
+        }
+        ids.truncate(MAX_PEERS);
+        Peers { path, ids }
+    }
+
+    /// The `n` members seen most recently.
+    pub fn recent(&self, n: usize) -> Vec<[u8; 32]> {
+        self.ids.iter().take(n).map(|(id, _)| *id).collect()
+    }
+
+    /// Notes that `ids` were seen at `now` (Unix seconds), first in the list; the oldest fall
+    /// off past [`MAX_PEERS`]. True if a member not kept before is now kept (worth saving).
+    pub fn saw(&mut self, ids: &[[u8; 32]], now: u64) -> bool {
+        let mut new = false;
+        for id in ids.iter().take(MAX_PEERS).rev() {
+            match self.ids.iter().position(|(i, _)| i == id) {
+                Some(at) => {
+                    self.ids.remove(at);
+                }
+                None => new = true,
+            }
+            self.ids.insert(0, (*id, now));
+        }
+        self.ids.truncate(MAX_PEERS);
+        new
+    }
+
+    /// The file's contents now, and where it goes (`None` without a config folder).
+    pub fn snapshot(&self) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.path.clone()?;
+        let file = PeersFile {
+            peers: self
+                .ids
+                .iter()
+                .map(|(id, seen)| PeerEntry {
+                    id: hex(id),
+                    seen: *seen,
+                })
+                .collect(),
+        };
+        Some((path, serde_json::to_vec_pretty(&file).ok()?))
+    }
+}
+
 fn check_room_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name.len() > MAX_ROOM_NAME || name.chars().any(char::is_control) {
         return Err(io::Error::new(
@@ -215,6 +316,29 @@ mod tests {
         drop(first);
         let third = device(dir.path()).unwrap();
         assert!(third.is_device_key);
+    }
+
+    #[test]
+    fn members_met_are_kept_most_recent_first_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = RoomId::random();
+        let path = peers_path(dir.path(), &room);
+        let mut peers = Peers::load(Some(path.clone()), &[[9; 32]]);
+        assert_eq!(peers.recent(5), vec![[9; 32]]);
+        assert!(peers.saw(&[[1; 32], [2; 32]], 100));
+        assert!(!peers.saw(&[[2; 32]], 200), "nothing new");
+        assert_eq!(peers.recent(2), vec![[2; 32], [1; 32]]);
+        let (p, bytes) = peers.snapshot().unwrap();
+        write_private(&p, &bytes).unwrap();
+        let again = Peers::load(Some(path.clone()), &[]);
+        assert_eq!(again.recent(9), vec![[2; 32], [1; 32], [9; 32]]);
+        let many: Vec<[u8; 32]> = (10..40).map(|i| [i; 32]).collect();
+        peers.saw(&many, 300);
+        assert_eq!(peers.recent(100).len(), MAX_PEERS);
+        assert_eq!(peers.recent(1), vec![[10; 32]]);
+        // A damaged file is only a lost hint.
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(Peers::load(Some(path), &[]).recent(9).is_empty());
     }
 
     #[test]

@@ -12,9 +12,16 @@
 //! - Two members that bound the meeting key at once heal: the relay forwards to the newest,
 //!   and a holder of the key checks every [`CHECK_EVERY`] from a fresh endpoint who answers
 //!   there; if it is someone else, it lets go.
+//! - Members remember the device endpoints of members they met. Long-running members also
+//!   answer the meeting ALPN on their device endpoint (a meeting point of their own, listing
+//!   themselves and whoever registers). When the room's meeting point fails the room handshake
+//!   (someone with the invite but not the passphrase holds the meeting key), members meet at
+//!   the members they remember instead.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -34,6 +41,7 @@ use crate::protocol::message::{MAX_MEMBERS, Member, Reply, Request};
 use crate::protocol::secret::Passphrase;
 use crate::session::limit::{GuessBudget, Settled, SourceKey};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
+use crate::wide::config::Peers;
 use crate::wide::invite::{Invite, Relay};
 use crate::wide::relay::PinnedCert;
 
@@ -67,6 +75,13 @@ const MAX_INCOMING: usize = 64;
 /// up to ten minutes: a squatter on the meeting key gets no guess oracle.
 const REJECTED_BACKOFF_FIRST: Duration = Duration::from_secs(30);
 const REJECTED_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Members remembered that are dialled at once when the room's meeting point fails the room
+/// handshake.
+const PEER_POINTS: usize = 8;
+/// A remembered member that did not answer is dialled again after this long.
+const PEER_RETRY: Duration = Duration::from_secs(10);
+/// ...and one that failed the room handshake (the passphrase changed) after this long.
+const PEER_REJECTED_RETRY: Duration = Duration::from_secs(120);
 /// How long leaving the room may hold up a process's exit.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
@@ -81,6 +96,9 @@ pub struct WideOptions {
     /// This process's id in room handshakes: the one its LAN beacons carry (a holder's id, or
     /// a receiver's), so receivers on the LAN can tell it is the same process.
     pub me: PeerId,
+    /// Where the members this device met in the room are kept ([`Peers`]); `None`: in memory
+    /// only.
+    pub peers_file: Option<PathBuf>,
     /// Whether this process may hold the room's meeting point when nobody does: yes for the
     /// long-running `run` and `send-*`, no for `list` and `fetch`, which come and go.
     pub may_host: bool,
@@ -189,8 +207,14 @@ struct Inner {
     /// This process's id in room handshakes over the wide-area path.
     me: PeerId,
     meeting: EndpointAddr,
-    /// The members the meeting point lists, this device left out.
+    /// The members every meeting point this process is at lists, this device left out.
     members: watch::Sender<Arc<Vec<Member>>>,
+    /// Each meeting point's list, by where it came from; `members` is their union.
+    lists: Mutex<BTreeMap<Source, Vec<Member>>>,
+    /// The members this device met in the room.
+    peers: Mutex<Peers>,
+    /// This process's own meeting point on its device endpoint (long-running members only).
+    personal: Option<Arc<watch::Sender<Table>>>,
     /// The generation of drops this process holds, if it holds any.
     generation: watch::Sender<Option<u64>>,
     /// The meeting point this process is registered with (its handshake id), if any.
@@ -198,7 +222,7 @@ struct Inner {
     /// Dials to the meeting endpoint that nobody answered, in a row.
     unanswered: watch::Sender<u32>,
     /// The last meeting point reached failed the passphrase check.
-    rejected: std::sync::atomic::AtomicBool,
+    rejected: watch::Sender<bool>,
     /// The meeting endpoint, while this process holds it (closed with the device endpoint
     /// when the process exits).
     held: Mutex<Option<Endpoint>>,
@@ -218,7 +242,20 @@ fn relay_url(invite: &Invite) -> io::Result<Option<RelayUrl>> {
 
 /// Binds an endpoint with `key`, for the room's relay, answering `alpns`.
 async fn bind(opts: &WideOptions, key: SecretKey, alpns: Vec<Vec<u8>>) -> io::Result<Endpoint> {
-    let mut builder = match &opts.invite.relay {
+    endpoint(&opts.invite, &opts.bind, key, alpns).await
+}
+
+/// An iroh endpoint as a room uses it: `key`, the invite's relay (its certificate pinned) or,
+/// when the invite asks for them, iroh's public relays; no port mapping; its UDP sockets on
+/// `bind` (empty: every address). Public so that the benchmark's iroh floor program
+/// (`examples/iroh_floor.rs`) measures the same engine setup.
+pub async fn endpoint(
+    invite: &Invite,
+    bind: &[IpAddr],
+    key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+) -> io::Result<Endpoint> {
+    let mut builder = match &invite.relay {
         // Asked for: iroh's public relays, and its DNS lookup to find endpoints' relays.
         Relay::Public => Endpoint::builder(presets::N0),
         Relay::Url { url, pin } => {
@@ -243,9 +280,9 @@ async fn bind(opts: &WideOptions, key: SecretKey, alpns: Vec<Vec<u8>>) -> io::Re
         .secret_key(key)
         .alpns(alpns)
         .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled);
-    if !opts.bind.is_empty() {
+    if !bind.is_empty() {
         builder = builder.clear_ip_transports();
-        for ip in &opts.bind {
+        for ip in bind {
             builder = builder
                 .bind_addr(SocketAddr::new(*ip, 0))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -257,22 +294,36 @@ async fn bind(opts: &WideOptions, key: SecretKey, alpns: Vec<Vec<u8>>) -> io::Re
         .map_err(|e| io::Error::other(format!("cannot start the wide-area endpoint: {e}")))
 }
 
+/// The address to dial member `id` at: its id and the invite's relay.
+pub fn member_addr(invite: &Invite, id: [u8; 32]) -> io::Result<EndpointAddr> {
+    let key = EndpointId::from_bytes(&id)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not an endpoint id"))?;
+    let mut addr = EndpointAddr::new(key);
+    if let Some(url) = relay_url(invite)? {
+        addr = addr.with_relay_url(url);
+    }
+    Ok(addr)
+}
+
 impl WideRoom {
     /// Starts this device's endpoint and its membership at the room's meeting point.
     pub async fn start(opts: WideOptions, pass: Passphrase) -> io::Result<Arc<WideRoom>> {
         let relay = relay_url(&opts.invite)?;
-        let endpoint = bind(
-            &opts,
-            SecretKey::from_bytes(&opts.device_key),
-            vec![ALPN_SESSION.to_vec()],
-        )
-        .await?;
+        let mut alpns = vec![ALPN_SESSION.to_vec()];
+        if opts.may_host {
+            alpns.push(ALPN_MEET.to_vec());
+        }
+        let endpoint = bind(&opts, SecretKey::from_bytes(&opts.device_key), alpns).await?;
         let meeting_id = SecretKey::from_bytes(&opts.invite.room.meeting_secret()).public();
         let mut meeting = EndpointAddr::new(meeting_id);
         if let Some(url) = relay {
             meeting = meeting.with_relay_url(url);
         }
         let me = opts.me;
+        let peers = Peers::load(opts.peers_file.clone(), &opts.invite.bootstrap);
+        let personal = opts
+            .may_host
+            .then(|| Arc::new(watch::channel(Table::default()).0));
         let inner = Arc::new(Inner {
             endpoint,
             opts,
@@ -280,10 +331,13 @@ impl WideRoom {
             me,
             meeting,
             members: watch::channel(Arc::new(Vec::new())).0,
+            lists: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(peers),
+            personal,
             generation: watch::channel(None).0,
             at_meeting: watch::channel(None).0,
             unanswered: watch::channel(0).0,
-            rejected: Default::default(),
+            rejected: watch::channel(false).0,
             held: Mutex::new(None),
             budget: Mutex::new(GuessBudget::default()),
         });
@@ -292,7 +346,11 @@ impl WideRoom {
             tokio::spawn(accept_loop(inner.clone(), tx)),
             tokio::spawn(member_loop(inner.clone())),
             tokio::spawn(report_relay(inner.clone())),
+            tokio::spawn(peers_loop(inner.clone())),
         ];
+        if let Some(table) = &inner.personal {
+            tasks.push(tokio::spawn(personal_point(inner.clone(), table.clone())));
+        }
         if inner.opts.may_host {
             tasks.push(tokio::spawn(keeper(inner.clone())));
         }
@@ -350,9 +408,7 @@ impl WideRoom {
     /// Whether the last meeting point reached failed the passphrase check (a wrong
     /// passphrase here, or a squatter there).
     pub fn rejected_at_meeting(&self) -> bool {
-        self.inner
-            .rejected
-            .load(std::sync::atomic::Ordering::Relaxed)
+        *self.inner.rejected.borrow()
     }
 
     /// Whether this process is registered with a meeting point now.
@@ -389,12 +445,7 @@ impl WideRoom {
     }
 
     async fn dial_endpoint(&self, id: [u8; 32], limit: Duration) -> io::Result<WideLink> {
-        let key = EndpointId::from_bytes(&id)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not an endpoint id"))?;
-        let mut addr = EndpointAddr::new(key);
-        if let Some(url) = relay_url(&self.inner.opts.invite)? {
-            addr = addr.with_relay_url(url);
-        }
+        let addr = member_addr(&self.inner.opts.invite, id)?;
         let endpoint = self.inner.endpoint.clone();
         let open = async move {
             let conn = endpoint
@@ -432,9 +483,11 @@ async fn report_relay(inner: Arc<Inner>) {
     );
 }
 
-/// Accepts connections on the device endpoint and hands session connections to the holder.
+/// Accepts connections on the device endpoint: hands session connections to the holder, and
+/// serves meeting connections at this process's own meeting point.
 async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
     let handshakes = Arc::new(Semaphore::new(MAX_INCOMING));
+    let meet_slots = Arc::new(Semaphore::new(MAX_MEET_CONNECTIONS));
     while let Some(incoming) = inner.endpoint.accept().await {
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             incoming.refuse();
@@ -442,14 +495,24 @@ async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
         };
         let tx = tx.clone();
         let limit = inner.opts.timeouts.handshake;
+        let (inner, meet_slots) = (inner.clone(), meet_slots.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let permit = permit;
             let Ok(accepting) = incoming.accept() else {
                 return;
             };
             let Ok(Ok(conn)) = timeout(limit, accepting).await else {
                 return;
             };
+            drop(permit);
+            if conn.alpn() == ALPN_MEET {
+                let (Some(table), Ok(_slot)) = (&inner.personal, meet_slots.try_acquire_owned())
+                else {
+                    return;
+                };
+                serve_meet_conn(inner.clone(), conn, inner.me, table.clone()).await;
+                return;
+            }
             if conn.alpn() != ALPN_SESSION {
                 return;
             }
@@ -481,11 +544,76 @@ enum MeetEnd {
     Ended,
 }
 
+/// Where a member list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    /// The room's meeting point.
+    Room,
+    /// This process's own meeting point.
+    Personal,
+    /// The meeting point of a member met before, by its device endpoint id.
+    Peer([u8; 32]),
+}
+
+/// Sets the list `source` gives and publishes the union of all of them (this device left
+/// out, each process once); remembers the members in it.
+fn publish(inner: &Inner, source: Source, list: Vec<Member>) {
+    let me = *inner.endpoint.id().as_bytes();
+    let union: Vec<Member> = {
+        let mut lists = inner.lists.lock().expect("lists lock");
+        if list.is_empty() {
+            lists.remove(&source);
+        } else {
+            lists.insert(source, list);
+        }
+        let mut union: Vec<Member> = Vec::new();
+        for m in lists.values().flatten() {
+            if m.id != me && !union.iter().any(|u| (u.id, u.peer) == (m.id, m.peer)) {
+                union.push(*m);
+            }
+        }
+        union
+    };
+    let ids: Vec<[u8; 32]> = union.iter().map(|m| m.id).collect();
+    inner.members.send_if_modified(|m| {
+        let changed = **m != union;
+        if changed {
+            *m = Arc::new(union);
+        }
+        changed
+    });
+    remember(inner, &ids);
+}
+
+/// Keeps the members in `ids` in the room's peers file (written when one is new).
+fn remember(inner: &Inner, ids: &[[u8; 32]]) {
+    if ids.is_empty() {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let snapshot = {
+        let mut peers = inner.peers.lock().expect("peers lock");
+        if !peers.saw(ids, now) {
+            return;
+        }
+        peers.snapshot()
+    };
+    if let Some((path, bytes)) = snapshot {
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::wide::config::write_private(&path, &bytes) {
+                tracing::debug!("cannot keep the members met in {}: {e}", path.display());
+            }
+        });
+    }
+}
+
 /// Stays registered at the meeting point, redialling whenever the connection ends.
 async fn member_loop(inner: Arc<Inner>) {
     let mut rejected = 0u32;
     loop {
-        let end = meet_once(&inner).await;
+        let end = meet_once(&inner, inner.meeting.clone(), Source::Room).await;
         inner.at_meeting.send_replace(None);
         tracing::debug!("meeting point: {end:?}");
         let pause = match end {
@@ -507,18 +635,21 @@ async fn member_loop(inner: Arc<Inner>) {
     }
 }
 
-async fn meet_once(inner: &Arc<Inner>) -> MeetEnd {
-    let dial = inner.endpoint.connect(inner.meeting.clone(), ALPN_MEET);
+/// Meets at `addr` (the room's meeting point, or a member's own): registers there and follows
+/// its member list until the connection ends.
+async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> MeetEnd {
+    let room = source == Source::Room;
+    let dial = inner.endpoint.connect(addr, ALPN_MEET);
     let conn = match timeout(MEET_DIAL_TIMEOUT, dial).await {
         Ok(Ok(conn)) => conn,
         _ => return MeetEnd::NoAnswer,
     };
-    let source = SourceKey::endpoint(conn.remote_id().as_bytes());
+    let charged = SourceKey::endpoint(conn.remote_id().as_bytes());
     let Some(charge) = inner
         .budget
         .lock()
         .expect("budget lock")
-        .try_start(source, Instant::now())
+        .try_start(charged, Instant::now())
     else {
         return MeetEnd::NoBudget;
     };
@@ -536,18 +667,18 @@ async fn meet_once(inner: &Arc<Inner>) -> MeetEnd {
     let mut watching = match watch_session {
         Ok(s) => s,
         Err(e) if e.is_rejection() => {
-            inner
-                .rejected
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if room {
+                inner.rejected.send_replace(true);
+            }
             return MeetEnd::Rejected;
         }
         Err(_) => return MeetEnd::NoAnswer,
     };
-    inner
-        .rejected
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    inner.unanswered.send_replace(0);
-    inner.at_meeting.send_replace(Some(watching.peer()));
+    if room {
+        inner.rejected.send_replace(false);
+        inner.unanswered.send_replace(0);
+        inner.at_meeting.send_replace(Some(watching.peer()));
+    }
     let me = *inner.endpoint.id().as_bytes();
     let watch = async {
         let mut known = u64::MAX;
@@ -560,13 +691,7 @@ async fn meet_once(inner: &Arc<Inner>) -> MeetEnd {
                 Reply::Members { version, members } => {
                     known = version;
                     let others: Vec<Member> = members.into_iter().filter(|m| m.id != me).collect();
-                    inner.members.send_if_modified(|m| {
-                        let changed = **m != others;
-                        if changed {
-                            *m = Arc::new(others);
-                        }
-                        changed
-                    });
+                    publish(inner, source, others);
                 }
                 _ => return Err(SessionError::Protocol("expected the members")),
             }
@@ -739,24 +864,127 @@ async fn serve_meeting(
             let Ok(Ok(conn)) = timeout(limit, accepting).await else {
                 return;
             };
-            let id = *conn.remote_id().as_bytes();
-            let mut streams = tokio::task::JoinSet::new();
-            for _ in 0..MEET_STREAMS {
-                let next = tokio::select! {
-                    s = timeout(limit, conn.accept_bi()) => s,
-                    _ = streams.join_next(), if !streams.is_empty() => break,
-                };
-                let Ok(Ok((send, recv))) = next else {
-                    break;
-                };
-                let link = WideLink::new(conn.clone(), send, recv);
-                streams.spawn(serve_member(inner.clone(), link, id, peer, table.clone()));
-            }
-            // The connection ends with its first stream: a member keeps both open.
-            streams.join_next().await;
-            streams.abort_all();
-            conn.close(0u32.into(), b"bye");
+            serve_meet_conn(inner, conn, peer, table).await;
         });
+    }
+}
+
+/// One member's connection to a meeting point (the room's, or this process's own): up to two
+/// streams, each a session.
+async fn serve_meet_conn(
+    inner: Arc<Inner>,
+    conn: Connection,
+    peer: PeerId,
+    table: Arc<watch::Sender<Table>>,
+) {
+    let limit = inner.opts.timeouts.handshake;
+    let id = *conn.remote_id().as_bytes();
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..MEET_STREAMS {
+        let next = tokio::select! {
+            s = timeout(limit, conn.accept_bi()) => s,
+            _ = streams.join_next(), if !streams.is_empty() => break,
+        };
+        let Ok(Ok((send, recv))) = next else {
+            break;
+        };
+        let link = WideLink::new(conn.clone(), send, recv);
+        streams.spawn(serve_member(inner.clone(), link, id, peer, table.clone()));
+    }
+    // The connection ends with its first stream: a member keeps both open.
+    streams.join_next().await;
+    streams.abort_all();
+    conn.close(0u32.into(), b"bye");
+}
+
+/// This process's own meeting point: lists this process itself (with the generation it
+/// holds) and the members registered with it, and publishes them to this process.
+async fn personal_point(inner: Arc<Inner>, table: Arc<watch::Sender<Table>>) {
+    let me = *inner.endpoint.id().as_bytes();
+    let mut generation = inner.generation.subscribe();
+    let mut listed = table.subscribe();
+    loop {
+        let g = *generation.borrow_and_update();
+        table.send_if_modified(|t| {
+            // Listed for good: only this device's endpoint could register under its id.
+            let entry = t.members.entry(me).or_insert((inner.me, g, 1));
+            let changed = entry.1 != g || t.version == 0;
+            entry.1 = g;
+            if changed {
+                t.version += 1;
+            }
+            changed
+        });
+        let list = listed.borrow_and_update().list();
+        publish(&inner, Source::Personal, list);
+        tokio::select! {
+            r = generation.changed() => if r.is_err() { return },
+            r = listed.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// While the room's meeting point fails the room handshake (someone with the invite but not
+/// the passphrase holds its key), meets at the members met before: at their own meeting
+/// points, on their device endpoints.
+async fn peers_loop(inner: Arc<Inner>) {
+    let mut rejected = inner.rejected.subscribe();
+    loop {
+        if rejected.wait_for(|r| *r).await.is_err() {
+            return;
+        }
+        let me = *inner.endpoint.id().as_bytes();
+        let ids: Vec<[u8; 32]> = inner
+            .peers
+            .lock()
+            .expect("peers lock")
+            .recent(PEER_POINTS + 1)
+            .into_iter()
+            .filter(|id| *id != me)
+            .take(PEER_POINTS)
+            .collect();
+        if !ids.is_empty() {
+            tracing::info!(
+                "the room's meeting point fails the room handshake; meeting at {} members met before",
+                ids.len()
+            );
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for id in ids {
+            set.spawn(peer_meet_loop(inner.clone(), id));
+        }
+        let _ = rejected.wait_for(|r| !*r).await;
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        let sources: Vec<Source> = inner
+            .lists
+            .lock()
+            .expect("lists lock")
+            .keys()
+            .copied()
+            .filter(|s| matches!(s, Source::Peer(_)))
+            .collect();
+        for source in sources {
+            publish(&inner, source, Vec::new());
+        }
+    }
+}
+
+/// Stays registered at member `id`'s own meeting point, redialling as it comes and goes.
+async fn peer_meet_loop(inner: Arc<Inner>, id: [u8; 32]) {
+    let Ok(addr) = member_addr(&inner.opts.invite, id) else {
+        return;
+    };
+    loop {
+        let end = meet_once(&inner, addr.clone(), Source::Peer(id)).await;
+        publish(&inner, Source::Peer(id), Vec::new());
+        tracing::debug!("member met before: {end:?}");
+        sleep(match end {
+            MeetEnd::Ended => Duration::from_millis(500),
+            MeetEnd::Rejected => PEER_REJECTED_RETRY,
+            MeetEnd::NoAnswer | MeetEnd::NoBudget => PEER_RETRY,
+        })
+        .await;
     }
 }
 

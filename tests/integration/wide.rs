@@ -313,3 +313,102 @@ fn a_devices_next_sender_is_not_held_up_by_its_last_one() {
     );
     drop(relay);
 }
+
+/// Waits until `proc`'s log (stderr) says `what`.
+fn wait_log(proc: &Proc, what: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if proc.stderr().contains(what) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Someone with the invite but not the passphrase holds the room's meeting point (here the
+/// first to come after the members left, with a wrong passphrase: its handshake fails for
+/// everyone else). Members that met before still find each other, at their own meeting points
+/// on their device endpoints; without them the sender would wait 30 s to 10 minutes between
+/// tries at the squatter and the message would never arrive.
+#[test]
+fn members_met_before_find_each_other_past_a_squatted_meeting_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a, b, s) = (
+        dir.path().join("relay"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("s"),
+    );
+    let relay = TestRelay::on_loopback(&relay_cfg);
+    let invite = invite(&a, &relay.url);
+    let receiver = || {
+        let mut run = Proc::spawn(member(
+            "secret123",
+            &invite,
+            &a,
+            &["run", "--json", "--no-files", "-v"],
+        ));
+        run.wait_event(T, "listening").unwrap();
+        run
+    };
+    let send = |text: &str| {
+        Proc::spawn(member(
+            "secret123",
+            &invite,
+            &b,
+            &["send-msg", "--ttl", "60s", text],
+        ))
+    };
+
+    // They meet once, at the room's meeting point, and remember each other.
+    let mut run = receiver();
+    let mut first = send("first");
+    let m = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no first message: {}", run.stderr()));
+    assert_eq!(m["text"], "first");
+    assert!(first.wait(T).success(), "{}", first.stderr());
+    let kept = |config: &Path| {
+        std::fs::read_dir(config.join("peers")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+    };
+    assert_eq!(kept(&a), 1, "the receiver keeps the members it met");
+    assert_eq!(kept(&b), 1, "the sender keeps the members it met");
+    drop(run);
+
+    // The squatter takes the meeting key while nobody holds it.
+    let squatter = Proc::spawn(member(
+        "wrong guess",
+        &invite,
+        &s,
+        &["run", "--no-files", "-v"],
+    ));
+    assert!(
+        wait_log(&squatter, "holding the room's meeting point", T),
+        "{}",
+        squatter.stderr()
+    );
+
+    // The receiver comes back and fails the handshake at the meeting point...
+    let mut run = receiver();
+    assert!(
+        wait_log(&run, "fails the room handshake", T),
+        "{}",
+        run.stderr()
+    );
+    // ...and so does the sender, which then finds the receiver where it met it before.
+    let mut second = send("second");
+    let m = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no second message: {}", run.stderr()));
+    assert_eq!(m["text"], "second");
+    assert!(second.wait(T).success(), "{}", second.stderr());
+    drop(squatter);
+    drop(relay);
+}

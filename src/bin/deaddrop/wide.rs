@@ -210,11 +210,13 @@ pub fn plan(
             }
         }
     }
+    let peers_file = Some(config::peers_path(&dir, &invite.room));
     Ok(Some(WideOptions {
         invite,
         device_key,
         bind,
         me,
+        peers_file,
         may_host,
         timeouts: Timeouts::default(),
     }))

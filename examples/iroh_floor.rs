@@ -73,6 +73,12 @@ async fn send(invite: &Invite, id: &str, input: &str, bind: &[IpAddr]) -> Result
     stream.finish()?;
     // The receiver closes the connection once it has everything.
     conn.closed().await;
+    // What the path did, for diagnosis (the benchmark ignores it).
+    let st = conn.stats();
+    eprintln!(
+        "sent {} packets ({} datagrams, {} bytes), lost {} packets ({} bytes)",
+        st.sent_packets, st.udp_tx.datagrams, st.udp_tx.bytes, st.lost_packets, st.lost_bytes
+    );
     ep.close().await;
     Ok(())
 }

@@ -28,18 +28,19 @@ python3 -c "import ziglang" 2>/dev/null || python3 -m pip install --quiet ziglan
 command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --quiet --locked cargo-zigbuild --version 0.24.1
 
 # Every build below lints this crate's code as it compiles it (clippy's driver, -D warnings),
-# as .ci/run does: the Windows build is its lint, without checking every dependency again.
-if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
-    RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
-    export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
-fi
+# as .ci/run's test build does (so the native build below finds that one fresh): the Windows
+# build is its lint, without checking every dependency again. Set after the installs above.
+RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 native=target/debug/deaddrop
 cargo build --locked --quiet --bin deaddrop
 
 echo "cross: Windows x86-64 (mingw-w64), linted and built, run under Wine"
-cargo build --locked --quiet --profile cross --target x86_64-pc-windows-gnu --bin deaddrop
-win=target/x86_64-pc-windows-gnu/cross
+# Dependencies stay optimised (the dev profile's): iroh and iroh-relay also build as cdylibs,
+# and unoptimised their DLLs export more than the 65,535 symbols a PE file can name.
+cargo build --locked --quiet --target x86_64-pc-windows-gnu --bin deaddrop
+win=target/x86_64-pc-windows-gnu/debug
 # Wine 8 (Debian 12) lacks ProcessPrng, which Rust's std imports: a test-only shim supplies it.
 x86_64-w64-mingw32-gcc -shared -O2 -o "$win/bcryptprimitives.dll" ci/cross/processprng.c -ladvapi32
 export WINEPREFIX="$PWD/target/wine-prefix" WINEDEBUG=-all WINEDLLOVERRIDES="bcryptprimitives=n,b"
@@ -57,9 +58,9 @@ if [ "$rc" -ne 2 ] || ! grep -q DEADDROP_ROOM target/wine-noroom.txt; then
 fi
 
 echo "cross: Linux ARM64, static musl (zig), run under qemu-user"
-cargo zigbuild --locked --quiet --profile cross --target aarch64-unknown-linux-musl --bin deaddrop
+cargo zigbuild --locked --quiet --target aarch64-unknown-linux-musl --bin deaddrop
 python3 ci/cross/exchange.py --a "$native" \
-    --b "qemu-aarch64-static target/aarch64-unknown-linux-musl/cross/deaddrop" --label linux-arm64-musl
+    --b "qemu-aarch64-static target/aarch64-unknown-linux-musl/debug/deaddrop" --label linux-arm64-musl
 
 # One macOS target is enough: the code behind cfg(target_os = "macos") is the same on both
 # architectures, and each lint of the dependency tree costs minutes.

@@ -9,8 +9,8 @@ In one run, interleaved, for each path:
   - lan:     a1 -> a2, same LAN, no invite (TCP), and socat a1 -> a2 (plain TCP) beside it;
   - direct:  a1 -> b1 with the invite (UDP through both NATs after hole punching);
   - relayed: a1 -> b1 with direct UDP between the NATs blocked (through deaddrop relay);
-  - iroh floor: a1 -> b1 direct, examples/iroh_floor (one iroh stream, hashed and written, none
-    of deaddrop's handshake or records): the engine's ceiling on this path.
+  - iroh floor: a1 -> b1 direct, examples/iroh_floor (one iroh stream, bytes only counted: none
+    of deaddrop's handshake, records, hash or file): the engine's ceiling on this path.
 it measures the message latency (send-msg start to the running receiver's message event) and
 the time to fetch a file (fetch start to exit, finding the holder included) of --size MiB.
 
@@ -194,21 +194,21 @@ def fetch_time(nat, binary, src, recv_host, invite):
 
 
 def iroh_floor_time(nat, floor, src, invite):
-    """(transfer, via): iroh_floor a1 -> b1, seconds from the first byte to the last, hashed and
-    written: the engine's own ceiling for this path, without deaddrop's handshake and records."""
-    out = os.path.join(WORK, "floor-out.bin")
-    recv = subprocess.Popen(nat.prefix("b1") + [floor, "recv", invite, out], stdout=subprocess.PIPE,
+    """(transfer, via): iroh_floor a1 -> b1, seconds from the first byte to the last, bytes only
+    counted: the engine's own ceiling on this path, without deaddrop's handshake, records,
+    hash and file."""
+    recv = subprocess.Popen(nat.prefix("b1") + [floor, "recv", invite], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     first = recv.stdout.readline().split()
     if len(first) != 2 or first[0] != "id":
         raise RuntimeError(f"iroh_floor recv: {first}")
     time.sleep(1)  # both ends online at the relay, as the room's members are when a fetch starts
-    subprocess.run(nat.prefix("a1") + [floor, "send", invite, first[1], src], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    _digest, via, secs = recv.stdout.readline().split()
+    send = subprocess.run(nat.prefix("a1") + [floor, "send", invite, first[1], src], check=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    total, via, secs = recv.stdout.readline().split()
     recv.wait(timeout=60)
-    assert os.path.getsize(out) == os.path.getsize(src)
-    os.remove(out)
+    assert int(total) == os.path.getsize(src)
+    print(f"  iroh floor sender: {send.stderr.strip()}", flush=True)
     return float(secs), via.lower()
 
 

@@ -8,8 +8,9 @@
 #     needs Apple's SDK);
 #   - Windows: linted (clippy, while it is built), so code behind cfg(windows) is checked too.
 # Installs what is missing: mingw-w64, wine, qemu-user-static (Debian), the rustup targets,
-# zig (the ziglang package from PyPI) and cargo-zigbuild (crates.io). Every packet stays on
-# loopback: each side is confined with --interface 127.0.0.1 and a private port.
+# zig (the ziglang package from PyPI) and cargo-zigbuild (its prebuilt release from PyPI).
+# Every packet stays on loopback: each side is confined with --interface 127.0.0.1 and a
+# private port.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +26,12 @@ fi
 rustup target add x86_64-pc-windows-gnu aarch64-unknown-linux-musl aarch64-apple-darwin >/dev/null 2>&1
 python3 -c "import ziglang" 2>/dev/null || python3 -m pip install --quiet ziglang \
     || python3 -m pip install --quiet --break-system-packages ziglang
-command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --quiet --locked cargo-zigbuild --version 0.24.1
+# The prebuilt cargo-zigbuild from PyPI (the same release as on crates.io): minutes less than
+# compiling it with `cargo install` on two cores.
+command -v cargo-zigbuild >/dev/null 2>&1 || python3 -m pip install --quiet cargo-zigbuild==0.24.1 \
+    || python3 -m pip install --quiet --break-system-packages cargo-zigbuild==0.24.1
+# pip's scripts folder, where cargo finds the `zigbuild` subcommand (pyenv may not have a shim).
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 
 # Every build below lints this crate's code as it compiles it (clippy's driver, -D warnings),
 # as .ci/run's test build does (so the native build below finds that one fresh): the Windows

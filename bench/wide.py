@@ -254,9 +254,9 @@ def main():
         times = {p[0]: [] for p in paths}
         times["socat"] = []
         times["iroh floor"] = []
-        vias["iroh floor"] = set()
         wholes = {p[0]: [] for p in paths}
         vias = {p[0]: set() for p in paths}
+        vias["iroh floor"] = set()
         for r in range(args.runs):
             times["socat"].append(socat_time(nat, src))
             t, via = iroh_floor_time(nat, args.floor, src, invite)

@@ -107,9 +107,7 @@ async fn main() -> ExitCode {
     let invite = match args.get(1).map(|t| Invite::from_text(t)) {
         Some(Ok(i)) => i,
         _ => {
-            eprintln!(
-                "usage: iroh_floor recv INVITE | send INVITE ID IN_FILE [--bind IP]"
-            );
+            eprintln!("usage: iroh_floor recv INVITE | send INVITE ID IN_FILE [--bind IP]");
             return ExitCode::from(2);
         }
     };
@@ -117,9 +115,7 @@ async fn main() -> ExitCode {
         ("recv", 2) => recv(&invite, &bind).await,
         ("send", 4) => send(&invite, &args[2], &args[3], &bind).await,
         _ => {
-            eprintln!(
-                "usage: iroh_floor recv INVITE | send INVITE ID IN_FILE [--bind IP]"
-            );
+            eprintln!("usage: iroh_floor recv INVITE | send INVITE ID IN_FILE [--bind IP]");
             return ExitCode::from(2);
         }
     };

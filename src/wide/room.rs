@@ -321,9 +321,15 @@ impl WideRoom {
         }
         let me = opts.me;
         let peers = Peers::load(opts.peers_file.clone(), &opts.invite.bootstrap);
-        let personal = opts
-            .may_host
-            .then(|| Arc::new(watch::channel(Table::default()).0));
+        let personal = opts.may_host.then(|| {
+            let mut table = Table::default();
+            // Listed for good: only this device's endpoint could register under its id.
+            table
+                .members
+                .insert(*endpoint.id().as_bytes(), (me, None, 1));
+            table.version = 1;
+            Arc::new(watch::channel(table).0)
+        });
         let inner = Arc::new(Inner {
             endpoint,
             opts,
@@ -905,15 +911,13 @@ async fn personal_point(inner: Arc<Inner>, table: Arc<watch::Sender<Table>>) {
     let mut listed = table.subscribe();
     loop {
         let g = *generation.borrow_and_update();
-        table.send_if_modified(|t| {
-            // Listed for good: only this device's endpoint could register under its id.
-            let entry = t.members.entry(me).or_insert((inner.me, g, 1));
-            let changed = entry.1 != g || t.version == 0;
-            entry.1 = g;
-            if changed {
+        table.send_if_modified(|t| match t.members.get_mut(&me) {
+            Some(entry) if entry.1 != g => {
+                entry.1 = g;
                 t.version += 1;
+                true
             }
-            changed
+            _ => false,
         });
         let list = listed.borrow_and_update().list();
         publish(&inner, Source::Personal, list);

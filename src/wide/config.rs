@@ -117,6 +117,13 @@ pub fn device_key(dir: &Path) -> io::Result<[u8; 32]> {
     }
 }
 
+/// This device's endpoint id (the public half of [`device_key`]), as an invite names it.
+pub fn device_id(dir: &Path) -> io::Result<[u8; 32]> {
+    Ok(*iroh::SecretKey::from_bytes(&device_key(dir)?)
+        .public()
+        .as_bytes())
+}
+
 /// The rooms joined, by name (`rooms.json`: name → invite text).
 pub fn rooms(dir: &Path) -> io::Result<BTreeMap<String, String>> {
     let path = dir.join("rooms.json");

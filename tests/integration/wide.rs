@@ -47,8 +47,14 @@ impl TestRelay {
 
 /// A new room's invite for `relay`.
 pub fn invite(config: &Path, relay: &str) -> String {
+    invite_with(config, relay, &[])
+}
+
+/// `deaddrop invite` with more options.
+fn invite_with(config: &Path, relay: &str, more: &[&str]) -> String {
     let out = Command::new(bin())
         .args(["invite", "--relay", relay])
+        .args(more)
         .env("DEADDROP_CONFIG_DIR", config)
         .output()
         .unwrap();
@@ -326,6 +332,23 @@ fn wait_log(proc: &Proc, what: &str, within: Duration) -> bool {
     false
 }
 
+/// Someone with the invite but not the passphrase (a wrong one), once it holds the room's
+/// meeting point: its handshake fails for every member that dials it.
+fn squatter(invite: &str, config: &Path) -> Proc {
+    let squatter = Proc::spawn(member(
+        "wrong guess",
+        invite,
+        config,
+        &["run", "--no-files", "-v"],
+    ));
+    assert!(
+        wait_log(&squatter, "holding the room's meeting point", T),
+        "{}",
+        squatter.stderr()
+    );
+    squatter
+}
+
 /// Someone with the invite but not the passphrase holds the room's meeting point (here the
 /// first to come after the members left, with a wrong passphrase: its handshake fails for
 /// everyone else). Members that met before still find each other, at their own meeting points
@@ -383,17 +406,7 @@ fn members_met_before_find_each_other_past_a_squatted_meeting_point() {
     drop(run);
 
     // The squatter takes the meeting key while nobody holds it.
-    let squatter = Proc::spawn(member(
-        "wrong guess",
-        &invite,
-        &s,
-        &["run", "--no-files", "-v"],
-    ));
-    assert!(
-        wait_log(&squatter, "holding the room's meeting point", T),
-        "{}",
-        squatter.stderr()
-    );
+    let squatter = squatter(&invite, &s);
 
     // The receiver comes back and fails the handshake at the meeting point...
     let mut run = receiver();
@@ -409,6 +422,53 @@ fn members_met_before_find_each_other_past_a_squatted_meeting_point() {
         .unwrap_or_else(|| panic!("no second message: {}", run.stderr()));
     assert_eq!(m["text"], "second");
     assert!(second.wait(T).success(), "{}", second.stderr());
+    drop(squatter);
+    drop(relay);
+}
+
+/// An invite made with `--this-device` names the inviting device: members that never met find
+/// each other through that device's own meeting point while a squatter holds the room's.
+#[test]
+fn members_that_never_met_find_each_other_through_the_device_an_invite_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a, b, s) = (
+        dir.path().join("relay"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("s"),
+    );
+    let relay = TestRelay::on_loopback(&relay_cfg);
+    let invite = invite_with(&a, &relay.url, &["--this-device"]);
+
+    // The squatter takes the meeting key before any member comes.
+    let squatter = squatter(&invite, &s);
+
+    // The inviting device runs the room; a sender that has never met a member fails the
+    // handshake at the room's meeting point and finds the receiver through the invite.
+    let mut run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &a,
+        &["run", "--json", "--no-files", "-v"],
+    ));
+    run.wait_event(T, "listening").unwrap();
+    let mut send = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &b,
+        &["send-msg", "--ttl", "60s", "-v", "hello"],
+    ));
+    let m = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no message: {}\n{}", run.stderr(), send.stderr()));
+    assert_eq!(m["text"], "hello");
+    assert!(send.wait(T).success(), "{}", send.stderr());
+    assert!(
+        send.stderr()
+            .contains("fails the room handshake; meeting at 1 members met before"),
+        "{}",
+        send.stderr()
+    );
     drop(squatter);
     drop(relay);
 }

@@ -159,7 +159,7 @@ pub enum Command {
     /// prints its invite, a line of text and a QR code. Share the invite and, separately, the
     /// passphrase; each side then adds `--invite INVITE` (or `--joined NAME` after `deaddrop
     /// join`). The invite holds no passphrase: seeing it does not let anyone in.
-    #[command(override_usage = "deaddrop invite --relay URL [--name NAME]")]
+    #[command(override_usage = "deaddrop invite --relay URL [--name NAME] [--this-device]")]
     Invite {
         /// The room's relay, as `deaddrop relay` prints it (https://host:port#sha256=...), or
         /// `n0` for the public relays of iroh's operator.
@@ -168,6 +168,13 @@ pub enum Command {
         /// Also keep the invite on this device under this name (as `deaddrop join` does).
         #[arg(long)]
         name: Option<String>,
+        /// Name this device in the invite (its endpoint id), for a device that keeps `deaddrop
+        /// run` going for the room: members that never met then still find each other through
+        /// it if someone without the passphrase holds the room's meeting point. The id is the
+        /// same in every room of this device, so whoever sees two such invites can tell they
+        /// share it.
+        #[arg(long)]
+        this_device: bool,
         /// Print the invite as one JSON object instead of text and a QR code.
         #[arg(long)]
         json: bool,

@@ -62,8 +62,13 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Completions { shell } => return completions(*shell),
         Command::Man { dir } => return man(dir.as_deref()),
-        Command::Invite { relay, name, json } => {
-            return wide::invite(relay, name.as_deref(), *json);
+        Command::Invite {
+            relay,
+            name,
+            this_device,
+            json,
+        } => {
+            return wide::invite(relay, name.as_deref(), *this_device, *json);
         }
         Command::Join { invite, name } => return wide::join(invite, name),
         Command::Relay { bind, hostname } => {

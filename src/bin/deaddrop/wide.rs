@@ -19,7 +19,7 @@ use crate::output::stderr_line;
 use crate::{EXIT_ERROR, EXIT_USAGE, usage};
 
 /// `deaddrop invite`: a new room id, with the relay, printed (and kept if named).
-pub fn invite(relay: &str, name: Option<&str>, json: bool) -> ExitCode {
+pub fn invite(relay: &str, name: Option<&str>, this_device: bool, json: bool) -> ExitCode {
     let relay = match invite::parse_relay(relay) {
         Ok(r) => r,
         Err(e) => {
@@ -27,7 +27,17 @@ pub fn invite(relay: &str, name: Option<&str>, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let invite = Invite::new(relay, Vec::new());
+    let mut endpoints = Vec::new();
+    if this_device {
+        match config::dir().and_then(|dir| config::device_id(&dir)) {
+            Ok(id) => endpoints.push(id),
+            Err(e) => {
+                stderr_line(&format!("error: cannot read this device's key: {e}"));
+                return ExitCode::from(EXIT_ERROR);
+            }
+        }
+    }
+    let invite = Invite::new(relay, endpoints);
     if let Some(name) = name {
         let kept = config::dir().and_then(|dir| config::join(&dir, name, &invite));
         if let Err(e) = kept {
@@ -51,6 +61,10 @@ pub fn invite(relay: &str, name: Option<&str>, json: bool) -> ExitCode {
     eprintln!("or keep it once:  deaddrop join {text} --name ROOM  (then --joined ROOM)");
     if let Some(name) = name {
         eprintln!("Kept on this device as {name:?}: use --joined {name}.");
+    }
+    if this_device {
+        eprintln!("It names this device: keep `deaddrop run` going here for the room, and");
+        eprintln!("members that never met still find each other through it.");
     }
     ExitCode::SUCCESS
 }

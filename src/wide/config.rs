@@ -38,10 +38,14 @@ pub fn dir() -> io::Result<PathBuf> {
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let folder = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder)?;
+    // Unique per process and per write: two writes of one process at once (the peers file is
+    // saved from a blocking task) must not rename each other's half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = folder.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -195,6 +199,12 @@ pub fn peers_path(dir: &Path, room: &RoomId) -> PathBuf {
 pub struct Peers {
     path: Option<PathBuf>,
     ids: Vec<([u8; 32], u64)>,
+    /// Counts the changes worth saving, so that saves done in the background can tell an older
+    /// snapshot from a newer one.
+    changes: u64,
+    /// The `changes` of the newest snapshot written, held while writing: one save at a time,
+    /// and never an older list over a newer one.
+    saved: std::sync::Arc<std::sync::Mutex<u64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,7 +245,12 @@ impl Peers {
             }
         }
         ids.truncate(MAX_PEERS);
-        Peers { path, ids }
+        Peers {
+            path,
+            ids,
+            changes: 0,
+            saved: Default::default(),
+        }
     }
 
     /// The `n` members seen most recently.
@@ -257,11 +272,14 @@ impl Peers {
             self.ids.insert(0, (*id, now));
         }
         self.ids.truncate(MAX_PEERS);
+        if new {
+            self.changes += 1;
+        }
         new
     }
 
-    /// The file's contents now, and where it goes (`None` without a config folder).
-    pub fn snapshot(&self) -> Option<(PathBuf, Vec<u8>)> {
+    /// The list as it is now, to [`PeersSnapshot::save`] (`None` without a config folder).
+    pub fn snapshot(&self) -> Option<PeersSnapshot> {
         let path = self.path.clone()?;
         let file = PeersFile {
             peers: self
@@ -273,7 +291,37 @@ impl Peers {
                 })
                 .collect(),
         };
-        Some((path, serde_json::to_vec_pretty(&file).ok()?))
+        Some(PeersSnapshot {
+            path,
+            bytes: serde_json::to_vec_pretty(&file).ok()?,
+            change: self.changes,
+            saved: self.saved.clone(),
+        })
+    }
+}
+
+/// The members kept, as they were at one moment, to be written (blocking) to the peers file.
+pub struct PeersSnapshot {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    change: u64,
+    saved: std::sync::Arc<std::sync::Mutex<u64>>,
+}
+
+impl PeersSnapshot {
+    /// Writes the file, unless a newer snapshot of the same list was written already.
+    pub fn save(self) -> io::Result<()> {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if *saved > self.change {
+            return Ok(());
+        }
+        write_private(&self.path, &self.bytes)?;
+        *saved = self.change;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -335,8 +383,7 @@ mod tests {
         assert!(peers.saw(&[[1; 32], [2; 32]], 100));
         assert!(!peers.saw(&[[2; 32]], 200), "nothing new");
         assert_eq!(peers.recent(2), vec![[2; 32], [1; 32]]);
-        let (p, bytes) = peers.snapshot().unwrap();
-        write_private(&p, &bytes).unwrap();
+        peers.snapshot().unwrap().save().unwrap();
         let again = Peers::load(Some(path.clone()), &[]);
         assert_eq!(again.recent(9), vec![[2; 32], [1; 32], [9; 32]]);
         let many: Vec<[u8; 32]> = (10..40).map(|i| [i; 32]).collect();
@@ -346,6 +393,20 @@ mod tests {
         // A damaged file is only a lost hint.
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Peers::load(Some(path), &[]).recent(9).is_empty());
+    }
+
+    #[test]
+    fn an_older_snapshot_saved_late_does_not_replace_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = peers_path(dir.path(), &RoomId::random());
+        let mut peers = Peers::load(Some(path.clone()), &[]);
+        peers.saw(&[[1; 32]], 100);
+        let older = peers.snapshot().unwrap();
+        peers.saw(&[[2; 32]], 200);
+        peers.snapshot().unwrap().save().unwrap();
+        older.save().unwrap();
+        let kept = Peers::load(Some(path), &[]);
+        assert_eq!(kept.recent(9), vec![[2; 32], [1; 32]]);
     }
 
     #[test]

@@ -606,9 +606,10 @@ fn remember(inner: &Inner, ids: &[[u8; 32]]) {
         }
         peers.snapshot()
     };
-    if let Some((path, bytes)) = snapshot {
+    if let Some(snapshot) = snapshot {
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::wide::config::write_private(&path, &bytes) {
+            let path = snapshot.path().to_owned();
+            if let Err(e) = snapshot.save() {
                 tracing::debug!("cannot keep the members met in {}: {e}", path.display());
             }
         });

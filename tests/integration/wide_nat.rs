@@ -497,6 +497,7 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         &[
             "send-file",
             "--json",
+            "-v",
             "--invite",
             &invite,
             file.to_str().unwrap(),
@@ -507,26 +508,33 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         .unwrap()
         .to_owned();
     let out_dir = tempfile::tempdir().unwrap();
-    let fetch = || {
+    // A fetch that waits `wait` for the holder; the transfer must start within `within`.
+    let fetch = |wait: &str, within: Duration| {
         let mut p = Proc::spawn(nat.cmd(
             "b1",
             "secret123",
             &[
                 "fetch",
                 "--json",
+                "-v",
                 "--invite",
                 &invite,
                 "--wait",
-                "30s",
+                wait,
                 "--dir",
                 out_dir.path().to_str().unwrap(),
                 &token,
             ],
         ));
-        p.wait_event(T, "progress").expect("the transfer starts");
-        p
+        match p.wait_event(within, "progress") {
+            Some(_) => Ok(p),
+            None => Err(p.stderr()),
+        }
     };
-    let mut f = fetch();
+    let started = |f: Result<Proc, String>, s: &Proc| {
+        f.unwrap_or_else(|e| panic!("the transfer does not start: {e}\nsender: {}", s.stderr()))
+    };
+    let mut f = started(fetch("30s", T), &s);
     // Some of it arrives, then the relay dies.
     f.wait_line(T, |l| {
         json(l)["done"].as_u64().is_some_and(|d| d > 16 << 20)
@@ -544,9 +552,12 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         !out_dir.path().join("big.bin").exists(),
         "nothing published"
     );
-    // The relay comes back (same certificate, same pin): the fetch resumes and completes.
+    // The relay comes back (same certificate, same pin): the fetch resumes and completes. The
+    // holder's endpoints reconnect to the relay on iroh's schedule, which after an outage this
+    // long waits up to 16 s between tries plus as much jitter: the fetch waits longer than that
+    // for the holder to be back.
     let _relay = nat.relay();
-    let mut f = fetch();
+    let mut f = started(fetch("90s", Duration::from_secs(120)), &s);
     let done = f.wait(Duration::from_secs(300));
     assert!(done.success(), "{}", f.stderr());
     let resumed = f

@@ -54,11 +54,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    let result = written.and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        // Each write has its own temporary name: do not leave one behind per failure.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The endpoint key a process uses.
@@ -393,6 +398,20 @@ mod tests {
         // A damaged file is only a lost hint.
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Peers::load(Some(path), &[]).recent(9).is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should go: the final rename fails.
+        let path = dir.path().join("rooms.json");
+        std::fs::create_dir(&path).unwrap();
+        assert!(write_private(&path, b"{}").is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("rooms.json")]);
     }
 
     #[test]

@@ -38,14 +38,11 @@ pub fn dir() -> io::Result<PathBuf> {
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let folder = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder)?;
-    // Unique per process and per write: two writes of one process at once (the peers file is
-    // saved from a blocking task) must not rename each other's half-written file.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Per process: writers of one file within a process take turns (`PeersSnapshot::save`).
     let tmp = folder.join(format!(
-        ".{}.tmp-{}-{}",
+        ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        std::process::id()
     ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -60,7 +57,6 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     });
     let result = written.and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
-        // Each write has its own temporary name: do not leave one behind per failure.
         let _ = std::fs::remove_file(&tmp);
     }
     result

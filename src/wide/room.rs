@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use iroh::endpoint::{Connection, RecvStream, SendStream, presets};
-use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, SecretKey};
+use iroh::endpoint::{Connection, RecvStream, SendStream, WeakConnectionHandle, presets};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, SecretKey, Watcher};
 use iroh_relay::{RelayConfig, RelayMap, RelayQuicConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -84,6 +84,20 @@ const PEER_RETRY: Duration = Duration::from_secs(10);
 const PEER_REJECTED_RETRY: Duration = Duration::from_secs(120);
 /// How long leaving the room may hold up a process's exit.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How often an endpoint's connection to the room's relay is looked at.
+const RELAY_POLL: Duration = Duration::from_secs(2);
+/// An endpoint that was connected to the relay and has been without it this long is bound
+/// anew as soon as the relay accepts connections again: iroh retries a lost relay on a backoff
+/// that grows to 16 s plus as much jitter, which nothing outside it can cut short, while a
+/// new endpoint connects at once.
+const REBIND_AFTER: Duration = Duration::from_secs(3);
+/// ...and one that never reached the relay, this long (doubling, up to `REBIND_AFTER_MAX`, for
+/// each endpoint in a row that never reaches it: a relay that takes TCP connections but not
+/// ours is not hammered).
+const REBIND_AFTER_UNCONNECTED: Duration = Duration::from_secs(10);
+const REBIND_AFTER_MAX: Duration = Duration::from_secs(300);
+/// How long the check that the relay accepts connections again may take.
+const RELAY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a wide-area room starts.
 #[derive(Debug, Clone)]
@@ -183,7 +197,7 @@ pub struct WideRoom {
 impl std::fmt::Debug for WideRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WideRoom")
-            .field("id", &self.inner.endpoint.id().fmt_short().to_string())
+            .field("id", &self.inner.id.fmt_short().to_string())
             .finish_non_exhaustive()
     }
 }
@@ -193,7 +207,7 @@ impl Drop for WideRoom {
         for t in &self.tasks {
             t.abort();
         }
-        let endpoint = self.inner.endpoint.clone();
+        let endpoint = self.inner.endpoint();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { endpoint.close().await });
         }
@@ -201,7 +215,16 @@ impl Drop for WideRoom {
 }
 
 struct Inner {
-    endpoint: Endpoint,
+    /// This device's endpoint: replaced by a new one with the same key when the relay comes
+    /// back after an outage (see [`REBIND_AFTER`]).
+    endpoint: watch::Sender<Endpoint>,
+    /// Its id (the same for every endpoint bound with the device key).
+    id: EndpointId,
+    /// The ALPNs the device endpoint answers.
+    alpns: Vec<Vec<u8>>,
+    /// The session connections on the device endpoint (dialled or accepted), to tell whether
+    /// one is open on a direct path.
+    sessions: Mutex<Vec<WeakConnectionHandle>>,
     opts: WideOptions,
     pass: Passphrase,
     /// This process's id in room handshakes over the wide-area path.
@@ -228,6 +251,31 @@ struct Inner {
     held: Mutex<Option<Endpoint>>,
     /// Guesses at meeting points, both as the one dialling and as the one holding it.
     budget: Mutex<GuessBudget>,
+}
+
+impl Inner {
+    /// This device's endpoint now.
+    fn endpoint(&self) -> Endpoint {
+        self.endpoint.borrow().clone()
+    }
+
+    /// Keeps an eye on session connection `conn`.
+    fn track(&self, conn: &Connection) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.retain(|w| w.upgrade().is_some_and(|c| c.close_reason().is_none()));
+        sessions.push(conn.weak_handle());
+    }
+
+    /// Whether a session is open on a direct path (which works without the relay: binding
+    /// the endpoint anew would cut it).
+    fn direct_session_open(&self) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .filter_map(WeakConnectionHandle::upgrade)
+            .any(|c| c.close_reason().is_none() && via(&c) == Via::Direct)
+    }
 }
 
 fn relay_url(invite: &Invite) -> io::Result<Option<RelayUrl>> {
@@ -313,7 +361,12 @@ impl WideRoom {
         if opts.may_host {
             alpns.push(ALPN_MEET.to_vec());
         }
-        let endpoint = bind(&opts, SecretKey::from_bytes(&opts.device_key), alpns).await?;
+        let endpoint = bind(
+            &opts,
+            SecretKey::from_bytes(&opts.device_key),
+            alpns.clone(),
+        )
+        .await?;
         let meeting_id = SecretKey::from_bytes(&opts.invite.room.meeting_secret()).public();
         let mut meeting = EndpointAddr::new(meeting_id);
         if let Some(url) = relay {
@@ -331,7 +384,10 @@ impl WideRoom {
             Arc::new(watch::channel(table).0)
         });
         let inner = Arc::new(Inner {
-            endpoint,
+            id: endpoint.id(),
+            endpoint: watch::channel(endpoint).0,
+            alpns,
+            sessions: Mutex::new(Vec::new()),
             opts,
             pass,
             me,
@@ -353,6 +409,7 @@ impl WideRoom {
             tokio::spawn(member_loop(inner.clone())),
             tokio::spawn(report_relay(inner.clone())),
             tokio::spawn(peers_loop(inner.clone())),
+            tokio::spawn(rebinder(inner.clone())),
         ];
         if let Some(table) = &inner.personal {
             tasks.push(tokio::spawn(personal_point(inner.clone(), table.clone())));
@@ -381,15 +438,16 @@ impl WideRoom {
                 endpoint.close().await;
             }
         };
+        let endpoint = self.inner.endpoint();
         let _ = timeout(CLOSE_WAIT, async {
-            tokio::join!(self.inner.endpoint.close(), meeting)
+            tokio::join!(endpoint.close(), meeting)
         })
         .await;
     }
 
     /// This device's endpoint id.
     pub fn id(&self) -> [u8; 32] {
-        *self.inner.endpoint.id().as_bytes()
+        *self.inner.id.as_bytes()
     }
 
     /// The members the meeting point lists (not this device), as they change.
@@ -452,12 +510,14 @@ impl WideRoom {
 
     async fn dial_endpoint(&self, id: [u8; 32], limit: Duration) -> io::Result<WideLink> {
         let addr = member_addr(&self.inner.opts.invite, id)?;
-        let endpoint = self.inner.endpoint.clone();
+        let inner = self.inner.clone();
         let open = async move {
-            let conn = endpoint
+            let conn = inner
+                .endpoint()
                 .connect(addr, ALPN_SESSION)
                 .await
                 .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
+            inner.track(&conn);
             let (send, recv) = conn.open_bi().await.map_err(io::Error::other)?;
             Ok::<_, io::Error>(WideLink::new(conn, send, recv))
         };
@@ -470,12 +530,12 @@ impl WideRoom {
 /// Says so (once) when the room's relay cannot be reached: members beyond the LAN are then
 /// not found, and the user should know why.
 async fn report_relay(inner: Arc<Inner>) {
-    use iroh::Watcher;
     sleep(RELAY_PATIENCE).await;
-    let statuses = inner.endpoint.home_relay_status().get();
-    if statuses.iter().any(|s| s.is_connected()) {
+    let endpoint = inner.endpoint();
+    if relay_connected(&endpoint) {
         return;
     }
+    let statuses = endpoint.home_relay_status().get();
     let why = statuses
         .iter()
         .find_map(|s| s.last_error().map(|e| e.to_string()))
@@ -489,12 +549,108 @@ async fn report_relay(inner: Arc<Inner>) {
     );
 }
 
+/// Waits until `endpoint` has been without its connection to `relay` for [`REBIND_AFTER`]
+/// (`unconnected` if it never had one) and the relay accepts a TCP connection again: iroh may
+/// then still be waiting out its reconnect backoff, while an endpoint bound anew reaches the
+/// relay at once. Returns whether `endpoint` was connected to the relay at some point.
+async fn relay_back(endpoint: Endpoint, relay: RelayUrl, unconnected: Duration) -> bool {
+    let mut connected_once = false;
+    let mut down_since: Option<Instant> = None;
+    loop {
+        sleep(RELAY_POLL).await;
+        if relay_connected(&endpoint) {
+            connected_once = true;
+            down_since = None;
+            continue;
+        }
+        let down = down_since.get_or_insert_with(Instant::now).elapsed();
+        let patience = if connected_once {
+            REBIND_AFTER
+        } else {
+            unconnected
+        };
+        if down >= patience && relay_answers(&relay).await {
+            return connected_once;
+        }
+    }
+}
+
+/// Whether `endpoint` is connected to its relay now.
+fn relay_connected(endpoint: &Endpoint) -> bool {
+    let statuses = endpoint.home_relay_status().get();
+    statuses
+        .iter()
+        .any(iroh::endpoint::RelayStatus::is_connected)
+}
+
+/// Whether `relay`'s host accepts a TCP connection on the relay's port.
+async fn relay_answers(relay: &RelayUrl) -> bool {
+    let port = relay.port_or_known_default().unwrap_or(443);
+    let connect = async {
+        match relay.host() {
+            Some(url::Host::Ipv4(ip)) => tokio::net::TcpStream::connect((ip, port)).await,
+            Some(url::Host::Ipv6(ip)) => tokio::net::TcpStream::connect((ip, port)).await,
+            Some(url::Host::Domain(name)) => tokio::net::TcpStream::connect((name, port)).await,
+            None => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    };
+    matches!(timeout(RELAY_PROBE_TIMEOUT, connect).await, Ok(Ok(_)))
+}
+
+/// Binds the device endpoint anew when the room's relay comes back after an outage (see
+/// [`REBIND_AFTER`]), unless a session runs on a direct path, which the relay's outage did not
+/// touch.
+async fn rebinder(inner: Arc<Inner>) {
+    let Ok(Some(relay)) = relay_url(&inner.opts.invite) else {
+        // iroh's public relays: several, run by their operator; iroh's own retries.
+        return;
+    };
+    let mut unconnected = REBIND_AFTER_UNCONNECTED;
+    loop {
+        let old = inner.endpoint();
+        let connected_once = relay_back(old.clone(), relay.clone(), unconnected).await;
+        unconnected = if connected_once {
+            REBIND_AFTER_UNCONNECTED
+        } else {
+            (unconnected * 2).min(REBIND_AFTER_MAX)
+        };
+        while inner.direct_session_open() {
+            sleep(RELAY_POLL).await;
+        }
+        if relay_connected(&old) {
+            continue;
+        }
+        let key = SecretKey::from_bytes(&inner.opts.device_key);
+        match bind(&inner.opts, key, inner.alpns.clone()).await {
+            Ok(new) => {
+                tracing::info!("the room's relay answers again; reconnecting to it");
+                inner.endpoint.send_replace(new);
+                tokio::spawn(async move { old.close().await });
+            }
+            Err(e) => tracing::debug!("cannot bind the device endpoint anew: {e}"),
+        }
+    }
+}
+
 /// Accepts connections on the device endpoint: hands session connections to the holder, and
 /// serves meeting connections at this process's own meeting point.
 async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
     let handshakes = Arc::new(Semaphore::new(MAX_INCOMING));
     let meet_slots = Arc::new(Semaphore::new(MAX_MEET_CONNECTIONS));
-    while let Some(incoming) = inner.endpoint.accept().await {
+    let mut current = inner.endpoint.subscribe();
+    loop {
+        let endpoint = current.borrow_and_update().clone();
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = current.changed() => continue,
+        };
+        let Some(incoming) = incoming else {
+            // Closed: go on with the endpoint bound in its place.
+            if current.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
@@ -522,6 +678,7 @@ async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
             if conn.alpn() != ALPN_SESSION {
                 return;
             }
+            inner.track(&conn);
             // No holder in this process, or it is busy: the connection is closed.
             let _ = tx.try_send(conn);
         });
@@ -564,7 +721,7 @@ enum Source {
 /// Sets the list `source` gives and publishes the union of all of them (this device left
 /// out, each process once); remembers the members in it.
 fn publish(inner: &Inner, source: Source, list: Vec<Member>) {
-    let me = *inner.endpoint.id().as_bytes();
+    let me = *inner.id.as_bytes();
     let union: Vec<Member> = {
         let mut lists = inner.lists.lock().expect("lists lock");
         if list.is_empty() {
@@ -646,7 +803,8 @@ async fn member_loop(inner: Arc<Inner>) {
 /// its member list until the connection ends.
 async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> MeetEnd {
     let room = source == Source::Room;
-    let dial = inner.endpoint.connect(addr, ALPN_MEET);
+    let endpoint = inner.endpoint();
+    let dial = endpoint.connect(addr, ALPN_MEET);
     let conn = match timeout(MEET_DIAL_TIMEOUT, dial).await {
         Ok(Ok(conn)) => conn,
         _ => return MeetEnd::NoAnswer,
@@ -686,7 +844,7 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
         inner.unanswered.send_replace(0);
         inner.at_meeting.send_replace(Some(watching.peer()));
     }
-    let me = *inner.endpoint.id().as_bytes();
+    let me = *inner.id.as_bytes();
     let watch = async {
         let mut known = u64::MAX;
         loop {
@@ -745,7 +903,7 @@ async fn keeper(inner: Arc<Inner>) {
         if *inner.unanswered.borrow() == 0 {
             continue;
         }
-        let point = match MeetingPoint::start(&inner).await {
+        let mut point = match MeetingPoint::start(&inner).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("cannot hold the room's meeting point: {e}");
@@ -755,20 +913,51 @@ async fn keeper(inner: Arc<Inner>) {
         };
         tracing::info!("holding the room's meeting point");
         let since = Instant::now();
+        let relay = relay_url(&inner.opts.invite).ok().flatten();
+        let watch_relay = |endpoint: Endpoint, unconnected| {
+            let relay = relay.clone();
+            Box::pin(async move {
+                match relay {
+                    Some(relay) => relay_back(endpoint, relay, unconnected).await,
+                    // iroh's public relays: iroh's own retries.
+                    None => std::future::pending().await,
+                }
+            })
+        };
+        let mut unconnected = REBIND_AFTER_UNCONNECTED;
+        let mut back = watch_relay(point.endpoint.clone(), unconnected);
         loop {
             let first_minute = since.elapsed() < Duration::from_secs(60);
-            sleep(if first_minute {
+            let pause = if first_minute {
                 CHECK_EVERY_AT_FIRST
             } else {
                 CHECK_EVERY
-            })
-            .await;
-            match who_answers(&inner).await {
-                Some(peer) if peer != point.peer => {
-                    tracing::info!("another member holds the meeting point; letting go");
-                    break;
+            };
+            tokio::select! {
+                () = sleep(pause) => match who_answers(&inner).await {
+                    Some(peer) if peer != point.peer => {
+                        tracing::info!("another member holds the meeting point; letting go");
+                        break;
+                    }
+                    _ => {}
+                },
+                connected_once = &mut back => {
+                    // The relay is back after an outage: the meeting point is bound anew,
+                    // and the members at it come back as their connections end.
+                    unconnected = if connected_once {
+                        REBIND_AFTER_UNCONNECTED
+                    } else {
+                        (unconnected * 2).min(REBIND_AFTER_MAX)
+                    };
+                    match MeetingPoint::start(&inner).await {
+                        Ok(new) => {
+                            tracing::info!("the room's relay answers again; meeting point bound anew");
+                            point = new;
+                        }
+                        Err(e) => tracing::debug!("cannot bind the meeting point anew: {e}"),
+                    }
+                    back = watch_relay(point.endpoint.clone(), unconnected);
                 }
-                _ => {}
             }
         }
         inner.held.lock().expect("held lock").take();
@@ -907,7 +1096,7 @@ async fn serve_meet_conn(
 /// This process's own meeting point: lists this process itself (with the generation it
 /// holds) and the members registered with it, and publishes them to this process.
 async fn personal_point(inner: Arc<Inner>, table: Arc<watch::Sender<Table>>) {
-    let me = *inner.endpoint.id().as_bytes();
+    let me = *inner.id.as_bytes();
     let mut generation = inner.generation.subscribe();
     let mut listed = table.subscribe();
     loop {
@@ -938,7 +1127,7 @@ async fn peers_loop(inner: Arc<Inner>) {
         if rejected.wait_for(|r| *r).await.is_err() {
             return;
         }
-        let me = *inner.endpoint.id().as_bytes();
+        let me = *inner.id.as_bytes();
         let ids: Vec<[u8; 32]> = inner
             .peers
             .lock()
@@ -1093,5 +1282,30 @@ async fn serve_member(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_relay_counts_as_back_when_its_port_takes_a_tcp_connection() {
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            let bind = if host == "[::1]" {
+                "[::1]:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            let Ok(listener) = tokio::net::TcpListener::bind(bind).await else {
+                eprintln!("skipping {host}: cannot listen on {bind}");
+                continue;
+            };
+            let port = listener.local_addr().unwrap().port();
+            let url: RelayUrl = format!("https://{host}:{port}").parse().unwrap();
+            assert!(relay_answers(&url).await, "{url} listening");
+            drop(listener);
+            assert!(!relay_answers(&url).await, "{url} closed");
+        }
     }
 }

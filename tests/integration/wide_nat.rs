@@ -10,7 +10,7 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::lan::namespaces_possible;
 use crate::util::{Proc, assert_ok, bin, json};
@@ -508,24 +508,15 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         .unwrap()
         .to_owned();
     let out_dir = tempfile::tempdir().unwrap();
-    // A fetch that waits `wait` for the holder; the transfer must start within `within`.
-    let fetch = |wait: &str, within: Duration| {
-        let mut p = Proc::spawn(nat.cmd(
-            "b1",
-            "secret123",
-            &[
-                "fetch",
-                "--json",
-                "-v",
-                "--invite",
-                &invite,
-                "--wait",
-                wait,
-                "--dir",
-                out_dir.path().to_str().unwrap(),
-                &token,
-            ],
-        ));
+    // A fetch that waits `wait` for the holder (`None`: the default, 15 s with an invite); the
+    // transfer must start within `within`.
+    let fetch = |wait: Option<&str>, within: Duration| {
+        let mut args = vec!["fetch", "--json", "-v", "--invite", &invite];
+        if let Some(wait) = wait {
+            args.extend(["--wait", wait]);
+        }
+        args.extend(["--dir", out_dir.path().to_str().unwrap(), &token]);
+        let mut p = Proc::spawn(nat.cmd("b1", "secret123", &args));
         match p.wait_event(within, "progress") {
             Some(_) => Ok(p),
             None => Err(p.stderr()),
@@ -534,14 +525,19 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
     let started = |f: Result<Proc, String>, s: &Proc| {
         f.unwrap_or_else(|e| panic!("the transfer does not start: {e}\nsender: {}", s.stderr()))
     };
-    let mut f = started(fetch("30s", T), &s);
+    let mut f = started(fetch(Some("30s"), T), &s);
     // Some of it arrives, then the relay dies.
     f.wait_line(T, |l| {
         json(l)["done"].as_u64().is_some_and(|d| d > 16 << 20)
     })
     .expect("16 MiB arrive");
     let _ = relay.proc.child.kill();
+    let killed = Instant::now();
     let status = f.wait(Duration::from_secs(120));
+    eprintln!(
+        "the fetch failed {:?} after the relay died",
+        killed.elapsed()
+    );
     assert!(!status.success());
     assert!(
         f.stderr().contains("resume") || f.stderr().contains("kept"),
@@ -552,12 +548,18 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         !out_dir.path().join("big.bin").exists(),
         "nothing published"
     );
-    // The relay comes back (same certificate, same pin): the fetch resumes and completes. The
-    // holder's endpoints reconnect to the relay on iroh's schedule, which after an outage this
-    // long waits up to 16 s between tries plus as much jitter: the fetch waits longer than that
-    // for the holder to be back.
+    // The relay stays down half a minute: by then iroh waits up to 16 s between its tries to
+    // reach it again, plus as much jitter. It comes back (same certificate, same pin): the
+    // holder notices and binds its endpoints anew at once, so a fetch with the default wait
+    // finds it, resumes and completes.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(killed.elapsed()));
     let _relay = nat.relay();
-    let mut f = started(fetch("90s", Duration::from_secs(120)), &s);
+    let back = Instant::now();
+    let mut f = started(fetch(None, Duration::from_secs(30)), &s);
+    eprintln!(
+        "the transfer resumed {:?} after the relay came back",
+        back.elapsed()
+    );
     let done = f.wait(Duration::from_secs(300));
     assert!(done.success(), "{}", f.stderr());
     let resumed = f

@@ -180,6 +180,9 @@ pub enum Event {
         /// Bytes of content done, counting the resumed ones.
         done: u64,
         total: u64,
+        /// Which way the bytes go now (beyond the LAN it changes from `relayed` to `direct`
+        /// when a hole is punched).
+        via: Via,
     },
     /// A non-fatal problem worth telling the user about.
     Warning { message: String },

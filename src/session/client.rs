@@ -96,6 +96,8 @@ pub struct Transfer<'a> {
     pub resumed: u64,
     /// Content bytes here now, counting the resumed ones.
     pub done: u64,
+    /// Which way the bytes go now.
+    pub via: Via,
 }
 
 impl Transfer<'_> {
@@ -109,6 +111,7 @@ impl Transfer<'_> {
             resumed: self.resumed,
             done: self.done,
             total: self.info.size,
+            via: self.via,
         }
     }
 }
@@ -454,12 +457,14 @@ impl HolderSession {
         sink.begin(&info, offset).await?;
         let holder = self.name.clone();
         let mut received = offset;
+        let via = &self.via;
         let mut report = |done| {
             progress(&Transfer {
                 info: &info,
                 peer: &holder,
                 resumed: offset,
                 done,
+                via: via(),
             })
         };
         report(received);

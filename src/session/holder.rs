@@ -728,6 +728,7 @@ impl Conn<'_> {
                                         peer: &self.name,
                                         resumed: offset,
                                         done,
+                                        via: (self.via)(),
                                     };
                                     events(t.event(true));
                                 }

@@ -96,6 +96,12 @@ const REBIND_AFTER: Duration = Duration::from_secs(3);
 /// ours is not hammered).
 const REBIND_AFTER_UNCONNECTED: Duration = Duration::from_secs(10);
 const REBIND_AFTER_MAX: Duration = Duration::from_secs(300);
+/// A session connection that can only go through the room's relay is closed once its endpoint
+/// has been without the relay this long: nothing can arrive, and the fetch says so (resumable)
+/// at once instead of after QUIC's idle timeout of 30 s.
+const RELAY_LOST: Duration = Duration::from_secs(5);
+/// The QUIC application close code of a connection closed for that.
+const CLOSE_RELAY_LOST: u32 = 1;
 /// How long the check that the relay accepts connections again may take.
 const RELAY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -259,11 +265,20 @@ impl Inner {
         self.endpoint.borrow().clone()
     }
 
-    /// Keeps an eye on session connection `conn`.
+    /// Keeps an eye on session connection `conn`: remembered (see `direct_session_open`), and
+    /// closed when it can only go through the room's relay and that is gone (see
+    /// [`RELAY_LOST`]).
     fn track(&self, conn: &Connection) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.retain(|w| w.upgrade().is_some_and(|c| c.close_reason().is_none()));
-        sessions.push(conn.weak_handle());
+        {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            sessions.retain(|w| w.upgrade().is_some_and(|c| c.close_reason().is_none()));
+            sessions.push(conn.weak_handle());
+        }
+        // With iroh's public relays a connection may go through another relay than this
+        // endpoint's home relay: left to QUIC's idle timeout.
+        if matches!(self.opts.invite.relay, Relay::Url { .. }) {
+            tokio::spawn(close_when_relay_lost(self.endpoint(), conn.weak_handle()));
+        }
     }
 
     /// Whether a session is open on a direct path (which works without the relay: binding
@@ -571,6 +586,30 @@ async fn relay_back(endpoint: Endpoint, relay: RelayUrl, unconnected: Duration) 
         };
         if down >= patience && relay_answers(&relay).await {
             return connected_once;
+        }
+    }
+}
+
+/// Closes session connection `conn` of `endpoint` when it has had no direct path and the
+/// endpoint no relay for [`RELAY_LOST`].
+async fn close_when_relay_lost(endpoint: Endpoint, conn: WeakConnectionHandle) {
+    let mut down_since: Option<Instant> = None;
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        if conn.close_reason().is_some() {
+            return;
+        }
+        if via(&conn) == Via::Direct || relay_connected(&endpoint) {
+            down_since = None;
+            continue;
+        }
+        if down_since.get_or_insert_with(Instant::now).elapsed() >= RELAY_LOST {
+            tracing::warn!("the room's relay is gone: the session through it stops");
+            conn.close(CLOSE_RELAY_LOST.into(), b"the room's relay is gone");
+            return;
         }
     }
 }

@@ -168,6 +168,17 @@ impl Nat {
         }
     }
 
+    /// Limits what leaves LAN `side` ("a" or "b") for the public net to `rate` (tc's form,
+    /// "40mbit"), as an uplink does.
+    pub fn limit_rate(&self, side: &str, rate: &str) {
+        let router = self.name(&format!("r{side}"));
+        let tbf = [
+            "tc", "qdisc", "add", "dev", "wan0", "root", "tbf", "rate", rate, "burst", "64kb",
+            "latency", "100ms",
+        ];
+        in_ns(&router, &tbf);
+    }
+
     /// `deaddrop ARGS` on `host` ("a1", "b2", "relay"...), in room `pass`, with the host's own
     /// config folder (its own device key).
     pub fn cmd(&self, host: &str, pass: &str, args: &[&str]) -> Command {
@@ -533,7 +544,9 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
     .expect("16 MiB arrive");
     let _ = relay.proc.child.kill();
     let killed = Instant::now();
-    let status = f.wait(Duration::from_secs(120));
+    // Nothing can arrive without the relay: the fetch stops within seconds (the session is
+    // closed 5 s after the relay went away), not after QUIC's idle timeout of 30 s.
+    let status = f.wait(Duration::from_secs(20));
     eprintln!(
         "the fetch failed {:?} after the relay died",
         killed.elapsed()
@@ -571,5 +584,58 @@ fn the_relay_killed_mid_transfer_publishes_nothing_burns_nothing_and_the_fetch_r
         .unwrap_or(0);
     assert!(resumed > 0, "the second fetch resumed");
     assert!(std::fs::read(out_dir.path().join("big.bin")).unwrap() == content);
+    assert!(s.wait(T).success(), "{}", s.stderr());
+}
+
+#[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
+fn the_relay_gone_and_back_during_a_direct_transfer_does_not_cut_it() {
+    let Some(nat) = Nat::new() else { return };
+    // 5 MB/s out of LAN A: 128 MiB take about 27 s, long enough for the relay to die and come
+    // back while the bytes go direct.
+    nat.limit_rate("a", "40mbit");
+    let mut relay = nat.relay();
+    let invite = invite(&nat.config.path().join("inviter"), &relay.url);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let content = crate::files::data(128 << 20, 11);
+    std::fs::write(&file, &content).unwrap();
+    let file = file.to_str().unwrap();
+    let send = ["send-file", "--json", "-v", "--invite", &invite, file];
+    let mut s = Proc::spawn(nat.cmd("a1", "secret123", &send));
+    let token = s.wait_event(T, "offered").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().to_str().unwrap();
+    let fetch = [
+        "fetch", "--json", "-v", "--invite", &invite, "--dir", out, &token,
+    ];
+    let mut f = Proc::spawn(nat.cmd("b1", "secret123", &fetch));
+    f.wait_line(T, |l| {
+        let v = json(l);
+        v["event"] == "progress" && v["via"] == "direct"
+    })
+    .unwrap_or_else(|| panic!("the bytes never go direct: {}", f.stderr()));
+    // The relay is gone for 8 s (a session that needs it is closed after 5: this one must not
+    // be), then back (the endpoints must not be bound anew under the running transfer).
+    let _ = relay.proc.child.kill();
+    std::thread::sleep(Duration::from_secs(8));
+    let _relay = nat.relay();
+    std::thread::sleep(Duration::from_secs(4));
+    if let Some(status) = f.child.try_wait().unwrap() {
+        assert!(
+            !status.success(),
+            "the transfer was over before the relay came back: the test proves nothing"
+        );
+        panic!("the transfer was cut: {}", f.stderr());
+    }
+    assert!(f.wait(Duration::from_secs(120)).success(), "{}", f.stderr());
+    assert!(std::fs::read(out_dir.path().join("big.bin")).unwrap() == content);
+    let fetched = s
+        .wait_event(T, "fetched")
+        .unwrap_or_else(|| panic!("no fetched event: {}", s.stderr()));
+    assert_eq!(fetched["via"], "direct", "{fetched}");
     assert!(s.wait(T).success(), "{}", s.stderr());
 }

@@ -295,6 +295,7 @@ impl Ui {
                 resumed,
                 done,
                 total,
+                via: _,
             } => {
                 let key = BarKey {
                     token: token.to_string(),

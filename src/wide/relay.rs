@@ -9,8 +9,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use iroh_relay::server::{CertConfig, QuicConfig, RelayConfig, Server, ServerConfig, TlsConfig};
+use iroh::EndpointId;
+use iroh_relay::server::{
+    Access, AccessControl, CertConfig, ClientRequest, ConnectionId, QuicConfig, RelayConfig,
+    Server, ServerConfig, TlsConfig,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -21,6 +26,50 @@ use crate::wide::config::write_private;
 
 /// The default port: HTTPS on TCP, QUIC address discovery on UDP.
 pub const DEFAULT_PORT: u16 = 3340;
+/// Clients relayed at once by default. A room's members are a handful, each with one or two
+/// endpoints (the device's, and the meeting key's while it holds it); a stranger who connects
+/// more is refused, which bounds what the relay keeps per client (queues, TLS state).
+pub const DEFAULT_MAX_CLIENTS: usize = 256;
+
+/// Admits at most `max` clients at once (counted after iroh's relay handshake, which proves
+/// each client's endpoint key).
+#[derive(Debug)]
+struct ClientCap {
+    open: AtomicUsize,
+    max: usize,
+    /// When the operator was last told that clients are refused (at most once a minute).
+    warned: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl AccessControl for ClientCap {
+    async fn on_connect(&self, _request: &ClientRequest) -> Access {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            Access::Allow
+        } else {
+            let mut warned = self.warned.lock().expect("warned lock");
+            if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                *warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "the relay is full ({} clients at once, --max-clients): refusing new ones",
+                    self.max
+                );
+            }
+            Access::Deny {
+                reason: Some("the relay is full".into()),
+            }
+        }
+    }
+
+    fn on_disconnect(&self, _endpoint_id: EndpointId, _connection_id: ConnectionId) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// A running relay. Dropping it stops it.
 pub struct RunningRelay {
@@ -79,11 +128,13 @@ pub fn pin_of(cert: &CertificateDer<'_>) -> [u8; 32] {
 }
 
 /// Starts a relay on `bind` (HTTPS on TCP and QUIC address discovery on UDP, both on that
-/// port), with the certificate kept in `dir`.
+/// port), with the certificate kept in `dir`, relaying for at most `max_clients` clients at
+/// once.
 pub async fn start(
     bind: SocketAddr,
     dir: &Path,
     names: &[String],
+    max_clients: usize,
 ) -> std::io::Result<RunningRelay> {
     let (cert, key) = certificate(dir, names)?;
     let pin = pin_of(&cert);
@@ -104,6 +155,11 @@ pub async fn start(
         },
     ));
     relay.key_cache_capacity = Some(1024);
+    relay.access = Arc::new(ClientCap {
+        open: AtomicUsize::new(0),
+        max: max_clients,
+        warned: std::sync::Mutex::new(None),
+    });
     let mut quic = QuicConfig::new(bind);
     quic.server_config = Some(tls);
     let mut config = ServerConfig::default();
@@ -196,6 +252,70 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let (c, _) = certificate(other.path(), &names).unwrap();
         assert_ne!(pin_of(&a), pin_of(&c));
+    }
+
+    /// A port free for both TCP and UDP on loopback (the relay serves both on one port).
+    fn free_port() -> u16 {
+        loop {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_serves_at_most_its_client_cap_at_once() {
+        use crate::wide::invite::{Invite, Relay};
+        use crate::wide::room::endpoint;
+        use iroh::{SecretKey, Watcher};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let bind: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let relay = start(bind, dir.path(), &["127.0.0.1".to_owned()], 2)
+            .await
+            .unwrap();
+        let invite = Invite::new(
+            Relay::Url {
+                url: format!("https://{bind}"),
+                pin: Some(relay.pin),
+            },
+            vec![],
+        );
+        let loopback = [bind.ip()];
+        let connected = |e: &iroh::Endpoint| {
+            e.home_relay_status()
+                .get()
+                .iter()
+                .any(iroh::endpoint::RelayStatus::is_connected)
+        };
+        let mut admitted = Vec::new();
+        for _ in 0..2 {
+            let e = endpoint(&invite, &loopback, SecretKey::generate(), vec![])
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), e.online())
+                .await
+                .expect("a client under the cap is relayed");
+            admitted.push(e);
+        }
+        let third = endpoint(&invite, &loopback, SecretKey::generate(), vec![])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!connected(&third), "a client over the cap is refused");
+        // A place frees up when a client leaves: the next try of the refused one gets it.
+        admitted.pop().unwrap().close().await;
+        tokio::time::timeout(Duration::from_secs(30), third.online())
+            .await
+            .expect("a client is relayed once a place is free");
+        assert!(admitted.iter().all(connected));
+        third.close().await;
+        for e in admitted {
+            e.close().await;
+        }
     }
 
     #[test]

@@ -192,7 +192,9 @@ pub enum Command {
     /// Run a relay for wide-area rooms on a host both sides can reach (until Ctrl-C). It
     /// forwards encrypted packets between members that cannot reach each other directly and
     /// never sees content or the passphrase. Prints the URL to give to `deaddrop invite`.
-    #[command(override_usage = "deaddrop relay [--bind ADDR:PORT] [--hostname NAME]")]
+    #[command(
+        override_usage = "deaddrop relay [--bind ADDR:PORT] [--hostname NAME] [--max-clients N]"
+    )]
     Relay {
         /// Where to listen: HTTPS on this TCP port, QUIC address discovery on this UDP port.
         #[arg(long, default_value = "0.0.0.0:3340")]
@@ -200,6 +202,10 @@ pub enum Command {
         /// The name or address members reach this host by, for the printed URL (repeatable).
         #[arg(long, value_name = "NAME")]
         hostname: Vec<String>,
+        /// Clients relayed at once; more are refused (each member uses one or two).
+        #[arg(long, value_name = "N", default_value_t = deaddrop::wide::relay::DEFAULT_MAX_CLIENTS,
+              value_parser = clap::value_parser!(usize))]
+        max_clients: usize,
     },
     /// Print shell completions for bash, zsh, fish, powershell or elvish.
     #[command(after_help = COMPLETIONS_HELP, override_usage = "deaddrop completions <SHELL>")]

@@ -71,9 +71,13 @@ fn main() -> ExitCode {
             return wide::invite(relay, name.as_deref(), *this_device, *json);
         }
         Command::Join { invite, name } => return wide::join(invite, name),
-        Command::Relay { bind, hostname } => {
+        Command::Relay {
+            bind,
+            hostname,
+            max_clients,
+        } => {
             init_logging(0);
-            return wide::relay(*bind, hostname);
+            return wide::relay(*bind, hostname, *max_clients);
         }
         _ => {}
     }

@@ -94,7 +94,7 @@ pub fn join(text: &str, name: &str) -> ExitCode {
 }
 
 /// `deaddrop relay`: serves until Ctrl-C.
-pub fn relay(bind: SocketAddr, hostnames: &[String]) -> ExitCode {
+pub fn relay(bind: SocketAddr, hostnames: &[String], max_clients: usize) -> ExitCode {
     let run = async {
         let dir = config::dir().context("cannot find the config folder")?;
         let mut names: Vec<String> = hostnames.to_vec();
@@ -104,7 +104,7 @@ pub fn relay(bind: SocketAddr, hostnames: &[String]) -> ExitCode {
         if names.is_empty() {
             names.push("deaddrop-relay".into());
         }
-        let relay = deaddrop::wide::relay::start(bind, &dir, &names).await?;
+        let relay = deaddrop::wide::relay::start(bind, &dir, &names, max_clients).await?;
         let port = relay.https_addr().map_or(bind.port(), |a| a.port());
         let pin = invite::hex(&relay.pin);
         let hosts: Vec<String> = if !hostnames.is_empty() {

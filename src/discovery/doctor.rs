@@ -48,6 +48,9 @@ pub struct Report {
     pub paths: Vec<String>,
     pub seen: Vec<PeerReport>,
     pub findings: Vec<Finding>,
+    /// The room beyond the LAN, when an invite is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wide: Option<crate::wide::room::WideCheck>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,7 +117,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(level: Level, text: impl Into<String>, fix: Option<&str>) -> Self {
+    pub fn new(level: Level, text: impl Into<String>, fix: Option<&str>) -> Self {
         Finding {
             level,
             text: text.into(),
@@ -287,6 +290,7 @@ pub async fn run(cfg: DoctorConfig) -> Report {
         paths: mdns_paths,
         seen,
         findings,
+        wide: None,
     }
 }
 

@@ -671,6 +671,117 @@ async fn rebinder(inner: Arc<Inner>) {
     }
 }
 
+/// What `deaddrop doctor` finds out about a wide-area room (with `--invite` or `--joined`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WideCheck {
+    /// The room's relay: its URL, or "iroh's public relays".
+    pub relay: String,
+    /// Whether the relay's host takes a TCP connection on the relay's port (`None` for iroh's
+    /// public relays).
+    pub relay_port_open: Option<bool>,
+    /// Whether an endpoint got a relay connection, and in how many milliseconds.
+    pub relay_connected_ms: Option<u64>,
+    /// Why not, as iroh says.
+    pub relay_error: Option<String>,
+    pub meeting_point: MeetingCheck,
+}
+
+/// Who answers at the room's meeting point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingCheck {
+    /// Not asked: no relay connection, or no passphrase to run the room handshake with.
+    NotChecked,
+    /// Nobody holds it: no long-running member of the room is online.
+    NoAnswer,
+    /// A member holds it: the room handshake succeeded.
+    Member,
+    /// Whoever holds it failed the room handshake: another passphrase, or someone with the
+    /// invite but not the passphrase holds it.
+    Rejected,
+}
+
+/// Checks a wide-area room from a fresh endpoint (a random key: a device's own key would take
+/// the relay's forwarding away from a `run` on this device): the relay's port, a relay
+/// connection, and, with the passphrase, the room handshake at the meeting point.
+pub async fn check(
+    invite: &Invite,
+    bind: &[IpAddr],
+    pass: Option<&Passphrase>,
+    me: PeerId,
+) -> io::Result<WideCheck> {
+    let url = relay_url(invite)?;
+    let relay = match &invite.relay {
+        Relay::Url { url, .. } => url.clone(),
+        Relay::Public => "iroh's public relays".into(),
+    };
+    let relay_port_open = match &url {
+        Some(u) => Some(relay_answers(u).await),
+        None => None,
+    };
+    if relay_port_open == Some(false) {
+        // No relay connection can be made: not worth waiting for iroh to say so.
+        return Ok(WideCheck {
+            relay,
+            relay_port_open,
+            relay_connected_ms: None,
+            relay_error: Some("the relay's port does not take TCP connections".into()),
+            meeting_point: MeetingCheck::NotChecked,
+        });
+    }
+    let probe = endpoint(invite, bind, SecretKey::generate(), vec![]).await?;
+    let started = Instant::now();
+    let online = timeout(RELAY_PATIENCE, probe.online()).await.is_ok();
+    let relay_connected_ms = online.then(|| started.elapsed().as_millis() as u64);
+    let relay_error = if online {
+        None
+    } else {
+        let statuses = probe.home_relay_status().get();
+        Some(
+            statuses
+                .iter()
+                .find_map(|s| s.last_error().map(|e| e.to_string()))
+                .unwrap_or_else(|| "no answer".into()),
+        )
+    };
+    let meeting_point = match pass {
+        Some(pass) if online => {
+            let meeting_id = SecretKey::from_bytes(&invite.room.meeting_secret()).public();
+            let mut addr = EndpointAddr::new(meeting_id);
+            if let Some(u) = url {
+                addr = addr.with_relay_url(u);
+            }
+            let ask = async {
+                let conn = match timeout(MEET_DIAL_TIMEOUT, probe.connect(addr, ALPN_MEET)).await {
+                    Ok(Ok(conn)) => conn,
+                    _ => return MeetingCheck::NoAnswer,
+                };
+                let Ok((send, recv)) = conn.open_bi().await else {
+                    return MeetingCheck::NoAnswer;
+                };
+                let link = WideLink::new(conn, send, recv);
+                match transport::connect(link, pass, me, Timeouts::default()).await {
+                    Ok(_) => MeetingCheck::Member,
+                    Err(e) if e.is_rejection() => MeetingCheck::Rejected,
+                    Err(_) => MeetingCheck::NoAnswer,
+                }
+            };
+            timeout(DIAL_TIMEOUT, ask)
+                .await
+                .unwrap_or(MeetingCheck::NoAnswer)
+        }
+        _ => MeetingCheck::NotChecked,
+    };
+    probe.close().await;
+    Ok(WideCheck {
+        relay,
+        relay_port_open,
+        relay_connected_ms,
+        relay_error,
+        meeting_point,
+    })
+}
+
 /// Accepts connections on the device endpoint: hands session connections to the holder, and
 /// serves meeting connections at this process's own meeting point.
 async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {

@@ -472,3 +472,72 @@ fn members_that_never_met_find_each_other_through_the_device_an_invite_names() {
     drop(squatter);
     drop(relay);
 }
+
+#[test]
+fn doctor_with_an_invite_checks_the_relay_and_the_meeting_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::on_loopback(&dir.path().join("relay"));
+    let invite = invite(&dir.path().join("a"), &relay.url);
+    let doctor = |pass: &str| {
+        let out = member(
+            pass,
+            &invite,
+            &dir.path().join("doctor"),
+            &["doctor", "--json", "--wait", "300ms"],
+        )
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+        let report: serde_json::Value = serde_json::from_str(line).unwrap();
+        (report, out.status.code())
+    };
+    // Nobody online: the relay answers, nobody holds the meeting point.
+    let (r, _) = doctor("secret123");
+    let w = &r["wide"];
+    assert_eq!(w["relay_port_open"], true, "{r}");
+    assert!(w["relay_connected_ms"].is_u64(), "{r}");
+    assert_eq!(w["meeting_point"], "no_answer", "{r}");
+
+    // A member online holds it: the room handshake succeeds there, and fails with another
+    // passphrase.
+    let mut run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &dir.path().join("b"),
+        &["run", "--json"],
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (r, _) = doctor("secret123");
+        if r["wide"]["meeting_point"] == "member" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member's meeting point never answers: {r}\n{}",
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (r, code) = doctor("another passphrase");
+    assert_eq!(r["wide"]["meeting_point"], "rejected", "{r}");
+    assert_eq!(code, Some(7), "a problem: {r}");
+    run.interrupt();
+    run.wait(T);
+
+    // The relay gone: its port is closed, and the report says what to do.
+    let _ = relay.proc.child.kill();
+    let _ = relay.proc.child.wait();
+    let (r, code) = doctor("secret123");
+    let w = &r["wide"];
+    assert_eq!(w["relay_port_open"], false, "{r}");
+    assert!(w["relay_connected_ms"].is_null(), "{r}");
+    assert_eq!(w["meeting_point"], "not_checked", "{r}");
+    assert_eq!(code, Some(7), "{r}");
+    let findings = r["findings"].to_string();
+    assert!(findings.contains("does not take connections"), "{findings}");
+}

@@ -146,7 +146,8 @@ pub enum Command {
     /// the deaddrop processes heard (random ids and addresses only), and says what to do. Run
     /// it on two devices at once: they see each other and name the paths between them. With
     /// the room passphrase (--room or DEADDROP_ROOM; never asked for), it also tries the room
-    /// handshake with every holder it hears.
+    /// handshake with every holder it hears. With an invite (--invite, --joined), it also
+    /// checks the room's relay and, with the passphrase, who holds its meeting point.
     #[command(after_help = EXIT_CODES, override_usage = "deaddrop doctor [OPTIONS]")]
     Doctor {
         /// How long to listen.

@@ -5,14 +5,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deaddrop::discovery::doctor::{self, DoctorConfig, Level, Report};
+use deaddrop::discovery::doctor::{self, DoctorConfig, Finding, Level, Report};
+use deaddrop::protocol::id::PeerId;
 use deaddrop::protocol::secret::Passphrase;
+use deaddrop::wide::room::{MeetingCheck, WideCheck};
 
 use crate::cli::Common;
 use crate::output::{Ui, sanitize};
 use crate::{EXIT_PROBLEM, discovery_config, display_name, report_error};
 
 pub fn run(pass: Option<Passphrase>, wait: Duration, common: &Common, ui: &Arc<Ui>) -> ExitCode {
+    let invite = match crate::wide::invite_of(common) {
+        Ok(i) => i,
+        Err(e) => {
+            report_error(ui, &format!("{e:#}"));
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
     let cfg = DoctorConfig {
         discovery: discovery_config(common),
         wait,
@@ -25,11 +34,40 @@ pub fn run(pass: Option<Passphrase>, wait: Duration, common: &Common, ui: &Arc<U
             deaddrop::units::format_duration(wait)
         ));
     }
+    let discovery = cfg.discovery.clone();
+    let room_pass = cfg.pass.clone();
     let report = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(doctor::run(cfg)),
+        Ok(rt) => rt.block_on(async {
+            let mut report = doctor::run(cfg).await;
+            if let Some(invite) = invite {
+                let bind = match deaddrop::discovery::resolve(&discovery).await {
+                    Ok(scope) => crate::wide::bind_of(&scope),
+                    Err(_) => Vec::new(),
+                };
+                match deaddrop::wide::room::check(
+                    &invite,
+                    &bind,
+                    room_pass.as_ref(),
+                    PeerId::random(),
+                )
+                .await
+                {
+                    Ok(check) => {
+                        report.findings.extend(wide_findings(&check));
+                        report.wide = Some(check);
+                    }
+                    Err(e) => report.findings.push(Finding::new(
+                        Level::Problem,
+                        format!("cannot check the room beyond the LAN: {e}"),
+                        None,
+                    )),
+                }
+            }
+            report
+        }),
         Err(e) => {
             report_error(ui, &format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
@@ -123,6 +161,35 @@ pub fn render(r: &Report) -> String {
             line(format!("           room handshake: {h}"));
         }
     }
+    if let Some(w) = &r.wide {
+        line(String::new());
+        line("Beyond the LAN (the invite's room)".into());
+        line(format!("  relay          {}", sanitize(&w.relay, false)));
+        if let Some(open) = w.relay_port_open {
+            line(format!(
+                "  its port       {}",
+                if open {
+                    "open"
+                } else {
+                    "closed or unreachable"
+                }
+            ));
+        }
+        line(match (w.relay_connected_ms, &w.relay_error) {
+            (Some(ms), _) => format!("  connection     made in {ms} ms"),
+            (None, Some(e)) => format!("  connection     failed: {}", sanitize(e, false)),
+            (None, None) => "  connection     failed".into(),
+        });
+        line(format!(
+            "  meeting point  {}",
+            match w.meeting_point {
+                MeetingCheck::NotChecked => "not asked",
+                MeetingCheck::NoAnswer => "nobody holds it",
+                MeetingCheck::Member => "a member holds it (room handshake ok)",
+                MeetingCheck::Rejected => "its holder fails the room handshake",
+            }
+        ));
+    }
     line(String::new());
     line("Verdict".into());
     if r.findings.is_empty() {
@@ -140,4 +207,58 @@ pub fn render(r: &Report) -> String {
         }
     }
     out.trim_end().to_owned()
+}
+
+/// What the wide-area check means for the user.
+fn wide_findings(w: &WideCheck) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match (w.relay_connected_ms, w.relay_port_open) {
+        (Some(_), _) => out.push(Finding::new(
+            Level::Ok,
+            format!("the room's relay {} answers", w.relay),
+            None,
+        )),
+        (None, Some(false)) => out.push(Finding::new(
+            Level::Problem,
+            format!(
+                "the room's relay {} does not take connections: members beyond the LAN cannot be found",
+                w.relay
+            ),
+            Some(
+                "check that `deaddrop relay` runs there and that its port (TCP and UDP) is open in its host's firewall",
+            ),
+        )),
+        (None, _) => out.push(Finding::new(
+            Level::Problem,
+            format!(
+                "the room's relay {} takes connections, but no relay connection was made ({})",
+                w.relay,
+                w.relay_error.as_deref().unwrap_or("no answer")
+            ),
+            Some(
+                "check that the invite's relay URL and certificate fingerprint are the ones `deaddrop relay` prints there, and that its UDP port is open too",
+            ),
+        )),
+    }
+    match w.meeting_point {
+        MeetingCheck::NotChecked if w.relay_connected_ms.is_some() => out.push(Finding::new(
+            Level::Info,
+            "the room's meeting point was not asked: give the passphrase to check the room handshake there",
+            None,
+        )),
+        MeetingCheck::NotChecked | MeetingCheck::Member => {}
+        MeetingCheck::NoAnswer => out.push(Finding::new(
+            Level::Info,
+            "nobody holds the room's meeting point: no long-running member (`run`, `send-*`) is online beyond the LAN now",
+            None,
+        )),
+        MeetingCheck::Rejected => out.push(Finding::new(
+            Level::Problem,
+            "whoever holds the room's meeting point fails the room handshake: your passphrase differs from the members', or someone with the invite but not the passphrase holds it",
+            Some(
+                "check the passphrase; members that met before still find each other (SECURITY.md)",
+            ),
+        )),
+    }
+    out
 }

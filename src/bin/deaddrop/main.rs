@@ -41,7 +41,7 @@ pub(crate) const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
 const EXIT_NO_ROOM: u8 = 6;
 pub(crate) const EXIT_PROBLEM: u8 = 7;
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 /// After its last drop is used up, a sender exits as soon as no room member has a session open
 /// (the receiver that used it up has its confirmation; members racing for a one-time drop have

@@ -192,13 +192,8 @@ pub fn plan(
     me: PeerId,
     may_host: bool,
 ) -> Result<Option<WideOptions>> {
-    let invite = match (&common.invite, &common.joined) {
-        (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
-        (None, Some(name)) => {
-            let dir = config::dir()?;
-            config::room(&dir, name).map_err(|e| usage(format!("--joined: {e}")))?
-        }
-        (None, None) => return Ok(None),
+    let Some(invite) = invite_of(common)? else {
+        return Ok(None);
     };
     if common.legacy {
         return Err(usage(
@@ -212,18 +207,7 @@ pub fn plan(
     // Held until the process exits: the next deaddrop process on this device uses a key of
     // its own meanwhile.
     Box::leak(Box::new(device));
-    // Confined (--interface): the endpoint's sockets are bound to the chosen addresses, one per
-    // address family.
-    let mut bind: Vec<IpAddr> = Vec::new();
-    if scope.confined {
-        for addr in scope.listen_addrs() {
-            let ip = addr.ip();
-            let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
-            if !link_local && !bind.iter().any(|b| b.is_ipv4() == ip.is_ipv4()) {
-                bind.push(ip);
-            }
-        }
-    }
+    let bind = bind_of(scope);
     let peers_file = Some(config::peers_path(&dir, &invite.room));
     Ok(Some(WideOptions {
         invite,
@@ -234,6 +218,34 @@ pub fn plan(
         may_host,
         timeouts: Timeouts::default(),
     }))
+}
+
+/// The invite given (`--invite`, `DEADDROP_INVITE`, `--joined`), if any.
+pub fn invite_of(common: &Common) -> Result<Option<Invite>> {
+    Ok(Some(match (&common.invite, &common.joined) {
+        (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
+        (None, Some(name)) => {
+            let dir = config::dir()?;
+            config::room(&dir, name).map_err(|e| usage(format!("--joined: {e}")))?
+        }
+        (None, None) => return Ok(None),
+    }))
+}
+
+/// Where endpoints bind their UDP sockets: confined (--interface), to the chosen addresses,
+/// one per address family; otherwise every address (empty).
+pub fn bind_of(scope: &Scope) -> Vec<IpAddr> {
+    let mut bind: Vec<IpAddr> = Vec::new();
+    if scope.confined {
+        for addr in scope.listen_addrs() {
+            let ip = addr.ip();
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            if !link_local && !bind.iter().any(|b| b.is_ipv4() == ip.is_ipv4()) {
+                bind.push(ip);
+            }
+        }
+    }
+    bind
 }
 
 /// Starts the room's endpoint and membership; it is left when the process exits.

@@ -357,6 +357,33 @@ pub async fn endpoint(
         .map_err(|e| io::Error::other(format!("cannot start the wide-area endpoint: {e}")))
 }
 
+/// The address of the room's meeting point: the meeting key's id and the invite's relay.
+fn meeting_addr(invite: &Invite) -> io::Result<EndpointAddr> {
+    let id = SecretKey::from_bytes(&invite.room.meeting_secret()).public();
+    let mut addr = EndpointAddr::new(id);
+    if let Some(url) = relay_url(invite)? {
+        addr = addr.with_relay_url(url);
+    }
+    Ok(addr)
+}
+
+/// The room's relay, for people: its URL, or "iroh's public relays".
+fn relay_name(invite: &Invite) -> String {
+    match &invite.relay {
+        Relay::Url { url, .. } => url.clone(),
+        Relay::Public => "iroh's public relays".into(),
+    }
+}
+
+/// Why `endpoint` has no relay connection, as iroh says.
+fn relay_error(endpoint: &Endpoint) -> String {
+    let statuses = endpoint.home_relay_status().get();
+    statuses
+        .iter()
+        .find_map(|s| s.last_error().map(|e| e.to_string()))
+        .unwrap_or_else(|| "no answer".into())
+}
+
 /// The address to dial member `id` at: its id and the invite's relay.
 pub fn member_addr(invite: &Invite, id: [u8; 32]) -> io::Result<EndpointAddr> {
     let key = EndpointId::from_bytes(&id)
@@ -371,7 +398,6 @@ pub fn member_addr(invite: &Invite, id: [u8; 32]) -> io::Result<EndpointAddr> {
 impl WideRoom {
     /// Starts this device's endpoint and its membership at the room's meeting point.
     pub async fn start(opts: WideOptions, pass: Passphrase) -> io::Result<Arc<WideRoom>> {
-        let relay = relay_url(&opts.invite)?;
         let mut alpns = vec![ALPN_SESSION.to_vec()];
         if opts.may_host {
             alpns.push(ALPN_MEET.to_vec());
@@ -382,11 +408,7 @@ impl WideRoom {
             alpns.clone(),
         )
         .await?;
-        let meeting_id = SecretKey::from_bytes(&opts.invite.room.meeting_secret()).public();
-        let mut meeting = EndpointAddr::new(meeting_id);
-        if let Some(url) = relay {
-            meeting = meeting.with_relay_url(url);
-        }
+        let meeting = meeting_addr(&opts.invite)?;
         let me = opts.me;
         let peers = Peers::load(opts.peers_file.clone(), &opts.invite.bootstrap);
         let personal = opts.may_host.then(|| {
@@ -550,15 +572,8 @@ async fn report_relay(inner: Arc<Inner>) {
     if relay_connected(&endpoint) {
         return;
     }
-    let statuses = endpoint.home_relay_status().get();
-    let why = statuses
-        .iter()
-        .find_map(|s| s.last_error().map(|e| e.to_string()))
-        .unwrap_or_else(|| "no answer".into());
-    let relay = match &inner.opts.invite.relay {
-        Relay::Url { url, .. } => url.clone(),
-        Relay::Public => "(iroh's public relays)".into(),
-    };
+    let why = relay_error(&endpoint);
+    let relay = relay_name(&inner.opts.invite);
     tracing::warn!(
         "cannot reach the room's relay {relay}: {why}; only members on this LAN can be found until it answers"
     );
@@ -614,6 +629,16 @@ async fn close_when_relay_lost(endpoint: Endpoint, conn: WeakConnectionHandle) {
     }
 }
 
+/// How long the next endpoint bound anew may go without reaching the relay before it is bound
+/// anew in turn: the first wait again if the last one had reached it, else twice as long.
+fn next_unconnected(connected_once: bool, unconnected: Duration) -> Duration {
+    if connected_once {
+        REBIND_AFTER_UNCONNECTED
+    } else {
+        (unconnected * 2).min(REBIND_AFTER_MAX)
+    }
+}
+
 /// Whether `endpoint` is connected to its relay now.
 fn relay_connected(endpoint: &Endpoint) -> bool {
     let statuses = endpoint.home_relay_status().get();
@@ -648,11 +673,7 @@ async fn rebinder(inner: Arc<Inner>) {
     loop {
         let old = inner.endpoint();
         let connected_once = relay_back(old.clone(), relay.clone(), unconnected).await;
-        unconnected = if connected_once {
-            REBIND_AFTER_UNCONNECTED
-        } else {
-            (unconnected * 2).min(REBIND_AFTER_MAX)
-        };
+        unconnected = next_unconnected(connected_once, unconnected);
         while inner.direct_session_open() {
             sleep(RELAY_POLL).await;
         }
@@ -711,10 +732,7 @@ pub async fn check(
     me: PeerId,
 ) -> io::Result<WideCheck> {
     let url = relay_url(invite)?;
-    let relay = match &invite.relay {
-        Relay::Url { url, .. } => url.clone(),
-        Relay::Public => "iroh's public relays".into(),
-    };
+    let relay = relay_name(invite);
     let relay_port_open = match &url {
         Some(u) => Some(relay_answers(u).await),
         None => None,
@@ -733,42 +751,22 @@ pub async fn check(
     let started = Instant::now();
     let online = timeout(RELAY_PATIENCE, probe.online()).await.is_ok();
     let relay_connected_ms = online.then(|| started.elapsed().as_millis() as u64);
-    let relay_error = if online {
-        None
-    } else {
-        let statuses = probe.home_relay_status().get();
-        Some(
-            statuses
-                .iter()
-                .find_map(|s| s.last_error().map(|e| e.to_string()))
-                .unwrap_or_else(|| "no answer".into()),
-        )
-    };
+    let relay_error = (!online).then(|| relay_error(&probe));
     let meeting_point = match pass {
         Some(pass) if online => {
-            let meeting_id = SecretKey::from_bytes(&invite.room.meeting_secret()).public();
-            let mut addr = EndpointAddr::new(meeting_id);
-            if let Some(u) = url {
-                addr = addr.with_relay_url(u);
+            let ask = handshake_at(
+                &probe,
+                meeting_addr(invite)?,
+                MEET_DIAL_TIMEOUT,
+                pass,
+                me,
+                Timeouts::default(),
+            );
+            match timeout(DIAL_TIMEOUT, ask).await {
+                Ok(Ok(_)) => MeetingCheck::Member,
+                Ok(Err(e)) if e.is_rejection() => MeetingCheck::Rejected,
+                _ => MeetingCheck::NoAnswer,
             }
-            let ask = async {
-                let conn = match timeout(MEET_DIAL_TIMEOUT, probe.connect(addr, ALPN_MEET)).await {
-                    Ok(Ok(conn)) => conn,
-                    _ => return MeetingCheck::NoAnswer,
-                };
-                let Ok((send, recv)) = conn.open_bi().await else {
-                    return MeetingCheck::NoAnswer;
-                };
-                let link = WideLink::new(conn, send, recv);
-                match transport::connect(link, pass, me, Timeouts::default()).await {
-                    Ok(_) => MeetingCheck::Member,
-                    Err(e) if e.is_rejection() => MeetingCheck::Rejected,
-                    Err(_) => MeetingCheck::NoAnswer,
-                }
-            };
-            timeout(DIAL_TIMEOUT, ask)
-                .await
-                .unwrap_or(MeetingCheck::NoAnswer)
         }
         _ => MeetingCheck::NotChecked,
     };
@@ -1094,11 +1092,7 @@ async fn keeper(inner: Arc<Inner>) {
                 connected_once = &mut back => {
                     // The relay is back after an outage: the meeting point is bound anew,
                     // and the members at it come back as their connections end.
-                    unconnected = if connected_once {
-                        REBIND_AFTER_UNCONNECTED
-                    } else {
-                        (unconnected * 2).min(REBIND_AFTER_MAX)
-                    };
+                    unconnected = next_unconnected(connected_once, unconnected);
                     match MeetingPoint::start(&inner).await {
                         Ok(new) => {
                             tracing::info!("the room's relay answers again; meeting point bound anew");
@@ -1122,18 +1116,42 @@ async fn who_answers(inner: &Arc<Inner>) -> Option<PeerId> {
     let probe = bind(&inner.opts, SecretKey::generate(), vec![])
         .await
         .ok()?;
-    let ask = async {
-        let conn = probe.connect(inner.meeting.clone(), ALPN_MEET).await.ok()?;
-        let (send, recv) = conn.open_bi().await.ok()?;
-        let link = WideLink::new(conn, send, recv);
-        let s = transport::connect(link, &inner.pass, inner.me, inner.opts.timeouts)
-            .await
-            .ok()?;
-        Some(s.peer())
-    };
-    let peer = timeout(DIAL_TIMEOUT, ask).await.ok().flatten();
+    let ask = handshake_at(
+        &probe,
+        inner.meeting.clone(),
+        DIAL_TIMEOUT,
+        &inner.pass,
+        inner.me,
+        inner.opts.timeouts,
+    );
+    let peer = timeout(DIAL_TIMEOUT, ask).await.ok().and_then(Result::ok);
     probe.close().await;
     peer
+}
+
+/// Dials the meeting point at `addr` from `probe` (the dial may take `dial_limit`) and runs the
+/// room handshake there: whose it is (its handshake id), or why not.
+async fn handshake_at(
+    probe: &Endpoint,
+    addr: EndpointAddr,
+    dial_limit: Duration,
+    pass: &Passphrase,
+    me: PeerId,
+    timeouts: Timeouts,
+) -> Result<PeerId, SessionError> {
+    let dial = timeout(dial_limit, probe.connect(addr, ALPN_MEET));
+    let conn = match dial.await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(SessionError::Io(io::Error::other(e))),
+        Err(_) => return Err(SessionError::Io(io::ErrorKind::TimedOut.into())),
+    };
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SessionError::Io(io::Error::other(e)))?;
+    let link = WideLink::new(conn, send, recv);
+    let session = transport::connect(link, pass, me, timeouts).await?;
+    Ok(session.peer())
 }
 
 /// The room's meeting point, held by this process: lists the members connected to it.

@@ -18,6 +18,8 @@
 //! hostile record      --listen PORT --count N --out FILE   record N announcements heard
 //! hostile replay-udp  --to ADDR:PORT --in FILE             send recorded datagrams again
 //! hostile replay-tcp  --to ADDR:PORT --in FILE             replay a recorded client session
+//! hostile mdns-amplify --to ADDR:5353 --count N --repeat K  one-shot mDNS queries repeating
+//!                     K SRV and K TXT questions about the holder's instance; bytes in and out
 //! ```
 //! Prints one JSON line with what happened.
 
@@ -211,6 +213,7 @@ pub fn run(args: &[String]) -> Option<serde_json::Value> {
                 "open_at_end": conns.len(), "closed_by_peer": closed})
         }
         "fake-holder" => fake_holder(args),
+        "mdns-amplify" => mdns_amplify(args),
         "member" => member(args),
         "guess" => {
             let (to, count) = (target(args), num(args, "--count", 100));
@@ -589,5 +592,88 @@ fn member(args: &[String]) -> serde_json::Value {
         holder.drained().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         serde_json::json!({"offered": offered, "fetched": fetched.load(Ordering::Relaxed)})
+    })
+}
+
+/// One-shot mDNS queries (from a port other than 5353, so answered by unicast to the source)
+/// that repeat questions about the holder's instance: what a spoofer would aim at a victim.
+/// Learns the instance name with a PTR query first. Reports the bytes sent and answered.
+fn mdns_amplify(args: &[String]) -> serde_json::Value {
+    use simple_dns::rdata::RData;
+    use simple_dns::{CLASS, Name, Packet, QCLASS, QTYPE, Question, TYPE};
+    let (to, count, repeat) = (
+        target(args),
+        num(args, "--count", 100),
+        num(args, "--repeat", 40),
+    );
+    let s = udp(args);
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let query = |questions: &[(String, TYPE)]| {
+        let mut q = Packet::new_query(0x5151);
+        for (name, t) in questions {
+            q.questions.push(Question::new(
+                Name::new_unchecked(name),
+                QTYPE::TYPE(*t),
+                QCLASS::CLASS(CLASS::IN),
+                false,
+            ));
+        }
+        q.build_bytes_vec_compressed().unwrap()
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut instance = None;
+    for _ in 0..20 {
+        let _ = s.send_to(&query(&[("_deaddrop._tcp.local".into(), TYPE::PTR)]), to);
+        if let Ok((n, _)) = s.recv_from(&mut buf)
+            && let Ok(p) = Packet::parse(&buf[..n])
+        {
+            instance = p.answers.iter().find_map(|a| match &a.rdata {
+                RData::PTR(ptr) => Some(ptr.0.to_string()),
+                _ => None,
+            });
+        }
+        if instance.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let Some(instance) = instance else {
+        return serde_json::json!({"instance": null});
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut asked = Vec::new();
+    for _ in 0..repeat {
+        asked.push((instance.clone(), TYPE::SRV));
+        asked.push((instance.clone(), TYPE::TXT));
+    }
+    let q = query(&asked);
+    let (mut sent, mut answers, mut answered, mut largest) = (0u64, 0u64, 0u64, 0usize);
+    let start = Instant::now();
+    let recv = |s: &UdpSocket,
+                buf: &mut [u8],
+                answers: &mut u64,
+                answered: &mut u64,
+                largest: &mut usize| {
+        while let Ok((n, _)) = s.recv_from(buf) {
+            *answers += 1;
+            *answered += n as u64;
+            *largest = (*largest).max(n);
+        }
+    };
+    s.set_nonblocking(true).unwrap();
+    for _ in 0..count {
+        if s.send_to(&q, to).is_ok() {
+            sent += q.len() as u64;
+        }
+        recv(&s, &mut buf, &mut answers, &mut answered, &mut largest);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.set_nonblocking(false).unwrap();
+    recv(&s, &mut buf, &mut answers, &mut answered, &mut largest);
+    serde_json::json!({
+        "instance": instance, "queries": count, "query_bytes": q.len(), "sent_bytes": sent,
+        "answers": answers, "answer_bytes": answered, "largest": largest,
+        "seconds": start.elapsed().as_secs_f64(),
     })
 }

@@ -158,17 +158,24 @@ def one_way(sender, receiver, label, work, sender_path=str, receiver_path=str):
         recv.stop()
 
 
-def two_receivers(sender, receiver):
-    """Two receivers on one host share the discovery port; an --everyone message reaches both."""
+def two_receivers(sender, receiver, work, receiver_path=str):
+    """Two receivers on one host share the discovery port; an --everyone message reaches both.
+
+    `--everyone` counts devices (a device is its config folder's device key), so each receiver
+    gets a config folder of its own: two devices that happen to share a host and a port."""
     port = free_port()
-    env = dict(os.environ, DEADDROP_ROOM="cross-platform-room")
     common = ["--interface", "127.0.0.1", "--port", str(port)]
     recvs = []
     try:
         for n in range(2):
+            config = os.path.join(work, f"config-receiver{n}")
+            os.makedirs(config)
+            env = dict(os.environ, DEADDROP_ROOM="cross-platform-room",
+                       DEADDROP_CONFIG_DIR=receiver_path(config))
             r = Proc(receiver + ["run", "--json", "--no-files", "--name", f"receiver{n}"] + common, env)
             r.event("listening")
             recvs.append(r)
+        env = dict(os.environ, DEADDROP_ROOM="cross-platform-room")
         s = Proc(sender + ["send-msg", "--json", "--everyone", "--ttl", "30s", "to both"] + common, env)
         for r in recvs:
             assert r.event("message", other=s)["text"] == "to both"
@@ -190,7 +197,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         there = one_way(a, b, "a-to-b", work, receiver_path=b_path)
         back = one_way(b, a, "b-to-a", work, sender_path=b_path)
-        two_receivers(a, b)
+        two_receivers(a, b, work, receiver_path=b_path)
     print(f"{args.label}: message, file and folder both ways, two receivers on one host; message shown after "
           f"{there * 1000:.0f} ms (native to {args.label}) and {back * 1000:.0f} ms ({args.label} to native)")
 

@@ -6,6 +6,12 @@
 //! While it runs, a doctor asks on every path (query beacons, mDNS queries) and publishes a
 //! `_deaddrop-doctor._udp` DNS-SD record, so two doctors on two hosts see each other and which
 //! paths connect them, without posing as holders (nothing connects to a doctor).
+//!
+//! Anyone can announce ids, so a doctor is bounded like every role: it keeps at most
+//! [`MAX_PEERS`] processes (counting the rest), tries the handshake with at most
+//! [`MAX_HANDSHAKES`] holder endpoints (one per address and port, addresses taken in turn), each
+//! charged to its address's guess budget (the same [`GuessBudget`] as `run`), all within
+//! [`HANDSHAKE_TIME`]; holders it skipped are named, with why.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,7 +28,20 @@ use super::{Discovery, DiscoveryConfig, Heard, Path, Scope, resolve};
 use crate::protocol::id::PeerId;
 use crate::protocol::secret::Passphrase;
 use crate::session::client::{ClientContext, HolderSession};
+use crate::session::limit::{GuessBudget, HeldCharge, Settled};
 use crate::session::transport::Timeouts;
+
+/// At most this many processes are kept and shown; the rest are counted in
+/// [`Report::not_listed`].
+pub const MAX_PEERS: usize = 256;
+/// At most this many holder endpoints get the room handshake.
+pub const MAX_HANDSHAKES: usize = 16;
+/// How many handshakes run at once.
+const PARALLEL_HANDSHAKES: usize = 4;
+/// Every handshake is done (or given up) within this time after listening ends.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
+/// Addresses kept per process (a spoofed id can be announced from anywhere).
+const MAX_ADDRESSES: usize = 8;
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -47,6 +66,8 @@ pub struct Report {
     /// The discovery paths in use.
     pub paths: Vec<String>,
     pub seen: Vec<PeerReport>,
+    /// Processes heard beyond the [`MAX_PEERS`] kept.
+    pub not_listed: usize,
     pub findings: Vec<Finding>,
     /// The room beyond the LAN, when an invite is given.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,12 +213,16 @@ struct Peer {
     addresses: Vec<SocketAddr>,
     paths: Vec<String>,
     holder_at: Option<SocketAddr>,
+    /// In which order it was first heard.
+    order: usize,
 }
 
 impl Peer {
     fn heard(&mut self, role: Role, from: SocketAddr, path: &str) {
         self.role = Some(self.role.map_or(role, |r| r.min(role)));
-        if !self.addresses.iter().any(|a| a.ip() == from.ip()) {
+        if self.addresses.len() < MAX_ADDRESSES
+            && !self.addresses.iter().any(|a| a.ip() == from.ip())
+        {
             self.addresses.push(from);
         }
         if !self.paths.iter().any(|p| p == path) {
@@ -217,6 +242,122 @@ fn path_name(path: Path, from: SocketAddr) -> &'static str {
 
 fn short(id: PeerId) -> String {
     id.to_string()
+}
+
+/// The processes heard, at most [`MAX_PEERS`] of them.
+#[derive(Debug, Default)]
+struct Peers {
+    kept: BTreeMap<PeerId, Peer>,
+    /// Ids heard once the table was full.
+    dropped: std::collections::HashSet<PeerId>,
+}
+
+/// Ids counted beyond the table (each is 16 bytes; the count stays exact up to this many).
+const MAX_COUNTED: usize = 65_536;
+
+impl Peers {
+    /// The entry for `id`, or `None` when the table is full (the id is counted).
+    fn entry(&mut self, id: PeerId) -> Option<&mut Peer> {
+        let order = self.kept.len();
+        if self.kept.len() >= MAX_PEERS && !self.kept.contains_key(&id) {
+            if self.dropped.len() < MAX_COUNTED {
+                self.dropped.insert(id);
+            }
+            return None;
+        }
+        Some(self.kept.entry(id).or_insert_with(|| Peer {
+            order,
+            ..Peer::default()
+        }))
+    }
+}
+
+/// Holders to try the handshake with: their ids and where.
+type Plan = Vec<(PeerId, SocketAddr)>;
+
+/// The holder endpoints to try the handshake with, in turn: the first one heard at each
+/// address, then the second at each, and so on, so that one address announcing many ids or
+/// ports cannot push the others out; one try per address and port (fresh ids at one endpoint
+/// are one holder). Returns the ids to try, and the ids left out with why.
+fn handshake_plan(peers: &BTreeMap<PeerId, Peer>) -> (Plan, Vec<(PeerId, String)>) {
+    let mut holders: Vec<(&PeerId, &Peer, SocketAddr)> = peers
+        .iter()
+        .filter_map(|(id, p)| p.holder_at.map(|at| (id, p, at)))
+        .collect();
+    holders.sort_by_key(|(_, p, _)| p.order);
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    let mut rank: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    let mut ranked: Vec<(usize, usize, PeerId, SocketAddr)> = Vec::new();
+    let mut skipped = Vec::new();
+    for (id, p, at) in holders {
+        if endpoints.contains(&at) {
+            skipped.push((*id, format!("not checked: another id at {at} was")));
+            continue;
+        }
+        endpoints.push(at);
+        let r = rank.entry(at.ip()).or_default();
+        ranked.push((*r, p.order, *id, at));
+        *r += 1;
+    }
+    ranked.sort();
+    let mut plan = Vec::new();
+    for (_, _, id, at) in ranked {
+        if plan.len() < MAX_HANDSHAKES {
+            plan.push((id, at));
+        } else {
+            skipped.push((
+                id,
+                format!("not checked: doctor tries at most {MAX_HANDSHAKES} holders"),
+            ));
+        }
+    }
+    (plan, skipped)
+}
+
+/// Runs the planned handshakes, [`PARALLEL_HANDSHAKES`] at a time, each charged to its
+/// address's guess budget, all within [`HANDSHAKE_TIME`].
+async fn handshakes(
+    pass: &Passphrase,
+    name: &str,
+    scope: &Scope,
+    plan: Plan,
+) -> BTreeMap<PeerId, String> {
+    let budget = Arc::new(std::sync::Mutex::new(GuessBudget::default()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL_HANDSHAKES));
+    let deadline = Instant::now() + HANDSHAKE_TIME;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = BTreeMap::new();
+    for (id, at) in plan {
+        out.insert(id, "not checked: out of time".to_owned());
+        let (budget, gate) = (budget.clone(), gate.clone());
+        let (pass, name, scope) = (pass.clone(), name.to_owned(), scope.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let Some(charge) = HeldCharge::start(&budget, at.ip(), std::time::Instant::now())
+            else {
+                return (
+                    id,
+                    "not checked: this address's guess budget is spent (as run would hold it)"
+                        .to_owned(),
+                );
+            };
+            let (text, how) = handshake(&pass, &name, &scope, at).await;
+            charge.settle(how, std::time::Instant::now());
+            (id, text)
+        });
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Ok((id, text)))) => {
+                out.insert(id, text);
+            }
+            Ok(Some(Err(_))) => {}
+            // All done, or out of time: what is left is aborted (its charge settles as a guess).
+            Ok(None) | Err(_) => break,
+        }
+    }
+    tasks.abort_all();
+    out
 }
 
 /// Runs the checks (a little longer than `cfg.wait`, plus a handshake per holder).
@@ -252,11 +393,18 @@ pub async fn run(cfg: DoctorConfig) -> Report {
         .as_ref()
         .and_then(|s| Mdns::start(mdns::DOCTOR_SERVICE, &s.interfaces))
         .map(Arc::new);
-    let mut peers: BTreeMap<PeerId, Peer> = BTreeMap::new();
+    let mut heard = Peers::default();
     if let Some(d) = &discovery {
-        listen(me, &cfg, d, doctor_mdns.clone(), &mut peers).await;
+        listen(me, &cfg, d, doctor_mdns.clone(), &mut heard).await;
     }
+    let peers = heard.kept;
     let scope_ref = scope.as_ref();
+    let mut checked = BTreeMap::new();
+    if let (Some(pass), Some(scope)) = (&cfg.pass, scope_ref) {
+        let (plan, skipped) = handshake_plan(&peers);
+        checked = handshakes(pass, &cfg.name, scope, plan).await;
+        checked.extend(skipped);
+    }
     let mut seen: Vec<PeerReport> = Vec::new();
     for (id, p) in &peers {
         let interface = p.addresses.iter().find_map(|a| {
@@ -264,12 +412,7 @@ pub async fn run(cfg: DoctorConfig) -> Report {
                 .and_then(|s| s.interface_of(*a))
                 .map(|i| i.name.clone())
         });
-        let handshake = match (&cfg.pass, p.holder_at, scope_ref) {
-            (Some(pass), Some(at), Some(scope)) => {
-                Some(handshake(pass, &cfg.name, scope, at).await)
-            }
-            _ => None,
-        };
+        let handshake = checked.remove(id);
         seen.push(PeerReport {
             id: short(*id),
             role: p.role.unwrap_or(Role::Asker),
@@ -278,6 +421,34 @@ pub async fn run(cfg: DoctorConfig) -> Report {
             interface,
             handshake,
         });
+    }
+    let not_listed = heard.dropped.len();
+    if not_listed > 0 {
+        findings.push(Finding::new(
+            Level::Info,
+            format!(
+                "{not_listed} more process(es) were heard than the {MAX_PEERS} listed: a busy network, or someone announcing many ids"
+            ),
+            None,
+        ));
+    }
+    let unchecked = seen
+        .iter()
+        .filter(|p| {
+            p.handshake
+                .as_deref()
+                .is_some_and(|h| h.starts_with("not checked"))
+        })
+        .count();
+    if unchecked > 0 {
+        findings.push(Finding::new(
+            Level::Info,
+            format!(
+                "{unchecked} holder(s) not checked with the room handshake (at most {MAX_HANDSHAKES}, one per address and port, held to each address's guess budget, within {} s): see each one's line",
+                HANDSHAKE_TIME.as_secs()
+            ),
+            None,
+        ));
     }
     let mdns_paths = discovery.as_ref().map(|d| d.paths()).unwrap_or_default();
     let interfaces_report = report_interfaces(&all, scope_ref, &mdns_paths);
@@ -289,6 +460,7 @@ pub async fn run(cfg: DoctorConfig) -> Report {
         default_route,
         paths: mdns_paths,
         seen,
+        not_listed,
         findings,
         wide: None,
     }
@@ -300,7 +472,7 @@ async fn listen(
     cfg: &DoctorConfig,
     d: &Discovery,
     doctor_mdns: Option<Arc<Mdns>>,
-    peers: &mut BTreeMap<PeerId, Peer>,
+    peers: &mut Peers,
 ) {
     let (tx, mut rx) = mpsc::channel::<(mdns::Found, SocketAddr)>(256);
     let mut readers = Vec::new();
@@ -341,7 +513,7 @@ async fn listen(
             }
             heard = d.recv() => match heard {
                 Heard::Announce { endpoint, id, path, .. } if id != me => {
-                    let p = peers.entry(id).or_default();
+                    let Some(p) = peers.entry(id) else { continue };
                     p.heard(Role::Holder, endpoint, path_name(path, endpoint));
                     // The handshake goes over IPv4 where the holder was heard on it.
                     if p.holder_at.is_none_or(|a| a.is_ipv6() && endpoint.is_ipv4()) {
@@ -349,13 +521,17 @@ async fn listen(
                     }
                 }
                 Heard::Query { id, reply_to, path } if id != me => {
-                    peers.entry(id).or_default().heard(Role::Asker, reply_to, path_name(path, reply_to));
+                    if let Some(p) = peers.entry(id) {
+                        p.heard(Role::Asker, reply_to, path_name(path, reply_to));
+                    }
                 }
                 _ => {}
             },
             Some((found, src)) = rx.recv() => {
-                if found.id != me && !found.goodbye {
-                    peers.entry(found.id).or_default().heard(Role::Doctor, src, path_name(Path::Mdns, src));
+                if found.id != me && !found.goodbye
+                    && let Some(p) = peers.entry(found.id)
+                {
+                    p.heard(Role::Doctor, src, path_name(Path::Mdns, src));
                 }
             }
         }
@@ -365,7 +541,13 @@ async fn listen(
     }
 }
 
-async fn handshake(pass: &Passphrase, name: &str, scope: &Scope, at: SocketAddr) -> String {
+/// One room handshake with the holder at `at`: what to show, and how it settles the guess.
+async fn handshake(
+    pass: &Passphrase,
+    name: &str,
+    scope: &Scope,
+    at: SocketAddr,
+) -> (String, Settled) {
     let ctx = ClientContext {
         pass: pass.clone(),
         id: PeerId::random(),
@@ -373,22 +555,25 @@ async fn handshake(pass: &Passphrase, name: &str, scope: &Scope, at: SocketAddr)
         scope: Arc::new(scope.clone()),
         timeouts: Timeouts::default().for_stranger(),
         wide: None,
+        device: None,
     };
     match HolderSession::open(&ctx, at.into(), ctx.timeouts).await {
         Ok(mut hs) => {
             let listed = hs.list().await;
             hs.close().await;
-            match listed {
+            let text = match listed {
                 Ok(drops) => format!("ok, {} drop(s) on offer to us", drops.len()),
                 Err(e) => format!("ok, but listing failed: {e}"),
-            }
+            };
+            (text, Settled::Member)
         }
-        Err(e) if e.error.is_rejection() => {
-            "failed: wrong passphrase (another room), or someone interfered".into()
-        }
-        Err(e) => format!("could not connect to {at}: {e}"),
+        Err(e) if e.authenticated => (format!("ok, but then: {e}"), Settled::Member),
+        Err(e) if e.error.is_rejection() => (REJECTED.into(), Settled::Guessed),
+        Err(e) => (format!("could not connect to {at}: {e}"), Settled::NoGuess),
     }
 }
+
+const REJECTED: &str = "failed: wrong passphrase (another room), or someone interfered";
 
 fn report_interfaces(
     all: &[NetInterface],
@@ -520,13 +705,11 @@ async fn conclude(
         ));
     }
     let handshakes: Vec<&str> = seen.iter().filter_map(|p| p.handshake.as_deref()).collect();
-    if !handshakes.is_empty() && handshakes.iter().all(|h| !h.starts_with("ok")) {
+    let rejected = handshakes.iter().filter(|h| **h == REJECTED).count();
+    if rejected > 0 && !handshakes.iter().any(|h| h.starts_with("ok")) {
         out.push(Finding::new(
             Level::Problem,
-            format!(
-                "{} holder(s) answered but none accepted the passphrase",
-                handshakes.len()
-            ),
+            format!("{rejected} holder(s) answered but none accepted the passphrase"),
             Some("check the room passphrase: every device must use exactly the same one"),
         ));
     }
@@ -607,6 +790,42 @@ mod tests {
             Some(&scope),
         )
         .await
+    }
+
+    #[test]
+    fn the_handshake_plan_takes_addresses_in_turn_and_each_endpoint_once() {
+        let mut heard = Peers::default();
+        let mut add = |ip: &str, port: u16| {
+            let at: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            let id = PeerId::random();
+            let p = heard.entry(id).unwrap();
+            p.heard(Role::Holder, at, "broadcast");
+            p.holder_at = Some(at);
+            id
+        };
+        // An attacker's address announces 40 holders (and one port twice) before a real one.
+        let mut flood: Vec<PeerId> = (0..40).map(|i| add("10.0.0.66", 1000 + i)).collect();
+        flood.push(add("10.0.0.66", 1000));
+        let real = add("10.0.0.2", 48600);
+        let (plan, skipped) = handshake_plan(&heard.kept);
+        assert_eq!(plan.len(), MAX_HANDSHAKES);
+        assert_eq!(plan[1].0, real, "the second address comes second: {plan:?}");
+        assert_eq!(skipped.len(), 41 - MAX_HANDSHAKES + 1);
+        let again = skipped.iter().find(|(id, _)| *id == flood[40]).unwrap();
+        assert!(
+            again.1.contains("another id at 10.0.0.66:1000"),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn at_most_max_peers_are_kept_and_the_rest_counted() {
+        let mut heard = Peers::default();
+        for _ in 0..MAX_PEERS + 10 {
+            let _ = heard.entry(PeerId::random());
+        }
+        assert_eq!(heard.kept.len(), MAX_PEERS);
+        assert_eq!(heard.dropped.len(), 10);
     }
 
     #[tokio::test]

@@ -57,6 +57,15 @@ const MAX_PACKET: usize = 9000;
 /// The same answer is multicast on an interface at most this often (RFC 6762 §6: once a
 /// second per record; a little faster for the first answers to a new receiver's queries).
 const ANSWER_EVERY: Duration = Duration::from_millis(250);
+/// A unicast answer (to a one-shot query's source, which nothing verifies) is at most this
+/// many times the query's size.
+const MAX_UNICAST_GAIN: usize = 2;
+/// Unicast answers to one source address: at most one per this interval.
+const UNICAST_EVERY: Duration = Duration::from_millis(250);
+/// Unicast answers in all (many spoofed sources): at most this many per second.
+const UNICAST_PER_SECOND: u32 = 32;
+/// Sources remembered for the unicast rate limit.
+const UNICAST_SOURCES: usize = 256;
 
 /// A holder's DNS-SD names, random per process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,30 +282,50 @@ pub fn respond(
     });
     let mut out = Packet::new_reply(if legacy { q.id() } else { 0 });
     out.set_flags(PacketFlag::AUTHORITATIVE_ANSWER);
+    // Each record is answered once however often it is asked for (a query repeating one
+    // question must not multiply the answer), and each question is echoed once.
+    #[derive(Default)]
+    struct Given {
+        ptr: bool,
+        services: bool,
+        srv: bool,
+        txt: bool,
+        a: bool,
+        aaaa: bool,
+    }
+    let mut given = Given::default();
     let mut with_records = false;
+    let mut echoed: Vec<(String, QTYPE)> = Vec::new();
     for question in &q.questions {
         let t = question.qtype;
         let is = |ty: TYPE| t == QTYPE::TYPE(ty) || t == QTYPE::ANY;
+        let before = out.answers.len();
         if same_name(&question.qname, service) && is(TYPE::PTR) {
-            if !known_ptr {
+            if !known_ptr && !given.ptr {
+                given.ptr = true;
                 out.answers.push(r.ptr(&instance));
                 with_records = true;
             }
         } else if same_name(&question.qname, SERVICES) && is(TYPE::PTR) {
-            out.answers.push(
-                ResourceRecord::new(
-                    Name::new_unchecked(SERVICES),
-                    CLASS::IN,
-                    r.ttl,
-                    RData::PTR(PTR(Name::new_unchecked(service))),
-                )
-                .into_owned(),
-            );
+            if !given.services {
+                given.services = true;
+                out.answers.push(
+                    ResourceRecord::new(
+                        Name::new_unchecked(SERVICES),
+                        CLASS::IN,
+                        r.ttl,
+                        RData::PTR(PTR(Name::new_unchecked(service))),
+                    )
+                    .into_owned(),
+                );
+            }
         } else if same_name(&question.qname, &instance) {
-            if is(TYPE::SRV) {
+            if is(TYPE::SRV) && !given.srv {
+                given.srv = true;
                 out.answers.push(r.srv(&instance, &host));
             }
-            if is(TYPE::TXT) {
+            if is(TYPE::TXT) && !given.txt {
+                given.txt = true;
                 out.answers.push(r.txt(&instance));
             }
             with_records = true;
@@ -307,12 +336,28 @@ pub fn respond(
                 QTYPE::ANY => None,
                 _ => continue,
             };
-            out.answers.extend(r.addresses(&host, want));
+            let a = want.is_none_or(|w| w == TYPE::A) && !given.a;
+            let aaaa = want.is_none_or(|w| w == TYPE::AAAA) && !given.aaaa;
+            given.a |= a;
+            given.aaaa |= aaaa;
+            out.answers.extend(
+                r.addresses(&host, None)
+                    .into_iter()
+                    .filter(|rr| match rr.rdata {
+                        RData::A(_) => a,
+                        RData::AAAA(_) => aaaa,
+                        _ => false,
+                    }),
+            );
         } else {
             continue;
         }
-        if legacy {
-            out.questions.push(question.clone());
+        if legacy && out.answers.len() > before {
+            let key = (question.qname.to_string().to_ascii_lowercase(), t);
+            if !echoed.contains(&key) {
+                echoed.push(key);
+                out.questions.push(question.clone());
+            }
         }
     }
     if out.answers.is_empty() {
@@ -320,24 +365,44 @@ pub fn respond(
     }
     if with_records {
         // What a browser needs next, so one packet resolves the instance (RFC 6763 §12).
-        let have = |rd: fn(&RData) -> bool, o: &Packet| o.answers.iter().any(|a| rd(&a.rdata));
-        if !have(|d| matches!(d, RData::SRV(_)), &out) {
+        if !given.srv {
             out.additional_records.push(r.srv(&instance, &host));
         }
-        if !have(|d| matches!(d, RData::TXT(_)), &out) {
+        if !given.txt {
             out.additional_records.push(r.txt(&instance));
         }
-        out.additional_records.extend(r.addresses(&host, None));
+        out.additional_records
+            .extend(
+                r.addresses(&host, None)
+                    .into_iter()
+                    .filter(|rr| match rr.rdata {
+                        RData::A(_) => !given.a,
+                        RData::AAAA(_) => !given.aaaa,
+                        _ => false,
+                    }),
+            );
     }
-    let bytes = out.build_bytes_vec_compressed().ok()?;
-    Some((
-        bytes,
-        if legacy {
-            Reply::Unicast
-        } else {
-            Reply::Multicast
-        },
-    ))
+    if !legacy {
+        // Multicast answers go to the group on the link they were asked on (rate-limited
+        // there), never to the asker's (spoofable) address.
+        return Some((out.build_bytes_vec_compressed().ok()?, Reply::Multicast));
+    }
+    // A one-shot query's answer goes to its source address, which nothing verifies: never
+    // more than twice the query's size, so a spoofed query is no amplifier. What does not fit
+    // is left out, additional records first, then answers from the end.
+    let cap = query.len().saturating_mul(MAX_UNICAST_GAIN);
+    loop {
+        let bytes = out.build_bytes_vec_compressed().ok()?;
+        if bytes.len() <= cap {
+            return Some((bytes, Reply::Unicast));
+        }
+        if out.additional_records.pop().is_none() {
+            out.answers.pop();
+            if out.answers.is_empty() {
+                return None;
+            }
+        }
+    }
 }
 
 /// The instances of `service` a response names: each with its SRV port and a TXT of our version,
@@ -438,6 +503,47 @@ struct State {
     announced: Option<(u64, Instant, u8)>,
     /// When each interface last got an answer (rate limit).
     answered: HashMap<(u32, bool), Instant>,
+    unicast: UnicastLimit,
+}
+
+/// The rate limit on unicast answers: one per [`UNICAST_EVERY`] to each source address, and
+/// [`UNICAST_PER_SECOND`] in all, with at most [`UNICAST_SOURCES`] sources remembered (when
+/// full and none is old enough to forget, no new source is answered).
+#[derive(Debug, Default)]
+struct UnicastLimit {
+    last: HashMap<IpAddr, Instant>,
+    /// The current one-second window: when it began, and the answers in it.
+    window: Option<(Instant, u32)>,
+}
+
+impl UnicastLimit {
+    /// Whether an answer to `ip` may go now (and if so, counts it).
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self
+            .last
+            .get(&ip)
+            .is_some_and(|t| now.duration_since(*t) < UNICAST_EVERY)
+        {
+            return false;
+        }
+        let (began, count) = match self.window {
+            Some((began, n)) if now.duration_since(began) < Duration::from_secs(1) => (began, n),
+            _ => (now, 0),
+        };
+        if count >= UNICAST_PER_SECOND {
+            return false;
+        }
+        if self.last.len() >= UNICAST_SOURCES && !self.last.contains_key(&ip) {
+            self.last
+                .retain(|_, t| now.duration_since(*t) < UNICAST_EVERY);
+            if self.last.len() >= UNICAST_SOURCES {
+                return false;
+            }
+        }
+        self.last.insert(ip, now);
+        self.window = Some((began, count + 1));
+        true
+    }
 }
 
 fn mdns_socket(v6: bool) -> io::Result<socket2::Socket> {
@@ -659,8 +765,12 @@ impl Mdns {
         {
             match how {
                 Reply::Unicast => {
+                    let allowed = {
+                        let mut st = self.state.lock().expect("mdns state");
+                        st.unicast.allow(src.ip(), Instant::now())
+                    };
                     let socket = if v6 { &self.v6 } else { &self.v4 };
-                    if let Some(s) = socket {
+                    if let Some(s) = socket.as_ref().filter(|_| allowed) {
                         let _ = s.send_to(&answer, src).await;
                     }
                 }
@@ -863,6 +973,94 @@ mod tests {
         assert_eq!(p.id(), 0x4242);
         assert_eq!(p.questions.len(), 1);
         assert!(p.answers.iter().all(|a| a.ttl == LEGACY_TTL));
+    }
+
+    /// A one-shot query (from port 40000) of `questions`, each (name, type).
+    fn one_shot(questions: &[(&str, TYPE)]) -> Vec<u8> {
+        let mut q = Packet::new_query(7);
+        for (name, t) in questions {
+            q.questions.push(Question::new(
+                Name::new_unchecked(name),
+                QTYPE::TYPE(*t),
+                QCLASS::CLASS(CLASS::IN),
+                false,
+            ));
+        }
+        q.build_bytes_vec_compressed().unwrap()
+    }
+
+    #[test]
+    fn regression_a_one_shot_answer_is_at_most_twice_its_query_and_each_record_comes_once() {
+        // Review finding (issue 26.3): repeated questions about the instance each added SRV
+        // and TXT records, and the unicast answer went to the (spoofable) source: ~4 KB in
+        // drew ~64 KB out.
+        let names = Names::random();
+        let instance = names.instance(SERVICE);
+        let mut asked: Vec<(&str, TYPE)> = Vec::new();
+        for _ in 0..50 {
+            asked.push((&instance, TYPE::SRV));
+            asked.push((&instance, TYPE::TXT));
+        }
+        let query = one_shot(&asked);
+        let (answer, how) =
+            respond(SERVICE, &query, 40000, &names, &published(), &addrs()).unwrap();
+        assert_eq!(how, Reply::Unicast);
+        assert!(
+            answer.len() <= 2 * query.len(),
+            "{} bytes answer {} bytes",
+            answer.len(),
+            query.len()
+        );
+        let p = Packet::parse(&answer).unwrap();
+        let srv = p
+            .answers
+            .iter()
+            .chain(&p.additional_records)
+            .filter(|a| matches!(a.rdata, RData::SRV(_)))
+            .count();
+        assert_eq!(srv, 1, "{p:?}");
+        assert!(
+            p.questions.len() <= 2,
+            "{} questions echoed",
+            p.questions.len()
+        );
+        // A plain one-shot question about the instance still gets its port.
+        let query = one_shot(&[(&instance, TYPE::SRV)]);
+        let (answer, _) = respond(SERVICE, &query, 40000, &names, &published(), &addrs()).unwrap();
+        assert!(answer.len() <= 2 * query.len());
+        let p = Packet::parse(&answer).unwrap();
+        assert!(
+            p.answers.iter().any(|a| matches!(a.rdata, RData::SRV(_))),
+            "{p:?}"
+        );
+        // A multicast query (from 5353) asking twice is answered once too.
+        let bytes = one_shot(&[(SERVICE, TYPE::PTR), (SERVICE, TYPE::PTR)]);
+        let (answer, how) = respond(SERVICE, &bytes, PORT, &names, &published(), &addrs()).unwrap();
+        assert_eq!(how, Reply::Multicast);
+        let p = Packet::parse(&answer).unwrap();
+        let ptrs = p
+            .answers
+            .iter()
+            .filter(|a| matches!(a.rdata, RData::PTR(_)))
+            .count();
+        assert_eq!(ptrs, 1);
+    }
+
+    #[test]
+    fn unicast_answers_are_limited_per_source_and_in_all() {
+        let mut l = UnicastLimit::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.allow(a, t0));
+        assert!(!l.allow(a, t0 + Duration::from_millis(100)));
+        assert!(l.allow(a, t0 + UNICAST_EVERY));
+        // Many sources (spoofed) share one allowance per second.
+        let many = (0..100u8)
+            .filter(|i| l.allow(IpAddr::from([10, 1, 0, *i]), t0 + UNICAST_EVERY))
+            .count();
+        assert_eq!(many as u32, UNICAST_PER_SECOND - 2);
+        assert!(l.allow(IpAddr::from([10, 1, 1, 1]), t0 + Duration::from_secs(2)));
+        assert!(l.last.len() <= UNICAST_SOURCES);
     }
 
     #[test]

@@ -195,6 +195,13 @@ pub enum Request {
         generation: Option<u64>,
         known: u64,
     },
+    /// "Count my fetches as this device's": a value persisted per device (derived from its
+    /// device key), so a second process on the same device is the same receiver. Sent right
+    /// after `Hello`, before anything is listed or fetched; no reply (a holder that does not
+    /// know it answers `Unsupported`, and counts by the session's PeerId).
+    Device {
+        id: PeerId,
+    },
     Unknown(u8),
 }
 
@@ -216,6 +223,7 @@ mod kind {
     pub const BYE: u8 = 0x05;
     pub const WAIT: u8 = 0x06;
     pub const MEET: u8 = 0x07;
+    pub const DEVICE: u8 = 0x08;
     pub const R_HELLO: u8 = 0x81;
     pub const R_LISTING: u8 = 0x82;
     pub const R_START: u8 = 0x83;
@@ -234,6 +242,8 @@ pub const DATA_KIND: u8 = kind::R_DATA;
 impl Request {
     /// The kind byte of [`Request::Meet`].
     pub const MEET_KIND: u8 = kind::MEET;
+    /// The kind byte of [`Request::Device`].
+    pub const DEVICE_KIND: u8 = kind::DEVICE;
 
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         match self {
@@ -258,6 +268,10 @@ impl Request {
                 put_generation(b, *generation);
                 b.put_u64(*known);
             }
+            Request::Device { id } => {
+                b.put_u8(kind::DEVICE);
+                b.put_bytes(&id.0);
+            }
             Request::Unknown(k) => b.put_u8(*k),
         }
     }
@@ -281,6 +295,9 @@ impl Request {
             kind::MEET => Request::Meet {
                 generation: get_generation(&mut r)?,
                 known: r.u64()?,
+            },
+            kind::DEVICE => Request::Device {
+                id: PeerId(r.array()?),
             },
             other => return Ok(Request::Unknown(other)),
         };
@@ -529,6 +546,9 @@ mod tests {
                 generation: Some(7),
                 known: u64::MAX,
             },
+            Request::Device {
+                id: PeerId([5; 16]),
+            },
         ]
     }
 
@@ -619,6 +639,14 @@ mod tests {
             [0x01, 0, 2, b'a', b'b']
         );
         assert_eq!(enc_req(&Request::Wait), [0x06]);
+        let mut device = vec![0x08];
+        device.extend([5; 16]);
+        assert_eq!(
+            enc_req(&Request::Device {
+                id: PeerId([5; 16])
+            }),
+            device
+        );
         let mut fetch = vec![0x03];
         fetch.extend([3; 16]);
         fetch.extend([0, 0, 1, 0, 0, 0, 0, 0]);

@@ -35,6 +35,18 @@ pub struct ClientContext {
     pub timeouts: Timeouts,
     /// The wide-area side of the room, if it has one (an invite).
     pub wide: Option<Arc<WideRoom>>,
+    /// This device, as holders count fetches ([`Request::Device`]): the same on every process
+    /// of the device, so `--max-fetches N` means N devices. `None`: counted by `id`.
+    pub device: Option<PeerId>,
+}
+
+/// The id a device's receivers give holders, from its device key: a labelled hash, so it
+/// names the device without being its endpoint id.
+pub fn device_id(device_key: &[u8; 32]) -> PeerId {
+    let hash = blake3::derive_key("deaddrop/v1/device", device_key);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash[..16]);
+    PeerId(id)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +393,13 @@ impl HolderSession {
             })
             .await
             .map_err(after)?;
+        // Sent at once, not after the holder's hello: no round trip of its own.
+        if let Some(id) = ctx.device {
+            session
+                .send_request(&Request::Device { id })
+                .await
+                .map_err(after)?;
+        }
         let name = match session.recv_reply().await.map_err(after)? {
             Reply::Hello { name } => name,
             _ => return Err(after(SessionError::Protocol("expected a hello"))),
@@ -405,9 +424,12 @@ impl HolderSession {
     /// The drops this holder would give us now.
     pub async fn list(&mut self) -> Result<Vec<DropInfo>, SessionError> {
         self.session.send_request(&Request::List).await?;
-        match self.session.recv_reply().await? {
-            Reply::Listing(drops) => Ok(drops),
-            _ => Err(SessionError::Protocol("expected a listing")),
+        loop {
+            match self.session.recv_reply().await? {
+                Reply::Listing(drops) => return Ok(drops),
+                r if is_device_unknown(&r) => continue,
+                _ => return Err(SessionError::Protocol("expected a listing")),
+            }
         }
     }
 
@@ -440,16 +462,19 @@ impl HolderSession {
                 offset: want,
             })
             .await?;
-        let (info, offset) = match self.session.recv_reply().await? {
-            Reply::Refused { token: t, reason } if t == token => {
-                return Ok(FetchOutcome::Refused(reason));
+        let (info, offset) = loop {
+            match self.session.recv_reply().await? {
+                Reply::Refused { token: t, reason } if t == token => {
+                    return Ok(FetchOutcome::Refused(reason));
+                }
+                Reply::Start { info, offset }
+                    if info.token == token && (offset == want || offset == 0) =>
+                {
+                    break (info, offset);
+                }
+                r if is_device_unknown(&r) => continue,
+                _ => return Err(FetchError::Protocol("expected the start of the drop")),
             }
-            Reply::Start { info, offset }
-                if info.token == token && (offset == want || offset == 0) =>
-            {
-                (info, offset)
-            }
-            _ => return Err(FetchError::Protocol("expected the start of the drop")),
         };
         if offset > info.size {
             return Err(FetchError::Protocol("resume offset beyond the end"));
@@ -532,6 +557,11 @@ impl HolderSession {
     }
 }
 
+/// A holder that does not know [`Request::Device`] said so (it counts by PeerId then).
+fn is_device_unknown(r: &Reply<'_>) -> bool {
+    matches!(r, Reply::Unsupported { kind } if *kind == Request::DEVICE_KIND)
+}
+
 /// When to send queries: quickly at first (lost datagrams are retried), then every `every` if
 /// set. Receivers that name unicast peers keep asking, because peers do not hear broadcasts.
 pub struct Queries {
@@ -594,18 +624,31 @@ pub fn announced(heard: Heard, me: PeerId) -> Option<(SocketAddr, u64, PeerId)> 
 }
 
 /// Holders heard on the LAN lately, by id: the wide-area path is not used for them (the LAN
-/// comes first). Bounded: the oldest is forgotten first.
+/// comes first). Bounded: when full, ids older than [`FORGET_AFTER`] are swept out, at most
+/// once a second (a flood of fresh ids must not cost a sweep per datagram); until then a new id
+/// is not noted, which costs only a second path to that holder (the book aliases the two).
+///
+/// [`FORGET_AFTER`]: crate::session::contacts::FORGET_AFTER
 #[derive(Debug, Default)]
 pub struct HeardOnLan {
     ids: HashMap<PeerId, std::time::Instant>,
+    swept: Option<std::time::Instant>,
 }
 
 impl HeardOnLan {
     const MAX: usize = 1024;
+    const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
     pub fn note(&mut self, id: PeerId) {
         let now = std::time::Instant::now();
         if self.ids.len() >= Self::MAX && !self.ids.contains_key(&id) {
+            if self
+                .swept
+                .is_some_and(|t| now.saturating_duration_since(t) < Self::SWEEP_EVERY)
+            {
+                return;
+            }
+            self.swept = Some(now);
             self.ids.retain(|_, t| {
                 now.saturating_duration_since(*t) < crate::session::contacts::FORGET_AFTER
             });
@@ -791,7 +834,7 @@ where
             heard = discovery.recv() => {
                 if let Some((addr, generation, id)) = announced(heard, ctx.id) {
                     lan.note(id);
-                    book.on_announce(addr, generation, std::time::Instant::now());
+                    book.on_announce(addr, generation, Some(id), std::time::Instant::now());
                 }
             }
             list = next_members(&mut members) => on_members(&mut book, &list, &lan),
@@ -852,7 +895,12 @@ pub fn on_members(book: &mut Book, members: &[Member], lan: &HeardOnLan) {
             continue;
         }
         if let Some(generation) = m.generation {
-            book.on_announce(Contact::Wide(m.id, Some(m.peer)), generation, now);
+            book.on_announce(
+                Contact::Wide(m.id, Some(m.peer)),
+                generation,
+                Some(m.peer),
+                now,
+            );
         }
     }
 }
@@ -928,6 +976,8 @@ pub async fn fetch_token<S: Sink>(
 #[derive(Debug, Clone)]
 pub struct Listing {
     pub holder: String,
+    /// The holder's id, as it proved it in the handshake: one process, whatever path reached it.
+    pub holder_id: PeerId,
     pub addr: Contact,
     pub drops: Vec<DropInfo>,
 }
@@ -948,6 +998,7 @@ pub async fn list_room(
         })?;
         let listing = Listing {
             holder: hs.name.clone(),
+            holder_id: hs.holder_id(),
             addr,
             drops,
         };
@@ -964,7 +1015,13 @@ pub async fn list_room(
         async |attempt: &Attempt, result: Option<Result<Listing, OpenError>>| {
             ControlFlow::Continue(match result {
                 Some(Ok(listing)) => {
-                    listings.push(listing);
+                    // A holder reached on two paths (IPv4 and IPv6, say) is listed once.
+                    if !listings
+                        .iter()
+                        .any(|l: &Listing| l.holder_id == listing.holder_id)
+                    {
+                        listings.push(listing);
+                    }
                     Outcome::Complete
                 }
                 Some(Err(e)) => failed(attempt.addr, Some(e)),
@@ -1062,6 +1119,7 @@ mod tests {
                 ..Timeouts::default()
             },
             wide: None,
+            device: None,
         }
     }
 

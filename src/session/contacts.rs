@@ -14,8 +14,17 @@
 //!   session ends, the next one goes to the address served least recently, proven members first,
 //!   so a flood from other addresses delays a real holder by at most about one handshake timeout.
 //! - **Memory.** Holders are tracked by TCP endpoint (address and port: one process each), at
-//!   most [`MAX_ENDPOINTS`], [`MAX_ENDPOINTS_PER_HOST`] per address; a flood of fresh ids at one
-//!   endpoint is one entry.
+//!   most [`MAX_ENDPOINTS`]; [`MAX_ENDPOINTS_PER_HOST`] per address, or
+//!   [`MAX_ENDPOINTS_PER_MEMBER_HOST`] once a holder there has proven it is in the room (a
+//!   device making many drops at once runs one holder process per drop); a flood of fresh ids at
+//!   one endpoint is one entry.
+//! - **One holder, one session.** A holder reached on several paths (IPv4 and IPv6, the LAN and
+//!   beyond) announces the same id on each. Endpoints that announce one id are *aliases*: only
+//!   one of them (the *lead*: the first heard that is not failing) gets sessions while it covers what the
+//!   others announce (a session under way, or the same generation synced or wanted); the others
+//!   wait, and take over if the lead fails. Ids are not authenticated, so an alias only ever
+//!   waits for a lead that is doing the same work: a spoofed id can delay a holder by at most
+//!   one session of its lead, never hide a generation the lead does not cover.
 //!
 //! Failures are retried, never given up on for good while the holder keeps announcing: a cut
 //! connection (busy, rate-limited, silent) with backoff up to 30 s; a holder that failed the
@@ -76,12 +85,16 @@ impl std::fmt::Display for Contact {
 
 /// Holder endpoints tracked at once.
 pub const MAX_ENDPOINTS: usize = 512;
-/// Holder endpoints tracked per source address.
+/// Holder endpoints tracked per source address with no proven room member.
 pub const MAX_ENDPOINTS_PER_HOST: usize = 16;
+/// Holder endpoints tracked per source address with a proven room member.
+pub const MAX_ENDPOINTS_PER_MEMBER_HOST: usize = 128;
+/// Endpoints that announce one id and are kept as its aliases (more are tracked without one).
+const MAX_ALIASES: usize = 8;
 /// Sessions open at once.
 pub const MAX_SESSIONS: usize = 32;
 /// Sessions at once with one address that has a proven room member (else one).
-pub const MAX_SESSIONS_PER_MEMBER_HOST: usize = 4;
+pub const MAX_SESSIONS_PER_MEMBER_HOST: usize = 8;
 /// Sessions kept for addresses with no recent failure.
 pub const RESERVED_FOR_GOOD: usize = 8;
 /// Connection attempts one address may cause at once...
@@ -135,6 +148,8 @@ enum Status {
 
 #[derive(Debug)]
 struct Endpoint {
+    /// The id it announces (a process's, on every path to it), if it is kept as an alias.
+    id: Option<PeerId>,
     last_heard: Instant,
     /// The newest generation announced, if it still needs a session.
     wanted: Option<u64>,
@@ -183,6 +198,14 @@ impl Host {
             1
         }
     }
+
+    fn endpoint_cap(&self) -> usize {
+        if self.has_member {
+            MAX_ENDPOINTS_PER_MEMBER_HOST
+        } else {
+            MAX_ENDPOINTS_PER_HOST
+        }
+    }
 }
 
 /// A session the book decided to open. Hand it back to [`Book::finished`].
@@ -205,6 +228,8 @@ pub struct Book {
     mode: Mode,
     endpoints: HashMap<Contact, Endpoint>,
     hosts: HashMap<SourceKey, Host>,
+    /// Endpoints by the id they announce: a holder's paths.
+    aliases: HashMap<PeerId, Vec<Contact>>,
     guesses: GuessBudget,
     busy: usize,
     busy_bad: usize,
@@ -238,6 +263,7 @@ impl Book {
             mode,
             endpoints: HashMap::new(),
             hosts: HashMap::new(),
+            aliases: HashMap::new(),
             guesses: GuessBudget::new(budget),
             busy: 0,
             busy_bad: 0,
@@ -261,9 +287,23 @@ impl Book {
     }
 
     /// An announcement from `addr` (on the LAN: source address, announced port) with
-    /// `generation`.
-    pub fn on_announce(&mut self, addr: impl Into<Contact>, generation: u64, now: Instant) {
+    /// `generation`, by the holder `id` if known.
+    pub fn on_announce(
+        &mut self,
+        addr: impl Into<Contact>,
+        generation: u64,
+        id: Option<PeerId>,
+        now: Instant,
+    ) {
         let addr = addr.into();
+        if self.endpoints.get(&addr).is_some_and(|e| e.id != id) {
+            // Another process at that endpoint (the port was reused), or a spoofed id. Who
+            // waits for whom is not looked at again here: fresh ids announced under a flood
+            // must not cost a look at every endpoint per datagram. An alias that may start now
+            // is marked by its own next announcement (below), or when a session ends.
+            self.unalias(addr);
+            self.alias(addr, id);
+        }
         if let Some(e) = self.endpoints.get_mut(&addr) {
             e.last_heard = now;
             if e.done || e.synced == Some(generation) || e.wanted == Some(generation) {
@@ -294,6 +334,7 @@ impl Book {
         self.endpoints.insert(
             addr,
             Endpoint {
+                id: None,
                 last_heard: now,
                 wanted: Some(generation),
                 synced: None,
@@ -305,25 +346,93 @@ impl Book {
                 waiting_since: now,
             },
         );
+        self.alias(addr, id);
         self.mark_if_startable(addr, now);
+    }
+
+    /// Records `addr` as a path to holder `id`, unless it already has its share of them.
+    fn alias(&mut self, addr: Contact, id: Option<PeerId>) {
+        let Some(id) = id else { return };
+        let paths = self.aliases.entry(id).or_default();
+        if paths.len() >= MAX_ALIASES {
+            return;
+        }
+        paths.push(addr);
+        if let Some(e) = self.endpoints.get_mut(&addr) {
+            e.id = Some(id);
+        }
+    }
+
+    fn unalias(&mut self, addr: Contact) {
+        let Some(id) = self.endpoints.get_mut(&addr).and_then(|e| e.id.take()) else {
+            return;
+        };
+        if let Some(paths) = self.aliases.get_mut(&id) {
+            paths.retain(|a| *a != addr);
+            if paths.is_empty() {
+                self.aliases.remove(&id);
+            }
+        }
+    }
+
+    /// Whether another path to the same holder does what `addr` would: a session there is
+    /// under way, or has synced or will sync the generation `addr` announces.
+    fn covered(&self, addr: &Contact, e: &Endpoint) -> bool {
+        let (Some(id), Some(wanted)) = (e.id, e.wanted) else {
+            return false;
+        };
+        let Some(paths) = self.aliases.get(&id).filter(|p| p.len() > 1) else {
+            return false;
+        };
+        // The lead: the first path heard (paths are kept in the order they were heard) that
+        // is not failing, else the first. Usually the first one looked at.
+        let failing = |x: &Endpoint| x.failures > 0 && x.status != Status::Foreign;
+        let mut known = paths
+            .iter()
+            .filter_map(|a| self.endpoints.get(a).map(|x| (a, x)));
+        let first = known.clone().next();
+        let lead = known.find(|(_, x)| !failing(x)).or(first);
+        match lead {
+            Some((a, lead)) if a != addr => {
+                lead.busy || lead.synced == Some(wanted) || lead.wanted == Some(wanted)
+            }
+            _ => false,
+        }
     }
 
     /// Frees a place for a new endpoint at `ip`. False if none can be freed (all busy).
     fn make_room(&mut self, ip: SourceKey, now: Instant) -> bool {
-        let own = self.hosts.get(&ip).map_or(0, |h| h.endpoints.len());
-        if own >= MAX_ENDPOINTS_PER_HOST || (own > 0 && self.endpoints.len() >= MAX_ENDPOINTS) {
+        let (own, cap) = self
+            .hosts
+            .get(&ip)
+            .map_or((0, MAX_ENDPOINTS_PER_HOST), |h| {
+                (h.endpoints.len(), h.endpoint_cap())
+            });
+        if own >= cap || (own > 0 && self.endpoints.len() >= MAX_ENDPOINTS) {
             // An address only ever pushes out its own endpoints.
             return self.evict_from(ip, now);
         }
         if self.endpoints.len() < MAX_ENDPOINTS {
             return true;
         }
-        // A new address in a full book: take from the address with the most endpoints.
+        // A new address in a full book: take from the address with the most endpoints that are
+        // not proven members (then with the most endpoints), so a device holding many drops
+        // keeps them while a flood of addresses takes from itself.
+        let strangers = |h: &Host| {
+            h.endpoints
+                .iter()
+                .filter(|a| {
+                    self.endpoints
+                        .get(a)
+                        .is_some_and(|e| e.status != Status::Member)
+                })
+                .count()
+        };
         let richest = self
             .hosts
             .iter()
             .filter(|(_, h)| h.endpoints.len() > h.busy)
-            .max_by_key(|(_, h)| h.endpoints.len())
+            .max_by_key(|(_, h)| (strangers(h), h.endpoints.len()))
             .map(|(ip, _)| *ip);
         richest.is_some_and(|r| self.evict_from(r, now))
     }
@@ -351,6 +460,7 @@ impl Book {
     }
 
     fn remove(&mut self, addr: Contact) {
+        self.unalias(addr);
         self.endpoints.remove(&addr);
         if let Some(h) = self.hosts.get_mut(&addr.source()) {
             h.endpoints.retain(|a| *a != addr);
@@ -360,8 +470,8 @@ impl Book {
         }
     }
 
-    fn wants_session(&self, e: &Endpoint) -> bool {
-        wants_session(self.mode, e)
+    fn wants_session(&self, addr: &Contact, e: &Endpoint) -> bool {
+        wants_session(self.mode, e) && !self.covered(addr, e)
     }
 
     /// The host-level reasons `ip` cannot get a session now, as the time it may (None: never
@@ -386,7 +496,7 @@ impl Book {
             return;
         };
         if self.busy < MAX_SESSIONS
-            && self.wants_session(e)
+            && self.wants_session(&addr, e)
             && e.retry_at <= now
             && self.host_ready_at(addr.source(), now) == Some(now)
         {
@@ -405,7 +515,7 @@ impl Book {
         type Rank = (Option<Instant>, Status, Instant);
         let mut best: Option<(Contact, Rank)> = None;
         for (addr, e) in &self.endpoints {
-            if !self.wants_session(e) || e.retry_at > now {
+            if !self.wants_session(addr, e) || e.retry_at > now {
                 continue;
             }
             if self.host_ready_at(addr.source(), now) != Some(now) {
@@ -460,7 +570,7 @@ impl Book {
         }
         self.endpoints
             .iter()
-            .filter(|(_, e)| self.wants_session(e))
+            .filter(|(addr, e)| self.wants_session(addr, e))
             .filter_map(|(addr, e)| {
                 self.host_ready_at(addr.source(), now)
                     .map(|t| t.max(e.retry_at))
@@ -556,6 +666,8 @@ impl Book {
         for a in quiet {
             self.remove(a);
         }
+        // An alias whose lead was forgotten may start now.
+        self.dirty = true;
         self.wake_at.set(None);
     }
 }
@@ -579,17 +691,17 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         let h = at("10.0.0.1:4000");
-        b.on_announce(h, 7, now);
+        b.on_announce(h, 7, None, now);
         let a = b.next(now).expect("a new holder is contacted");
         assert_eq!(a.generation, 7);
-        b.on_announce(h, 7, now);
+        b.on_announce(h, 7, None, now);
         assert!(b.next(now).is_none(), "busy");
-        b.on_announce(h, 8, now);
+        b.on_announce(h, 8, None, now);
         b.finished(a, Outcome::Complete, now);
         let a = b.next(now).expect("the change during the session");
         assert_eq!(a.generation, 8);
         b.finished(a, Outcome::Complete, now);
-        b.on_announce(h, 8, now);
+        b.on_announce(h, 8, None, now);
         assert!(b.next(now).is_none(), "already synced");
     }
 
@@ -598,7 +710,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         let h = at("10.0.0.1:4000");
-        b.on_announce(h, 1, now);
+        b.on_announce(h, 1, None, now);
         let a = b.next(now).unwrap();
         b.finished(a, Outcome::Cut, now);
         assert!(b.next(now).is_none());
@@ -624,14 +736,14 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         let h = at("10.0.0.1:4000");
-        b.on_announce(h, 1, now);
+        b.on_announce(h, 1, None, now);
         let a = b.next(now).unwrap();
         b.finished(a, Outcome::Rejected, now);
         for s in 0..100 {
-            b.on_announce(h, 1, now + Duration::from_secs(s));
+            b.on_announce(h, 1, None, now + Duration::from_secs(s));
             assert!(b.next(now + Duration::from_secs(s)).is_none());
         }
-        b.on_announce(h, 2, now + Duration::from_secs(1));
+        b.on_announce(h, 2, None, now + Duration::from_secs(1));
         b.wake();
         assert!(b.next(now + Duration::from_secs(1)).is_none(), "not yet");
         let later = now + FOREIGN_BACKOFF_FIRST;
@@ -646,17 +758,22 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         let real = at("10.0.0.7:5000");
-        b.on_announce(real, 1, now);
+        b.on_announce(real, 1, None, now);
         let a = b.next(now).unwrap();
         b.finished(a, Outcome::Complete, now);
         for port in 0..10_000u16 {
-            b.on_announce(SocketAddr::new("10.0.0.66".parse().unwrap(), port), 1, now);
+            b.on_announce(
+                SocketAddr::new("10.0.0.66".parse().unwrap(), port),
+                1,
+                None,
+                now,
+            );
         }
         assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST + 1);
         assert!(b.endpoints.contains_key(&real.into()));
         // Fresh ids at one endpoint are one entry: the book does not know ids at all.
         for g in 0..10_000 {
-            b.on_announce(real, g, now);
+            b.on_announce(real, g, None, now);
         }
         assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST + 1);
     }
@@ -668,12 +785,12 @@ mod tests {
         for host in 0..64u32 {
             for port in 0..16u16 {
                 let ip = IpAddr::V4((0x0a01_0000 + host).into());
-                b.on_announce(SocketAddr::new(ip, port), 1, now);
+                b.on_announce(SocketAddr::new(ip, port), 1, None, now);
             }
         }
         assert_eq!(b.len(), MAX_ENDPOINTS);
         let real = at("10.9.9.9:4000");
-        b.on_announce(real, 1, now);
+        b.on_announce(real, 1, None, now);
         assert!(b.endpoints.contains_key(&real.into()));
         assert_eq!(b.len(), MAX_ENDPOINTS);
     }
@@ -686,14 +803,14 @@ mod tests {
         let fake = |h: u32, p: u16| SocketAddr::new(IpAddr::V4((0x0a00_4200 + h).into()), p);
         for h in 0..16 {
             for p in 0..16 {
-                b.on_announce(fake(h, p), 1, now);
+                b.on_announce(fake(h, p), 1, None, now);
             }
         }
         let first = start_all(&mut b, now);
         assert_eq!(first.len(), 16, "one session per address with no member");
         // The real holder announces while all of those hang: it gets a session at once.
         let real = at("10.0.0.7:5000");
-        b.on_announce(real, 1, now);
+        b.on_announce(real, 1, None, now);
         let a = b
             .next(now)
             .expect("a real holder is not queued behind a flood");
@@ -712,7 +829,7 @@ mod tests {
         let mut b = Book::new(Mode::Follow);
         let fake = |h: u32| SocketAddr::new(IpAddr::V4((0x0a00_4200 + h).into()), 9);
         for h in 0..40 {
-            b.on_announce(fake(h), 1, now);
+            b.on_announce(fake(h), 1, None, now);
         }
         // Every attacker address has hung once (two rounds: 32 sessions at most at once).
         let mut t = now;
@@ -728,7 +845,7 @@ mod tests {
         let mut started = start_all(&mut b, t);
         assert_eq!(started.len(), MAX_SESSIONS - RESERVED_FOR_GOOD);
         let real = at("10.0.0.8:5000");
-        b.on_announce(real, 1, t);
+        b.on_announce(real, 1, None, t);
         let a = b.next(t).expect("sessions are kept for good addresses");
         assert_eq!(a.addr, real.into());
         started.push(a);
@@ -742,13 +859,13 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         let a1 = at("10.0.0.1:1");
-        b.on_announce(a1, 1, now);
+        b.on_announce(a1, 1, None, now);
         let s = b.next(now).unwrap();
         b.finished(s, Outcome::Complete, now);
         let t = now + Duration::from_millis(1);
-        b.on_announce(a1, 2, t);
+        b.on_announce(a1, 2, None, t);
         let a2 = at("10.0.0.2:1");
-        b.on_announce(a2, 1, t);
+        b.on_announce(a2, 1, None, t);
         assert_eq!(
             b.next(t).unwrap().addr,
             a2.into(),
@@ -769,7 +886,7 @@ mod tests {
         while t < end {
             // A fresh endpoint and generation every 5 ms, answering every hello with a guess.
             g += 1;
-            b.on_announce(SocketAddr::new(fake, g as u16), g, t);
+            b.on_announce(SocketAddr::new(fake, g as u16), g, None, t);
             while let Some(a) = b.next(t) {
                 guesses += 1;
                 b.finished(a, Outcome::Rejected, t);
@@ -792,7 +909,7 @@ mod tests {
         let mut g = 0u64;
         while t < now + Duration::from_secs(10) {
             g += 1;
-            b.on_announce(SocketAddr::new(victim, (g % 16) as u16), g, t);
+            b.on_announce(SocketAddr::new(victim, (g % 16) as u16), g, None, t);
             b.wake();
             while let Some(a) = b.next(t) {
                 connects += 1;
@@ -812,17 +929,139 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Once);
         let h = at("10.0.0.1:4000");
-        b.on_announce(h, 1, now);
+        b.on_announce(h, 1, None, now);
         let a = b.next(now).unwrap();
         b.finished(a, Outcome::Cut, now);
         let t = b.next_wake(now).unwrap();
         b.wake();
         let a = b.next(t).unwrap();
         b.finished(a, Outcome::Complete, t);
-        b.on_announce(h, 2, t);
+        b.on_announce(h, 2, None, t);
         b.wake();
         assert!(b.next(t + Duration::from_secs(100)).is_none());
         assert_eq!(b.next_wake(t), None);
+    }
+
+    #[test]
+    fn a_holder_heard_on_two_paths_gets_one_session_and_the_other_path_takes_over_if_it_fails() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let id = Some(PeerId::random());
+        let v4 = at("10.0.0.1:4000");
+        let v6 = at("[fe80::1]:4000");
+        b.on_announce(v4, 7, id, now);
+        b.on_announce(v6, 7, id, now + Duration::from_millis(1));
+        let a = b.next(now).expect("one path is contacted");
+        assert_eq!(a.addr, v4.into(), "the path heard first");
+        assert!(
+            b.next(now).is_none(),
+            "not the other while that session runs"
+        );
+        b.finished(a, Outcome::Complete, now);
+        assert!(
+            b.next(now).is_none(),
+            "the generation is synced: nothing on the other path"
+        );
+        assert_eq!(b.next_wake(now), None);
+        // A new generation: again one session.
+        b.on_announce(v6, 8, id, now);
+        b.on_announce(v4, 8, id, now);
+        let a = b.next(now).unwrap();
+        assert_eq!(a.addr, v4.into());
+        assert!(b.next(now).is_none());
+        // That path breaks: the other takes over at once.
+        let t = now + Duration::from_millis(1);
+        b.finished(a, Outcome::Cut, t);
+        let a = b.next(t).expect("the other path");
+        assert_eq!(a.addr, v6.into());
+        b.finished(a, Outcome::Complete, t);
+        assert!(b.next(now + Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn a_spoofed_id_cannot_hide_a_holder_whose_generation_its_lead_does_not_cover() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let id = Some(PeerId::random());
+        // The attacker announces the real holder's id first, from an address of its own.
+        let fake = at("10.0.0.66:9");
+        let real = at("10.0.0.1:4000");
+        b.on_announce(fake, 1, id, now);
+        let f = b.next(now).unwrap();
+        assert_eq!(f.addr, fake.into());
+        b.on_announce(real, 5, id, now + Duration::from_millis(1));
+        // The real holder waits only while the fake's session is under way...
+        assert!(b.next(now).is_none());
+        let now = now + Duration::from_millis(1);
+        b.finished(f, Outcome::Unreachable, now);
+        // ...and is contacted as soon as it ends (the fake fails, and never synced 5).
+        let a = b.next(now).expect("the real holder");
+        assert_eq!(a.addr, real.into());
+        b.finished(a, Outcome::Complete, now);
+        // A fake that announces the generation the real one has synced gets no session: it
+        // would bring nothing.
+        let fake2 = at("10.0.0.67:9");
+        b.on_announce(fake2, 5, id, now);
+        b.wake();
+        assert!(b.next(now).is_none());
+        // One with a generation the real one has not synced does (as any fake would).
+        b.on_announce(fake2, 6, id, now);
+        b.wake();
+        assert_eq!(b.next(now).map(|a| a.addr), Some(fake2.into()));
+    }
+
+    #[test]
+    fn a_device_holding_many_drops_gets_many_endpoints_and_sessions_but_a_flood_there_is_bounded() {
+        let now = Instant::now();
+        let mut b = Book::new(Mode::Follow);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        // 50 processes, one drop each: the first is contacted alone until it proves itself...
+        for p in 0..50 {
+            b.on_announce(
+                SocketAddr::new(ip, 4000 + p),
+                1,
+                Some(PeerId::random()),
+                now,
+            );
+        }
+        assert_eq!(b.len(), MAX_ENDPOINTS_PER_HOST, "not yet a member host");
+        let first = start_all(&mut b, now);
+        assert_eq!(first.len(), 1);
+        for a in first {
+            b.finished(a, Outcome::Complete, now);
+        }
+        for p in 0..50 {
+            b.on_announce(
+                SocketAddr::new(ip, 4000 + p),
+                1,
+                Some(PeerId::random()),
+                now,
+            );
+        }
+        assert_eq!(b.len(), 50, "every process of a member host is tracked");
+        let mut done = 1;
+        let mut t = now;
+        while done < 50 {
+            let started = start_all(&mut b, t);
+            assert!(started.len() <= MAX_SESSIONS_PER_MEMBER_HOST);
+            assert!(!started.is_empty(), "{done} done");
+            for a in started {
+                b.finished(a, Outcome::Complete, t);
+                done += 1;
+            }
+            t += Duration::from_millis(5);
+        }
+        // Fake endpoints spoofed at that address: bounded, and they push out no member.
+        for port in 0..10_000u16 {
+            b.on_announce(SocketAddr::new(ip, 20_000 + port), 1, None, t);
+        }
+        assert_eq!(b.len(), MAX_ENDPOINTS_PER_MEMBER_HOST);
+        for p in 0..50 {
+            assert!(
+                b.endpoints
+                    .contains_key(&SocketAddr::new(ip, 4000 + p).into())
+            );
+        }
     }
 
     #[test]
@@ -830,7 +1069,12 @@ mod tests {
         let now = Instant::now();
         let mut b = Book::new(Mode::Follow);
         for p in 0..10 {
-            b.on_announce(SocketAddr::new("10.0.0.1".parse().unwrap(), p), 1, now);
+            b.on_announce(
+                SocketAddr::new("10.0.0.1".parse().unwrap(), p),
+                1,
+                None,
+                now,
+            );
         }
         let busy = b.next(now).unwrap();
         b.prune(now + FORGET_AFTER);

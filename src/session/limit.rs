@@ -156,12 +156,104 @@ struct Source {
     proven: bool,
 }
 
-/// A token taken for one attempt; settle it with [`GuessBudget::settle`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A token taken for one attempt; settle it with [`GuessBudget::settle`]. Neither `Copy` nor
+/// `Clone`: one attempt, one settlement. Where the attempt runs in a task that can be dropped
+/// (aborted, or its connection evicted mid-handshake), hold it as a [`HeldCharge`] instead.
+#[derive(Debug, PartialEq, Eq)]
 #[must_use = "an attempt's charge must be settled"]
 pub struct Charge {
     key: SourceKey,
     global: bool,
+}
+
+/// A charge that settles itself: dropped unsettled (the task holding it was aborted, or its
+/// connection was evicted while the handshake was under way), it is settled as
+/// [`Settled::Guessed`], since the peer may already have had its answer. So no path leaves a
+/// source with an attempt open forever (which would keep it from ever being clean or
+/// forgotten).
+#[derive(Debug)]
+pub struct HeldCharge<'a> {
+    budget: &'a std::sync::Mutex<GuessBudget>,
+    charge: Option<Charge>,
+    /// Told when the charge is settled (tokens may have come back).
+    freed: Option<&'a tokio::sync::Notify>,
+}
+
+impl HeldCharge<'_> {
+    /// Takes the tokens for one attempt with `source` from `budget`, or `None` (see
+    /// [`GuessBudget::try_start`]).
+    pub fn start(
+        budget: &std::sync::Mutex<GuessBudget>,
+        source: impl Into<SourceKey>,
+        now: Instant,
+    ) -> Option<HeldCharge<'_>> {
+        let charge = lock(budget).try_start(source, now)?;
+        Some(HeldCharge {
+            budget,
+            charge: Some(charge),
+            freed: None,
+        })
+    }
+
+    /// Like [`HeldCharge::start`], but if no token is there now, waits (at most `within`) until
+    /// one is given back or refills. Attempts that find the budget momentarily spent by others
+    /// (many room members connecting at once, whose tokens come back within milliseconds) are
+    /// delayed instead of turned away; a guesser is held to the same rate either way. `freed`
+    /// must be the [`tokio::sync::Notify`] every charge of this budget is started with.
+    pub async fn wait_for<'a>(
+        budget: &'a std::sync::Mutex<GuessBudget>,
+        freed: &'a tokio::sync::Notify,
+        source: SourceKey,
+        within: Duration,
+    ) -> Option<HeldCharge<'a>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the look, so a settlement between the two is not missed.
+            let settled = freed.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let now = Instant::now();
+            if let Some(mut c) = Self::start(budget, source, now) {
+                c.freed = Some(freed);
+                return Some(c);
+            }
+            let refill = lock(budget).wait_for(source, now);
+            let until = (tokio::time::Instant::now() + refill).min(deadline);
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::select! {
+                _ = &mut settled => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Ends the attempt as `how`.
+    pub fn settle(mut self, how: Settled, now: Instant) {
+        self.end(how, now);
+    }
+
+    fn end(&mut self, how: Settled, now: Instant) {
+        if let Some(c) = self.charge.take() {
+            lock(self.budget).settle(c, how, now);
+            if let Some(freed) = self.freed {
+                freed.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for HeldCharge<'_> {
+    fn drop(&mut self) {
+        self.end(Settled::Guessed, Instant::now());
+    }
+}
+
+/// The budget's lock; a panic elsewhere while it was held leaves counters that are still
+/// consistent (each update is one statement), so a poisoned lock is used as it is.
+fn lock(budget: &std::sync::Mutex<GuessBudget>) -> std::sync::MutexGuard<'_, GuessBudget> {
+    budget.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How an attempt ended, for the budget.
@@ -310,6 +402,11 @@ impl GuessBudget {
 
     pub fn tracked(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Attempts with `source` that are not settled yet.
+    pub fn open(&self, source: impl Into<SourceKey>) -> u32 {
+        self.sources.get(&source.into()).map_or(0, |s| s.open)
     }
 }
 

@@ -216,7 +216,7 @@ pub async fn run(
             heard = discovery.recv() => {
                 if let Some((addr, generation, id)) = announced(heard, me) {
                     lan.note(id);
-                    book.on_announce(addr, generation, Instant::now());
+                    book.on_announce(addr, generation, Some(id), Instant::now());
                 }
             }
             list = next_members(&mut members) => on_members(&mut book, &list, &lan),

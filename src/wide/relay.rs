@@ -5,23 +5,41 @@
 //! tells endpoints their public address (QUIC address discovery). It sees endpoint ids, IP
 //! addresses, timing and sizes; never content: the packets are QUIC, encrypted end to end
 //! between the two endpoints, and deaddrop's own records are inside.
+//!
+//! The relay accepts its own TCP connections ([`accept_loop`]) rather than leaving that to
+//! iroh-relay's server: a connection is in its *handshake* (TLS, the HTTP upgrade, iroh's relay
+//! handshake) until iroh's service says it is established, and until then it counts against a
+//! per-source cap ([`UNFINISHED_PER_SOURCE`]) and an overall one ([`UNFINISHED_TOTAL`]), and it
+//! has [`ESTABLISH_TIME`] to finish. iroh-relay itself gives such a connection 30 s and keeps
+//! no count (its `accept_conn_*` limits are unimplemented), and after the upgrade none at all.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Method, Request, Response, StatusCode};
 use iroh::EndpointId;
+use iroh_relay::server::http_server::{
+    BytesBody, Handlers, HyperError, HyperResult, RelayService, RelayServiceWithNotify,
+};
+use iroh_relay::server::streams::MaybeTlsStream;
 use iroh_relay::server::{
-    Access, AccessControl, CertConfig, ClientRequest, ConnectionId, QuicConfig, RelayConfig,
-    Server, ServerConfig, TlsConfig,
+    Access, AccessControl, ClientRequest, ConnectionId, Metrics, QuicConfig, Server, ServerConfig,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
+use crate::session::limit::SourceKey;
 use crate::wide::config::write_private;
 
 /// The default port: HTTPS on TCP, QUIC address discovery on UDP.
@@ -30,6 +48,29 @@ pub const DEFAULT_PORT: u16 = 3340;
 /// endpoints (the device's, and the meeting key's while it holds it); a stranger who connects
 /// more is refused, which bounds what the relay keeps per client (queues, TLS state).
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
+/// Connections from one source (an IPv4 address, an IPv6 /64) that may be in their handshake at
+/// once: TLS, the HTTP upgrade and iroh's relay handshake, before the client is admitted.
+pub const UNFINISHED_PER_SOURCE: usize = 16;
+/// Connections in their handshake at once, from all sources together. With the client cap this
+/// keeps the relay's descriptors under a service's usual limit of 1,024.
+pub const UNFINISHED_TOTAL: usize = 256;
+/// Time a connection has to finish its handshake (iroh-relay's own is 30 s). A client on any
+/// real link needs a few round trips.
+pub const ESTABLISH_TIME: Duration = Duration::from_secs(10);
+
+/// A warning for the operator, given at most once a minute however often it happens.
+#[derive(Debug, Default)]
+struct Sparse(Mutex<Option<Instant>>);
+
+impl Sparse {
+    fn warn(&self, what: impl std::fmt::Display) {
+        let mut last = self.0.lock().expect("warning lock");
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!("{what}");
+        }
+    }
+}
 
 /// Admits at most `max` clients at once (counted after iroh's relay handshake, which proves
 /// each client's endpoint key).
@@ -37,8 +78,7 @@ pub const DEFAULT_MAX_CLIENTS: usize = 256;
 struct ClientCap {
     open: AtomicUsize,
     max: usize,
-    /// When the operator was last told that clients are refused (at most once a minute).
-    warned: std::sync::Mutex<Option<std::time::Instant>>,
+    full: Sparse,
 }
 
 impl AccessControl for ClientCap {
@@ -52,14 +92,10 @@ impl AccessControl for ClientCap {
         if admitted {
             Access::Allow
         } else {
-            let mut warned = self.warned.lock().expect("warned lock");
-            if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
-                *warned = Some(std::time::Instant::now());
-                tracing::warn!(
-                    "the relay is full ({} clients at once, --max-clients): refusing new ones",
-                    self.max
-                );
-            }
+            self.full.warn(format_args!(
+                "the relay is full ({} clients at once, --max-clients): refusing new ones",
+                self.max
+            ));
             Access::Deny {
                 reason: Some("the relay is full".into()),
             }
@@ -73,15 +109,30 @@ impl AccessControl for ClientCap {
 
 /// A running relay. Dropping it stops it.
 pub struct RunningRelay {
+    /// iroh-relay's server, for QUIC address discovery only.
     server: Server,
+    /// [`accept_loop`]: relaying, over HTTPS.
+    https: tokio::task::JoinHandle<()>,
+    https_addr: SocketAddr,
+    service: RelayService,
     /// SHA-256 of the certificate, for `#sha256=` in relay URLs.
     pub pin: [u8; 32],
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        self.https.abort();
+        let service = self.service.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { service.shutdown().await });
+        }
+    }
 }
 
 impl RunningRelay {
     /// Where it serves HTTPS (relaying).
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.server.https_addr()
+        Some(self.https_addr)
     }
 
     /// Where it serves QUIC address discovery.
@@ -90,14 +141,213 @@ impl RunningRelay {
     }
 
     /// Runs until the server stops on its own (an error).
-    pub async fn stopped(self) -> std::io::Result<()> {
-        let mut server = self.server;
-        server
-            .join()
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)
+    pub async fn stopped(mut self) -> std::io::Result<()> {
+        tokio::select! {
+            r = self.server.join() => r
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other),
+            r = &mut self.https => {
+                r.map_err(std::io::Error::other)?;
+                Err(std::io::Error::other("the relay stopped accepting connections"))
+            }
+        }
     }
+}
+
+/// Handshakes under way, per source and in all.
+#[derive(Debug, Default)]
+struct Unfinished {
+    per_source: HashMap<SourceKey, usize>,
+    total: usize,
+}
+
+#[derive(Debug, Default)]
+struct Front {
+    unfinished: Mutex<Unfinished>,
+    /// Connections closed on arrival, over the caps.
+    refused: Sparse,
+    /// `accept` failing (out of descriptors, typically).
+    failing: Sparse,
+}
+
+impl Front {
+    /// A handshake slot for a connection from `ip`, if its source and the relay have one free.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let key = SourceKey::from(ip);
+        let mut u = self.unfinished.lock().expect("unfinished lock");
+        let n = u.per_source.get(&key).copied().unwrap_or(0);
+        if n >= UNFINISHED_PER_SOURCE || u.total >= UNFINISHED_TOTAL {
+            return None;
+        }
+        *u.per_source.entry(key).or_default() += 1;
+        u.total += 1;
+        Some(Slot {
+            front: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection's handshake slot, given back when dropped.
+struct Slot {
+    front: Arc<Front>,
+    key: SourceKey,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut u = self.front.unfinished.lock().expect("unfinished lock");
+        u.total -= 1;
+        if let Some(n) = u.per_source.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                u.per_source.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Accepts relay connections on `listener`: each gets a handshake slot or is closed at once.
+async fn accept_loop(
+    listener: TcpListener,
+    service: RelayService,
+    tls: tokio_rustls::TlsAcceptor,
+    front: Arc<Front>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, typically: do not spin on it.
+                front
+                    .failing
+                    .warn(format_args!("the relay cannot accept a connection: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = front.admit(peer.ip()) else {
+            front.refused.warn(format_args!(
+                "too many connections in their handshake (at most {UNFINISHED_PER_SOURCE} per \
+                 address, {UNFINISHED_TOTAL} in all): closing new ones"
+            ));
+            continue;
+        };
+        tokio::spawn(connection(stream, slot, service.clone(), tls.clone()));
+    }
+}
+
+/// Serves one connection: TLS, then iroh's relay service; the slot is given back when iroh says
+/// the client is established (or the connection ends), and a connection that has not got that
+/// far within [`ESTABLISH_TIME`] is shut.
+async fn connection(
+    stream: TcpStream,
+    slot: Slot,
+    service: RelayService,
+    tls: tokio_rustls::TlsAcceptor,
+) {
+    let _ = stream.set_nodelay(true);
+    // A second handle on the socket: after the upgrade, hyper hands the stream to a task of
+    // iroh's own, which nothing here can cancel; shutting the socket ends it. Without one (out
+    // of descriptors) the connection could outlive its deadline: close it now.
+    let Ok(socket) = socket2::SockRef::from(&stream).try_clone() else {
+        return;
+    };
+    let established = Arc::new(Notify::new());
+    let notified = established.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let svc = Watched {
+        inner: RelayServiceWithNotify::new(service, established.clone()),
+        upgraded: upgraded.clone(),
+    };
+    let serve = async move {
+        let Ok(stream) = tls.accept(stream).await else {
+            return;
+        };
+        // A relay upgrade request is a few hundred bytes: 16 KiB of buffer, not hyper's 400.
+        let _ = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(16 * 1024)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(MaybeTlsStream::Tls(stream)),
+                svc,
+            )
+            .with_upgrades()
+            .await;
+    };
+    tokio::pin!(serve);
+    let deadline = tokio::time::sleep(ESTABLISH_TIME);
+    tokio::pin!(deadline);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = &mut notified => {
+                drop(slot);
+                if serving {
+                    serve.await;
+                }
+                return;
+            }
+            _ = &mut serve, if serving => {
+                serving = false;
+                if !upgraded.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Upgraded: iroh's relay handshake goes on in its task; wait for it here.
+            }
+            _ = &mut deadline => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+/// iroh's per-connection service, noting whether it agreed to upgrade to the relay protocol.
+#[derive(Clone)]
+struct Watched {
+    inner: RelayServiceWithNotify,
+    upgraded: Arc<AtomicBool>,
+}
+
+impl Service<Request<Incoming>> for Watched {
+    type Response = Response<BytesBody>;
+    type Error = HyperError;
+    type Future = std::future::Ready<HyperResult<Response<BytesBody>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let response = self.inner.call(req).into_inner();
+        if matches!(&response, Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            self.upgraded.store(true, Ordering::SeqCst);
+        }
+        std::future::ready(response)
+    }
+}
+
+fn empty() -> BytesBody {
+    Box::new(http_body_util::Empty::new())
+}
+
+/// `GET /ping`: iroh's HTTPS latency probe.
+fn probe(
+    _: Request<Incoming>,
+    r: hyper::http::response::Builder,
+) -> HyperResult<Response<BytesBody>> {
+    r.status(StatusCode::OK)
+        .header("Access-Control-Allow-Origin", "*")
+        .body(empty())
+        .map_err(|e| Box::new(e) as HyperError)
+}
+
+/// `GET /healthz`, for an operator's monitoring.
+fn healthz(
+    _: Request<Incoming>,
+    r: hyper::http::response::Builder,
+) -> HyperResult<Response<BytesBody>> {
+    r.status(StatusCode::OK)
+        .body(Box::new(http_body_util::Full::from("ok\n")) as BytesBody)
+        .map_err(|e| Box::new(e) as HyperError)
 }
 
 /// The relay's certificate and key: made on first start (self-signed, for `names`) and kept in
@@ -146,29 +396,69 @@ pub async fn start(
     .with_no_client_auth()
     .with_single_cert(vec![cert], key)
     .map_err(std::io::Error::other)?;
-    // Plain HTTP only serves iroh's captive-portal probe; an ephemeral port is enough.
-    let mut relay = RelayConfig::new(SocketAddr::new(bind.ip(), 0));
-    relay.tls = Some(TlsConfig::new(
-        bind,
-        CertConfig::Manual {
-            server_config: tls.clone(),
-        },
+    let mut headers = hyper::HeaderMap::new();
+    for (name, value) in [
+        (
+            "strict-transport-security",
+            "max-age=63072000; includeSubDomains",
+        ),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'; form-action 'none'; base-uri 'self'; \
+             block-all-mixed-content; plugin-types 'none'",
+        ),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
+    let mut handlers = Handlers::default();
+    handlers.insert(
+        (Method::GET, iroh_relay::http::RELAY_PROBE_PATH),
+        Box::new(probe),
+    );
+    handlers.insert((Method::GET, "/healthz"), Box::new(healthz));
+    let service = RelayService::new(
+        handlers,
+        headers,
+        None,
+        iroh_relay::KeyCache::new(1024),
+        Arc::new(ClientCap {
+            open: AtomicUsize::new(0),
+            max: max_clients,
+            full: Sparse::default(),
+        }),
+        Arc::new(Metrics::default()),
+    );
+    let cannot = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("cannot start the relay on {bind}: {e}"))
+    };
+    let listener = TcpListener::bind(bind).await.map_err(|e| cannot(&e))?;
+    let https_addr = listener.local_addr()?;
+    let tls = Arc::new(tls);
+    let https = tokio::spawn(accept_loop(
+        listener,
+        service.clone(),
+        tokio_rustls::TlsAcceptor::from(tls.clone()),
+        Arc::default(),
     ));
-    relay.key_cache_capacity = Some(1024);
-    relay.access = Arc::new(ClientCap {
-        open: AtomicUsize::new(0),
-        max: max_clients,
-        warned: std::sync::Mutex::new(None),
-    });
-    let mut quic = QuicConfig::new(bind);
-    quic.server_config = Some(tls);
+    // iroh-relay's server only for QUIC address discovery, on the same port over UDP.
+    let mut quic = QuicConfig::new(SocketAddr::new(bind.ip(), https_addr.port()));
+    quic.server_config = Some((*tls).clone());
     let mut config = ServerConfig::default();
-    config.relay = Some(relay);
     config.quic = Some(quic);
-    let server = Server::spawn(config)
-        .await
-        .map_err(|e| std::io::Error::other(format!("cannot start the relay on {bind}: {e}")))?;
-    Ok(RunningRelay { server, pin })
+    let server = match Server::spawn(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            https.abort();
+            return Err(cannot(&e));
+        }
+    };
+    Ok(RunningRelay {
+        server,
+        https,
+        https_addr,
+        service,
+        pin,
+    })
 }
 
 /// Accepts exactly the certificate whose SHA-256 is `pin` (whatever names it carries), and

@@ -39,7 +39,7 @@ use crate::event::Via;
 use crate::protocol::id::PeerId;
 use crate::protocol::message::{MAX_MEMBERS, Member, Reply, Request};
 use crate::protocol::secret::Passphrase;
-use crate::session::limit::{GuessBudget, Settled, SourceKey};
+use crate::session::limit::{GuessBudget, HeldCharge, Settled, SourceKey};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
 use crate::wide::config::Peers;
 use crate::wide::invite::{Invite, Relay};
@@ -71,6 +71,15 @@ const MEET_STREAMS: usize = 2;
 const RELAY_PATIENCE: Duration = Duration::from_secs(8);
 /// QUIC handshakes on the device endpoint at once; more incoming connections are refused.
 const MAX_INCOMING: usize = 64;
+/// Streams a peer may have open at once on one connection: a session is one stream, and a
+/// meeting connection two ([`MEET_STREAMS`]). No unidirectional streams.
+const MAX_STREAMS: u32 = MEET_STREAMS as u32;
+/// Bytes a peer may have in flight on one stream (QUIC's default: 100 Mbit/s at 100 ms).
+const STREAM_WINDOW: u32 = 1_250_000;
+/// ...and on a whole connection: a session uses one stream at a time, so one stream's window
+/// and a little. A connection that never authenticates buffers at most this much until it is
+/// closed (QUIC's default is unlimited).
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW + 64 * 1024;
 /// After a meeting point failed the passphrase check, dial it again after this long, doubling
 /// up to ten minutes: a squatter on the meeting key gets no guess oracle.
 const REJECTED_BACKOFF_FIRST: Duration = Duration::from_secs(30);
@@ -339,9 +348,19 @@ pub async fn endpoint(
             b
         }
     };
+    // Bounded before anyone authenticates: what a peer with an endpoint id (which costs
+    // nothing) can make this endpoint hold is a couple of streams and one window per
+    // connection, not 100 streams of 1.25 MB each.
+    let transport = iroh::endpoint::QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .build();
     builder = builder
         .secret_key(key)
         .alpns(alpns)
+        .transport_config(transport)
         .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled);
     if !bind.is_empty() {
         builder = builder.clear_ip_transports();
@@ -504,6 +523,13 @@ impl WideRoom {
     /// Incoming session connections, for the holder (once).
     pub fn take_incoming(&self) -> Option<mpsc::Receiver<Connection>> {
         self.incoming.lock().expect("incoming lock").take()
+    }
+
+    /// This process holds no drops (`run`, `list`, `fetch`): session connections to its
+    /// device endpoint are closed as they arrive, instead of waiting in a queue nobody reads
+    /// (where a stranger with an endpoint id could keep them open).
+    pub fn refuse_sessions(&self) {
+        drop(self.take_incoming());
     }
 
     /// Whether the last meeting point reached failed the passphrase check (a wrong
@@ -828,7 +854,9 @@ async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
             }
             inner.track(&conn);
             // No holder in this process, or it is busy: the connection is closed.
-            let _ = tx.try_send(conn);
+            if let Err(e) = tx.try_send(conn) {
+                e.into_inner().close(0u32.into(), b"no holder here");
+            }
         });
     }
 }
@@ -958,12 +986,7 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
         _ => return MeetEnd::NoAnswer,
     };
     let charged = SourceKey::endpoint(conn.remote_id().as_bytes());
-    let Some(charge) = inner
-        .budget
-        .lock()
-        .expect("budget lock")
-        .try_start(charged, Instant::now())
-    else {
+    let Some(charge) = HeldCharge::start(&inner.budget, charged, Instant::now()) else {
         return MeetEnd::NoBudget;
     };
     let watch_session = meet_session(inner, &conn).await;
@@ -972,11 +995,7 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
         Err(e) if e.is_rejection() => Settled::Guessed,
         Err(_) => Settled::NoGuess,
     };
-    inner
-        .budget
-        .lock()
-        .expect("budget lock")
-        .settle(charge, settled, Instant::now());
+    charge.settle(settled, Instant::now());
     let mut watching = match watch_session {
         Ok(s) => s,
         Err(e) if e.is_rejection() => {
@@ -1362,12 +1381,8 @@ async fn serve_member(
     let Ok(hello) = transport::read_client_hello(&mut link, t.handshake).await else {
         return;
     };
-    let charge = inner
-        .budget
-        .lock()
-        .expect("budget lock")
-        .try_start(SourceKey::endpoint(&id), Instant::now());
-    let Some(charge) = charge else {
+    let Some(charge) = HeldCharge::start(&inner.budget, SourceKey::endpoint(&id), Instant::now())
+    else {
         return;
     };
     let session = transport::accept(link, &hello, &inner.pass, peer, t).await;
@@ -1376,11 +1391,7 @@ async fn serve_member(
         Err(SessionError::Refused) => Settled::NoGuess,
         Err(_) => Settled::Guessed,
     };
-    inner
-        .budget
-        .lock()
-        .expect("budget lock")
-        .settle(charge, settled, Instant::now());
+    charge.settle(settled, Instant::now());
     let Ok(mut s) = session else {
         return;
     };

@@ -194,6 +194,66 @@ fn max_fetches_two_reaches_two_of_three_receivers() {
 }
 
 #[test]
+fn max_fetches_counts_devices_not_processes() {
+    // `fetch TOKEN` twice on one device used both slots of a `--max-fetches 2` drop.
+    let room = Room::new("secret123");
+    let (mut s, token) = sender(
+        &room,
+        &["--max-fetches", "2", "--ttl", "20s", "two devices"],
+    );
+    let laptop = crate::util::own_device();
+    let fetch_on = |device: &std::path::Path| {
+        room.cmd(&["fetch", &token])
+            .env("DEADDROP_CONFIG_DIR", device)
+            .output()
+            .unwrap()
+    };
+    let first = fetch_on(&laptop);
+    assert_ok(&first);
+    assert_eq!(String::from_utf8_lossy(&first.stdout), "two devices");
+    let again = fetch_on(&laptop);
+    assert_eq!(again.status.code(), Some(5), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already fetched by this receiver"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // The second slot is still there for another device.
+    let other = fetch_on(&crate::util::own_device());
+    assert_ok(&other);
+    assert_eq!(String::from_utf8_lossy(&other.stdout), "two devices");
+    assert_eq!(s.wait(T).code(), Some(0), "used up: {}", s.stderr());
+}
+
+#[test]
+fn an_everyone_drop_reaches_one_device_once_however_many_receivers_it_runs() {
+    let room = Room::new("secret123");
+    let device = crate::util::own_device();
+    let mut same: Vec<Proc> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let mut c = room.cmd(&["run", "--json", "--name", n]);
+            c.env("DEADDROP_CONFIG_DIR", &device);
+            let mut p = Proc::spawn(c);
+            p.wait_event(T, "listening").expect("listening");
+            p
+        })
+        .collect();
+    let mut other = receiver(&room, "c");
+    let (mut s, _) = sender(&room, &["--everyone", "--ttl", "3s", "one per device"]);
+    other
+        .wait_event(T, "message")
+        .expect("the other device has it");
+    let shown = same
+        .iter_mut()
+        .map(|r| r.drain(Duration::from_millis(1500)))
+        .filter(|lines| lines.iter().any(|l| l.contains("one per device")))
+        .count();
+    assert_eq!(shown, 1, "one device, one copy");
+    assert_eq!(s.wait(T).code(), Some(0));
+}
+
+#[test]
 fn a_late_receiver_fetches_a_drop_made_before_it_started() {
     let room = Room::new("secret123");
     let (mut s, token) = sender(&room, &["--ttl", "20s", "made earlier"]);
@@ -826,4 +886,58 @@ fn two_doctors_on_one_host_see_each_other_and_say_so_in_plain_words() {
     assert!(ta.contains("ok: broadcast carries discovery on lo"), "{ta}");
     assert!(ta.contains("Interfaces") && ta.contains("Verdict"), "{ta}");
     assert_eq!(a.status.code(), Some(0), "{ta}");
+}
+
+/// The dependency names of the `deaddrop` package in a Cargo.lock (versions left out: the fuzz
+/// workspace resolves its own).
+fn locked_dependencies(lock: &str) -> Vec<String> {
+    let start = lock
+        .find("[[package]]\nname = \"deaddrop\"\n")
+        .expect("the lock file lists deaddrop");
+    let block = &lock[start..];
+    let deps = &block[block
+        .find("dependencies = [")
+        .expect("deaddrop has dependencies")..];
+    let deps = &deps[..deps.find(']').expect("the list ends")];
+    let mut names: Vec<String> = deps
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            line.trim()
+                .trim_matches(|c| c == '"' || c == ',')
+                .split(' ')
+                .next()
+        })
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// CI builds the fuzz targets with `--locked`: a dependency added to the crate and not to
+/// fuzz/Cargo.lock fails CI at its very end (run `cargo +nightly metadata` in fuzz/ to update it).
+#[test]
+fn the_fuzz_lock_file_knows_every_dependency_of_the_crate() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).expect(path);
+    // The fuzz workspace does not build this crate's tests, so it has no dev-dependencies.
+    let manifest = read("Cargo.toml");
+    let dev = &manifest[manifest
+        .find("[dev-dependencies]")
+        .expect("dev-dependencies")..];
+    let dev: Vec<&str> = dev
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name.trim()))
+        .collect();
+    let fuzz = locked_dependencies(&read("fuzz/Cargo.lock"));
+    let missing: Vec<String> = locked_dependencies(&read("Cargo.lock"))
+        .into_iter()
+        .filter(|name| !fuzz.contains(name) && !dev.contains(&name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fuzz/Cargo.lock is out of date (no {missing:?}): run `cargo +nightly metadata --format-version 1` in fuzz/"
+    );
 }

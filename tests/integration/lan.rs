@@ -431,6 +431,7 @@ impl Lan {
         c.args(["netns", "exec", &self.names[host - 1], bin()])
             .args(args)
             .env("DEADDROP_ROOM", pass)
+            .env("DEADDROP_CONFIG_DIR", crate::util::own_device())
             .env_remove("DEADDROP_PORT")
             .env_remove("DEADDROP_INTERFACE");
         c
@@ -943,16 +944,16 @@ fn a_link_down_longer_than_the_timeout_fails_clearly_then_resumes() {
     );
 }
 
-/// `examples/many.rs`, which `cargo test` builds along with the tests.
-fn many_bin() -> String {
+/// The program of `examples/NAME.rs`, which `cargo test` builds along with the tests.
+pub fn example_bin(name: &str) -> String {
     let path = std::path::Path::new(bin())
         .parent()
         .unwrap()
         .join("examples")
-        .join("many");
+        .join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the whole `cargo test` (it builds the examples) or `cargo build --example many`",
+        "{} is missing: run the whole `cargo test` (it builds the examples) or `cargo build --example {name}`",
         path.display()
     );
     path.to_string_lossy().into_owned()
@@ -962,7 +963,7 @@ fn many_bin() -> String {
 #[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
 fn load_one_holder_with_200_drops_and_20_receivers_on_three_hosts() {
     let Some(lan) = Lan::new(4) else { return };
-    let many = many_bin();
+    let many = example_bin("many");
     // 20 receivers: 7, 7 and 6 on hosts 2, 3 and 4.
     let mut receivers: Vec<Proc> = (0..20)
         .map(|i| {
@@ -1026,6 +1027,132 @@ fn load_one_holder_with_200_drops_and_20_receivers_on_three_hosts() {
         assert_eq!(holder.wait(T).code(), Some(0));
     }
     eprintln!("figure: load (drops, ms until all used up, fetches): {figures:?}");
+}
+
+#[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
+fn on_a_dual_stack_lan_each_drop_is_listed_once_and_each_holder_counted_once() {
+    // A holder is heard over IPv4 (broadcast, mDNS) and IPv6 (mDNS, link-local): `list`
+    // showed every drop twice, and fetch counted its holders twice.
+    let Some(lan) = Lan::new(2) else { return };
+    lan.wait_ipv6(2);
+    let mut senders: Vec<Proc> = ["first", "second"]
+        .iter()
+        .map(|t| {
+            let mut p =
+                Proc::spawn(lan.cmd(1, "secret123", &["send-msg", "--json", "--ttl", "30s", t]));
+            p.wait_event(T, "offered").expect("offered");
+            p
+        })
+        .collect();
+    let out = lan
+        .cmd(2, "secret123", &["list", "--json", "--wait", "3s"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let drops: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(crate::util::json)
+        .filter(|v| v["event"] == "drop")
+        .collect();
+    assert_eq!(drops.len(), 2, "{drops:#?}");
+    assert_ne!(drops[0]["token"], drops[1]["token"]);
+    let out = lan
+        .cmd(2, "secret123", &["fetch", "--wait", "3s", &"0".repeat(32)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(2 holder(s) answered)"), "{err}");
+    for s in &mut senders {
+        s.interrupt();
+        s.wait(T);
+    }
+}
+
+/// The messages `r` has shown (its `message` events), each with when it was printed.
+fn shown(r: &mut Proc, within: Duration) -> Vec<(std::time::Instant, String)> {
+    r.drain(within);
+    r.seen
+        .iter()
+        .zip(&r.seen_at)
+        .filter_map(|(l, at)| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "message").then(|| (*at, v["text"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
+fn a_busy_room_delivers_every_drop_exactly_once_in_time() {
+    // Measured before the fix (debug build): 30 receivers x 30 `--everyone` drops took 15.9 s,
+    // since every fetch changed the holder's generation and made every receiver sync again;
+    // after it, 1.1 s.
+    let Some(lan) = Lan::new(4) else { return };
+    let spawn_receivers = |hosts: &[usize], each: usize| -> Vec<Proc> {
+        let mut all: Vec<Proc> = hosts
+            .iter()
+            .flat_map(|h| std::iter::repeat_n(*h, each))
+            .map(|h| Proc::spawn(lan.cmd(h, "secret123", &["run", "--json", "--no-files"])))
+            .collect();
+        for r in &mut all {
+            r.wait_event(T, "listening").expect("listening");
+        }
+        all
+    };
+    let send_all = |n: usize, extra: &[&str]| -> (std::time::Instant, Vec<Proc>) {
+        let start = std::time::Instant::now();
+        let senders = (0..n)
+            .map(|i| {
+                let text = format!("busy {i}");
+                let args = [&["send-msg", "--ttl", "30s"], extra, &[text.as_str()]].concat();
+                Proc::spawn(lan.cmd(4, "secret123", &args))
+            })
+            .collect();
+        (start, senders)
+    };
+    // 20 one-time drops made at once on one device, one receiver on another: within 1 s.
+    let mut one = spawn_receivers(&[1], 1);
+    let (start, mut senders) = send_all(20, &[]);
+    let got = shown(&mut one[0], Duration::from_secs(3));
+    let texts: std::collections::HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(got.len(), 20, "{got:?}");
+    assert_eq!(texts.len(), 20, "each drop once");
+    let last = got.iter().map(|(at, _)| *at - start).max().unwrap();
+    eprintln!("figure: 20 drops at once to one receiver: the last after {last:?}");
+    assert!(last < Duration::from_secs(1), "the last after {last:?}");
+    for s in &mut senders {
+        assert_eq!(s.wait(T).code(), Some(0), "fetched: {}", s.stderr());
+    }
+    drop(one);
+    // 30 receivers on 3 hosts x 30 `--everyone` drops from a fourth: 900 deliveries, each
+    // exactly once, within the product's 5 s.
+    let mut many = spawn_receivers(&[1, 2, 3], 10);
+    let (start, _senders) = send_all(30, &["--everyone"]);
+    let deadline = start + Duration::from_secs(8);
+    let mut last = Duration::ZERO;
+    let mut total = 0;
+    for (i, r) in many.iter_mut().enumerate() {
+        while shown(r, Duration::ZERO).len() < 30 && std::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            r.wait_line(left.min(Duration::from_millis(100)), |_| true);
+        }
+        let got = shown(r, Duration::from_millis(50));
+        let texts: std::collections::HashSet<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts.len(), 30, "receiver {i} got {} drops", texts.len());
+        assert_eq!(
+            got.len(),
+            30,
+            "receiver {i} was shown a drop twice: {got:?}"
+        );
+        last = last.max(got.iter().map(|(at, _)| *at - start).max().unwrap());
+        total += got.len();
+    }
+    eprintln!(
+        "figure: 30 receivers x 30 --everyone drops: {total} deliveries, the last after {last:?}"
+    );
+    assert!(last < Duration::from_secs(5), "the last after {last:?}");
 }
 
 /// Drops `percent` % of the packets host `host` receives, at random (nftables; the kernel here

@@ -432,3 +432,57 @@ fn doctor_names_client_isolation_filtered_broadcast_and_a_vpn_on_the_default_rou
         "tun0 (a VPN tunnel) holds the default route; discovery uses eth0"
     );
 }
+
+#[test]
+#[cfg_attr(not(deaddrop_root), ignore = "needs root: network namespaces")]
+fn regression_mdns_answers_to_one_shot_queries_are_no_amplifier() {
+    // Review finding (issue 26.3): a one-shot query (from a port other than 5353) is answered
+    // by unicast to its source, which anyone on the LAN can spoof; each repeated question about
+    // the holder's instance added SRV and TXT records (~4 KB in drew ~64 KB out), with no rate
+    // limit. Host 2 attacks host 1's holder for about 2 s and counts what comes back.
+    let Some(lan) = Lan::new(2) else { return };
+    let mut s = sender(&lan, 1, &["send-msg", "mdns target"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.names[1]])
+        .arg(crate::lan::example_bin("hostile"))
+        .args([
+            "mdns-amplify",
+            "--to",
+            &format!("{}:5353", lan.ip(1)),
+            "--count",
+            "300",
+            "--repeat",
+            "40",
+        ])
+        .env("HOSTILE_ALLOW_NON_LOOPBACK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!("figure: mDNS one-shot flood: {r}");
+    assert!(r["instance"].is_string(), "the attack found no holder: {r}");
+    let (sent, got) = (
+        r["sent_bytes"].as_u64().unwrap(),
+        r["answer_bytes"].as_u64().unwrap(),
+    );
+    let query = r["query_bytes"].as_u64().unwrap();
+    assert!(
+        r["largest"].as_u64().unwrap() <= 2 * query,
+        "an answer of {} bytes to a {query}-byte query: {r}",
+        r["largest"]
+    );
+    assert!(got <= 2 * sent, "{got} bytes answered to {sent} sent: {r}");
+    // One answer per 250 ms to one source.
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(
+        r["answers"].as_u64().unwrap() as f64 <= secs * 4.0 + 2.0,
+        "{} answers in {secs} s: {r}",
+        r["answers"]
+    );
+    s.interrupt();
+    s.wait(T);
+}

@@ -244,3 +244,101 @@ fn send_msg_dash_at_a_terminal_says_how_to_end_the_message() {
     let screen = t.wait_screen(T, |s| s.contains("Holding a message (14 bytes)"));
     assert!(!screen.contains("error"), "{screen}");
 }
+
+/// A fake sender of the original protocol on loopback: every fetch gets `reply`, then (for an
+/// `ok` reply) `payload` with its 8-byte length. Anyone who saw the legacy room id can be one.
+fn fake_legacy_sender(reply: Vec<u8>, payload: Vec<u8>) -> u16 {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { return };
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(c.try_clone().unwrap()).read_line(&mut line);
+            let _ = c.write_all(&reply);
+            if !payload.is_empty() {
+                let _ = c.write_all(&(payload.len() as u64).to_be_bytes());
+                let _ = c.write_all(&payload);
+            }
+        }
+    });
+    port
+}
+
+/// What a hostile peer sends: set the window title, clear the screen, and fake a result on a
+/// line of its own.
+const ESCAPES: &str = "\x1b]0;pwned\x07\x1b[2J\r\nok: drop saved";
+
+/// The output holds none of the peer's control sequences and (where the text is not a message,
+/// whose lines are the sender's to write) no line begins with its fake result; the rest of its
+/// text is shown, with the controls replaced.
+fn assert_defused(t: &Terminal, screen: &str, one_line: bool) {
+    let raw = t.output.lock().unwrap().clone();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        !raw.contains("\x1b]0;pwned"),
+        "a title escape got through: {raw:?}"
+    );
+    assert!(
+        !raw.contains("\x1b[2J"),
+        "a clear-screen escape got through: {raw:?}"
+    );
+    assert!(
+        !one_line
+            || !screen
+                .lines()
+                .any(|l| l.trim_start().starts_with("ok: drop saved")),
+        "{screen}"
+    );
+    assert!(screen.contains("]0;pwned"), "{screen}");
+}
+
+#[test]
+fn regression_a_legacy_peers_escape_sequences_never_reach_the_terminal() {
+    // Review finding (issue 26.4): the original protocol's room id is on the wire in every
+    // datagram, so anyone on the LAN can answer `fetch --legacy` or offer to `run --legacy`. Its
+    // refusal text, message text and drop ids were written to the terminal raw.
+    use deaddrop::legacy::wire::{Datagram, Kind, Reply, room_id, seal_payload};
+    use deaddrop::protocol::secret::Passphrase;
+    let room = crate::util::Room::new("secret123");
+    let pass = Passphrase::new(room.pass.clone()).unwrap();
+
+    // A refusal with escapes, shown as fetch's error.
+    let port = fake_legacy_sender(Reply::err(ESCAPES).line(), Vec::new());
+    let peer = format!("127.0.0.1:{port}");
+    let mut t = Terminal::spawn(&room.cmd(&["fetch", "f00d", "--legacy", "--peer", &peer]));
+    let screen = t.wait_screen(T, |s| s.contains("pwned"));
+    assert_eq!(t.child.wait().unwrap().code(), Some(1), "{screen}");
+    assert!(screen.contains("error: the sender refused"), "{screen}");
+    assert_defused(&t, &screen, true);
+
+    // A message with escapes, shown by fetch on the terminal.
+    let payload = seal_payload(&pass, ESCAPES.as_bytes());
+    let port = fake_legacy_sender(Reply::ok(Kind::Message, "message").line(), payload);
+    let peer = format!("127.0.0.1:{port}");
+    let mut t = Terminal::spawn(&room.cmd(&["fetch", "f00d", "--legacy", "--peer", &peer]));
+    let screen = t.wait_screen(T, |s| s.contains("pwned"));
+    assert_eq!(t.child.wait().unwrap().code(), Some(0), "{screen}");
+    assert_defused(&t, &screen, false);
+
+    // An offer to `run --legacy` whose id and name carry escapes, from a port that refuses:
+    // run shows both when it says the file was not saved.
+    let dir = tempfile::tempdir().unwrap();
+    let t = Terminal::spawn(&room.cmd(&["run", "--legacy", "--dir", dir.path().to_str().unwrap()]));
+    t.wait_screen(T, |s| s.contains("Listening"));
+    let offer = Datagram::Offer {
+        id: format!("id{ESCAPES}"),
+        kind: Kind::File,
+        name: format!("name{ESCAPES}"),
+        port: 9,
+        expires_at: 4e9,
+        room: room_id(&pass),
+    };
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_broadcast(true).unwrap();
+    udp.send_to(&offer.encode(), ("127.255.255.255", room.port))
+        .unwrap();
+    let screen = t.wait_screen(T, |s| s.contains("not saved"));
+    assert_defused(&t, &screen, true);
+}

@@ -20,6 +20,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A config folder of its own, so the process is a device of its own: holders count fetches
+/// per device (its device key lives there), and each test process stands for another device
+/// unless a test gives two of them the same folder.
+pub fn own_device() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("devices")
+        .join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A room confined to loopback on its own discovery port.
 #[derive(Clone)]
 pub struct Room {
@@ -48,6 +65,7 @@ impl Room {
         c.args(args)
             .args(["--interface", "127.0.0.1", "--port", &self.port.to_string()])
             .env("DEADDROP_ROOM", &self.pass)
+            .env("DEADDROP_CONFIG_DIR", own_device())
             .env_remove("DEADDROP_PORT")
             .env_remove("DEADDROP_INTERFACE");
         c
@@ -57,8 +75,10 @@ impl Room {
 /// A running process whose stdout lines arrive on a channel and whose stderr is collected.
 pub struct Proc {
     pub child: Child,
-    lines: Receiver<String>,
+    lines: Receiver<(Instant, String)>,
     pub seen: Vec<String>,
+    /// When each line of `seen` was printed (read from the pipe).
+    pub seen_at: Vec<Instant>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -75,7 +95,7 @@ impl Proc {
         thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -98,6 +118,7 @@ impl Proc {
             child,
             lines,
             seen: Vec::new(),
+            seen_at: Vec::new(),
             stderr,
         }
     }
@@ -108,8 +129,9 @@ impl Proc {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
+                Ok((at, line)) => {
                     self.seen.push(line.clone());
+                    self.seen_at.push(at);
                     if pred(&line) {
                         return Some(line);
                     }

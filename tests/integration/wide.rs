@@ -541,3 +541,319 @@ fn doctor_with_an_invite_checks_the_relay_and_the_meeting_point() {
     let findings = r["findings"].to_string();
     assert!(findings.contains("does not take connections"), "{findings}");
 }
+
+/// What one attacker connection got a member to take: streams opened and bytes accepted.
+struct Stuffed {
+    conn: iroh::endpoint::Connection,
+    _endpoint: iroh::Endpoint,
+    streams: usize,
+    bytes: u64,
+}
+
+/// An invite holder without the passphrase (a fresh endpoint key) opens `conns` connections to
+/// the member whose device endpoint is `victim` (ALPN `deaddrop/1`), and on each opens up to
+/// 100 streams with 1.2 MB each, never a ClientHello.
+async fn stuff_streams(invite: &str, victim: [u8; 32], conns: usize) -> Vec<Stuffed> {
+    use deaddrop::wide::invite::Invite;
+    use deaddrop::wide::room::{ALPN_SESSION, endpoint, member_addr};
+    let invite = Invite::from_text(invite).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..conns {
+        let key = iroh::SecretKey::from_bytes(&deaddrop::protocol::id::random_array());
+        let ep = endpoint(&invite, &["127.0.0.1".parse().unwrap()], key, Vec::new())
+            .await
+            .unwrap();
+        let addr = member_addr(&invite, victim).unwrap();
+        let conn = tokio::time::timeout(T, ep.connect(addr, ALPN_SESSION))
+            .await
+            .expect("the member answers in time")
+            .expect("the member takes the connection");
+        let (mut streams, mut writers) = (0, tokio::task::JoinSet::new());
+        for _ in 0..100 {
+            let Ok(Ok((mut send, recv))) =
+                tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await
+            else {
+                break;
+            };
+            streams += 1;
+            writers.spawn(async move {
+                let _recv = recv;
+                let chunk = vec![0x5a; 64 * 1024];
+                let mut sent = 0u64;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                while sent < 1_200_000 {
+                    match tokio::time::timeout_at(deadline, send.write_all(&chunk)).await {
+                        Ok(Ok(())) => sent += chunk.len() as u64,
+                        _ => break,
+                    }
+                }
+                // Held open (not finished) until the connection goes.
+                std::mem::forget(send);
+                sent
+            });
+        }
+        let mut bytes = 0;
+        while let Some(sent) = writers.join_next().await {
+            bytes += sent.unwrap_or(0);
+        }
+        out.push(Stuffed {
+            conn,
+            _endpoint: ep,
+            streams,
+            bytes,
+        });
+    }
+    out
+}
+
+#[test]
+fn regression_an_invite_holder_cannot_stuff_a_members_streams() {
+    // Review finding (issue 26.6): with an invite but not the passphrase, a stranger who learned
+    // a member's device endpoint id could open connections to it, fill up to 100 streams with
+    // 1.2 MB each (no connection-wide cap) and never send a ClientHello; `run` never took such
+    // connections off its queue, so they stayed open as long as the stranger kept them alive.
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a, b) = (
+        dir.path().join("relay"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+    );
+    let relay = TestRelay::on_loopback(&relay_cfg);
+    let invite = invite(&a, &relay.url);
+    let mut run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &a,
+        &["run", "--json", "--no-files"],
+    ));
+    run.wait_event(T, "listening").unwrap();
+    let victim = deaddrop::wide::config::device_id(&a).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stuffed = rt.block_on(stuff_streams(&invite, victim, 8));
+    let streams: usize = stuffed.iter().map(|s| s.streams).sum();
+    let bytes: u64 = stuffed.iter().map(|s| s.bytes).sum();
+    // While the connections are held, a member still gets its message through.
+    let start = std::time::Instant::now();
+    let mut send = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &b,
+        &["send-msg", "--json", "--ttl", "60s", "through the stuffing"],
+    ));
+    let msg = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no message; receiver: {}", run.stderr()));
+    let took = start.elapsed();
+    assert_eq!(msg["text"], "through the stuffing");
+    assert_eq!(send.wait(T).code(), Some(0));
+    // The member closes connections that never sent a ClientHello.
+    let open = rt.block_on(async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stuffed
+            .iter()
+            .filter(|s| s.conn.close_reason().is_none())
+            .count()
+    });
+    let rss = crate::hostile::peak_rss_kib(&run);
+    eprintln!(
+        "figure: 8 stuffing connections: {streams} streams opened, {bytes} bytes taken, {open} still open; message in {took:?}; run peak RSS {rss} KiB"
+    );
+    assert!(
+        streams <= 8 * 2,
+        "{streams} streams opened on 8 connections"
+    );
+    assert!(
+        bytes <= 8 * 1_400_000,
+        "{bytes} bytes taken from 8 connections"
+    );
+    assert_eq!(open, 0, "connections without a ClientHello stayed open");
+    assert!(rss < 64 * 1024, "run peaked at {rss} KiB");
+    drop(stuffed);
+}
+
+/// How many of an attacker's connections to a relay have finished TLS and are still open.
+#[derive(Default)]
+struct Held {
+    made: std::sync::atomic::AtomicUsize,
+    /// Since when each open connection has been open, by its number.
+    since: std::sync::Mutex<std::collections::HashMap<usize, std::time::Instant>>,
+}
+
+impl Held {
+    fn open(&self) -> usize {
+        self.since.lock().unwrap().len()
+    }
+
+    /// How long the oldest connection still open has been open.
+    fn oldest(&self) -> Duration {
+        let since = self.since.lock().unwrap();
+        since
+            .values()
+            .map(|t| t.elapsed())
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A stranger holds `count` connections to the relay at `addr` from the address `from`: each
+/// finishes TLS (the pinned certificate) and then sends nothing (even ones) or a WebSocket
+/// upgrade to `/relay` and then nothing (odd ones: iroh's relay handshake waits after the
+/// upgrade). A connection that is closed is opened again a quarter of a second later, until
+/// `stop`.
+fn hold_relay_handshakes(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    pin: [u8; 32],
+    from: std::net::IpAddr,
+    count: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::Arc<Held> {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(deaddrop::wide::relay::PinnedCert::new(
+            pin, provider,
+        )))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let held = Arc::new(Held::default());
+    for i in 0..count {
+        let (connector, held, stop) = (connector.clone(), held.clone(), stop.clone());
+        rt.spawn(async move {
+            while !stop.load(Relaxed) {
+                let attempt = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind((from, 0).into())?;
+                    let tcp = socket.connect(addr).await?;
+                    let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
+                    let mut tls = connector.connect(name, tcp).await?;
+                    if i % 2 == 1 {
+                        tls.write_all(
+                            b"GET /relay HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\n\
+                              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: iroh-relay-v2\r\n\r\n",
+                        )
+                        .await?;
+                    }
+                    held.made.fetch_add(1, Relaxed);
+                    held.since.lock().unwrap().insert(i, std::time::Instant::now());
+                    let mut buf = [0u8; 4096];
+                    while !matches!(tls.read(&mut buf).await, Ok(0) | Err(_)) {}
+                    held.since.lock().unwrap().remove(&i);
+                    std::io::Result::Ok(())
+                };
+                let _ = attempt.await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
+    held
+}
+
+/// Issue 26.5: connections that finish TLS and then say nothing (or ask for the WebSocket
+/// upgrade and then say nothing) must not take a relay's file descriptors and handshake slots
+/// from real clients. 1,100 of them from one address, reopened as they are closed, against a
+/// relay limited to 1,024 open files (a service's usual soft limit): a real client (doctor's
+/// relay check, from another address) still connects within 2 s, the relay stays under
+/// 100 MiB, and it keeps at most its per-address share of unfinished handshakes open. Before
+/// the fix the relay held all of them until iroh's 30 s establish timeout (the upgraded ones
+/// with no timeout at all) and, out of descriptors, could accept nobody else.
+#[test]
+fn regression_silent_connections_cannot_take_a_relays_handshake_slots() {
+    use std::os::unix::process::CommandExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.args(["relay", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DEADDROP_CONFIG_DIR", dir.path().join("relay"));
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let relay = TestRelay::spawn(cmd);
+    let invite = invite(&dir.path().join("a"), &relay.url);
+    let pin = match deaddrop::wide::invite::parse_relay(&relay.url).unwrap() {
+        deaddrop::wide::invite::Relay::Url { pin, .. } => pin.expect("the URL pins"),
+        other => panic!("{other:?}"),
+    };
+
+    // The attacker needs 1,000 descriptors of its own: raise this process's soft limit.
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        let mut l = std::mem::zeroed::<libc::rlimit>();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let held = hold_relay_handshakes(
+        &rt,
+        ([127, 0, 0, 1], port).into(),
+        pin,
+        [127, 0, 0, 2].into(),
+        1100,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+
+    let out = member(
+        "secret123",
+        &invite,
+        &dir.path().join("doctor"),
+        &["doctor", "--json", "--wait", "300ms"],
+    )
+    .output()
+    .unwrap();
+    let open_at_doctor = held.open();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    // Every one is shut once its time to finish the handshake is up, upgraded or not.
+    let limit = deaddrop::wide::relay::ESTABLISH_TIME + Duration::from_secs(2);
+    std::thread::sleep(limit.saturating_sub(started.elapsed()) + Duration::from_secs(1));
+    let oldest = held.oldest();
+    let rss = crate::hostile::peak_rss_kib(&relay.proc);
+    stop.store(true, Relaxed);
+    let made = held.made.load(Relaxed);
+    drop(rt);
+    let connected = report["wide"]["relay_connected_ms"].as_u64();
+    eprintln!(
+        "figure: 1,100 silent connections from one address: {open_at_doctor} held open at once \
+         ({made} made in all), the oldest open for {oldest:?}; a real client connected in \
+         {connected:?} ms; relay peak RSS {rss} KiB"
+    );
+    let connected = connected.unwrap_or_else(|| panic!("a real client is relayed: {report}"));
+    assert!(connected < 2000, "a real client took {connected} ms");
+    assert!(rss < 100 * 1024, "the relay peaked at {rss} KiB");
+    assert!(
+        open_at_doctor <= deaddrop::wide::relay::UNFINISHED_PER_SOURCE,
+        "{open_at_doctor} unfinished handshakes from one address held open"
+    );
+    assert!(
+        oldest < limit,
+        "a silent connection was held for {oldest:?}"
+    );
+}

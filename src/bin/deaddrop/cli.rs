@@ -150,7 +150,8 @@ pub enum Command {
     /// checks the room's relay and, with the passphrase, who holds its meeting point.
     #[command(after_help = EXIT_CODES, override_usage = "deaddrop doctor [OPTIONS]")]
     Doctor {
-        /// How long to listen.
+        /// How long to listen. With the passphrase, the room handshakes with what was heard
+        /// take at most 5 s more (at most 16 holders, each held to its address's guess budget).
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
         wait: Duration,
         #[command(flatten)]
@@ -203,7 +204,9 @@ pub enum Command {
         /// The name or address members reach this host by, for the printed URL (repeatable).
         #[arg(long, value_name = "NAME")]
         hostname: Vec<String>,
-        /// Clients relayed at once; more are refused (each member uses one or two).
+        /// Clients relayed at once; more are refused (each member uses one or two). Besides,
+        /// at most 16 connections per address (256 in all) may be in their handshake at once,
+        /// each for at most 10 s.
         #[arg(long, value_name = "N", default_value_t = deaddrop::wide::relay::DEFAULT_MAX_CLIENTS,
               value_parser = clap::value_parser!(usize))]
         max_clients: usize,

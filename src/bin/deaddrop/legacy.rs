@@ -1,5 +1,6 @@
 //! The `--legacy` commands: the original script's protocol, for people still running it.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,6 +197,11 @@ pub async fn fetch(
                     .with_context(|| format!("cannot create {}", path.display()))?;
             }
             _ if ui.json() => net::deliver(fetched, &token, &printer(ui, None)),
+            // On a terminal, the text is shown as `run` shows it: no control characters.
+            _ if std::io::stdout().is_terminal() => ui.out(&crate::output::sanitize(
+                &String::from_utf8_lossy(plain),
+                true,
+            )),
             _ => write_stdout(plain)?,
         },
         // Saved (or written to standard output) as it arrived.

@@ -239,7 +239,9 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
 
 /// A fatal error: on stderr for people, and as an `error` event for `--json` readers.
 pub(crate) fn report_error(ui: &Ui, message: &str) {
-    ui.err(&format!("error: {message}"));
+    // An error may quote a peer (a legacy sender's refusal, say): shown on one line, with no
+    // control characters; JSON escapes them itself.
+    ui.err(&format!("error: {}", output::sanitize(message, false)));
     if ui.json() {
         ui.event(&Event::Error {
             message: message.to_owned(),
@@ -335,7 +337,23 @@ async fn client_context(
         scope: std::sync::Arc::new(discovery.scope().clone()),
         timeouts: Timeouts::default(),
         wide,
+        device: this_device(),
     })
+}
+
+/// How holders count this device's fetches: from its device key (made on first use in the
+/// config folder). Without a usable config folder, fetches count per process, as before.
+fn this_device() -> Option<PeerId> {
+    let key = deaddrop::wide::config::dir().and_then(|d| deaddrop::wide::config::device_key(&d));
+    match key {
+        Ok(key) => Some(client::device_id(&key)),
+        Err(e) => {
+            tracing::warn!(
+                "no device key ({e}); holders count this process's fetches as its own, not the device's"
+            );
+            None
+        }
+    }
 }
 
 /// Renders events; forwards them to `tap` too, if given.

@@ -106,12 +106,14 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             reason,
         } => (
             format!(
-                "[{}] {} offers {} {:?} ({}), not fetched: {reason}. Token: {token}",
+                "[{}] {} offers {} {:?} ({}), not fetched: {}. Token: {}",
                 clock(None),
                 sanitize(from, false),
                 kind.as_str(),
                 sanitize(name, false),
-                size(*bytes)
+                size(*bytes),
+                sanitize(reason, false),
+                safe_token(token)
             ),
             false,
         ),
@@ -167,18 +169,21 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             ..
         } => (
             format!(
-                "[{}] warning: {} {:?} from {} was not saved: {reason}. Token: {token}",
+                "[{}] warning: {} {:?} from {} was not saved: {}. Token: {}",
                 clock(None),
                 kind.as_str(),
                 sanitize(name, false),
-                sanitize(from, false)
+                sanitize(from, false),
+                sanitize(reason, false),
+                safe_token(token)
             ),
             false,
         ),
         Event::SendStopped { to, reason, .. } => (
             format!(
-                "warning: sending to {} stopped: {reason}",
-                sanitize(to, false)
+                "warning: sending to {} stopped: {}",
+                sanitize(to, false),
+                sanitize(reason, false)
             ),
             false,
         ),
@@ -189,9 +194,17 @@ pub fn human(event: &Event) -> Option<(String, bool)> {
             ),
             false,
         ),
-        Event::Warning { message } => (format!("warning: {message}"), false),
+        Event::Warning { message } => (format!("warning: {}", sanitize(message, false)), false),
         _ => return None,
     })
+}
+
+/// A drop's token made safe to show: a legacy token is whatever string its sender chose.
+fn safe_token(token: &DropId) -> String {
+    match token {
+        DropId::Native(t) => t.to_string(),
+        DropId::Legacy(s) => sanitize(s, false),
+    }
 }
 
 /// A listing table row.
@@ -327,6 +340,9 @@ impl Ui {
             _ => {}
         }
         if let Some((line, to_stdout)) = human(event) {
+            // Every field from a peer is sanitized where the line is made; this catches what a
+            // new field would miss (the line's own newlines and tabs are kept).
+            let line = sanitize(&line, true);
             if to_stdout {
                 self.out(&line);
             } else {

@@ -178,7 +178,12 @@ pub async fn room(
     may_host: bool,
 ) -> Result<Option<Arc<WideRoom>>> {
     match plan(common, scope, me, may_host)? {
-        Some(opts) => Ok(Some(start(opts, pass).await?)),
+        Some(opts) => {
+            let room = start(opts, pass).await?;
+            // Only senders serve sessions beyond the LAN ([`start`] with a holder).
+            room.refuse_sessions();
+            Ok(Some(room))
+        }
         None => Ok(None),
     }
 }

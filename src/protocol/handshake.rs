@@ -64,6 +64,10 @@ pub struct Established {
     pub peer: PeerId,
     pub send: SendKey,
     pub recv: RecvKey,
+    /// The transcript hash: the same on both sides of this session and on no other session,
+    /// so a signature over it proves something to this peer only (a channel binding). It is a
+    /// hash of messages sent in the clear, not a secret.
+    pub binding: [u8; 32],
 }
 
 impl std::fmt::Debug for Established {
@@ -218,6 +222,7 @@ impl Client {
                 peer: parsed.server_id,
                 send: SendKey(schedule.client_to_server),
                 recv: RecvKey(schedule.server_to_client),
+                binding: schedule.transcript,
             },
         ))
     }
@@ -308,6 +313,7 @@ impl Server {
             peer: self.client,
             send: SendKey(s.server_to_client),
             recv: RecvKey(s.client_to_server),
+            binding: s.transcript,
         })
     }
 }
@@ -340,6 +346,7 @@ mod tests {
         assert_eq!(*c.send.0, *s.recv.0);
         assert_eq!(*c.recv.0, *s.send.0);
         assert_ne!(*c.send.0, *c.recv.0);
+        assert_eq!(c.binding, s.binding, "both sides bind the same session");
     }
 
     #[test]
@@ -347,6 +354,7 @@ mod tests {
         let (a, _) = run("secret123", "secret123").unwrap();
         let (b, _) = run("secret123", "secret123").unwrap();
         assert_ne!(*a.send.0, *b.send.0);
+        assert_ne!(a.binding, b.binding, "a channel binding is one session's");
     }
 
     #[test]

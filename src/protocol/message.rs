@@ -189,8 +189,8 @@ pub enum Request {
     Wait,
     /// To a room's meeting point (wide-area rooms only): "I am here, holding drops of
     /// `generation` (None: holding none); answer with the members once your table is not at
-    /// version `known` any more, or after a while." The member's endpoint id is the
-    /// connection's, never a claim in the message.
+    /// version `known` any more, or after a while." Only after [`Request::Member`] on the
+    /// same session.
     Meet {
         generation: Option<u64>,
         known: u64,
@@ -202,7 +202,25 @@ pub enum Request {
     Device {
         id: PeerId,
     },
+    /// To a meeting point, first on every session: "list me as device endpoint `id`", with
+    /// `proof`, the device key's Ed25519 signature over [`member_proof_message`] (this
+    /// session's transcript hash and the id of the endpoint the connection comes from). A
+    /// member dials meeting points from a throwaway endpoint, so a meeting point learns the
+    /// device endpoint only once it has passed the room handshake. No reply.
+    Member {
+        id: [u8; 32],
+        proof: [u8; 64],
+    },
     Unknown(u8),
+}
+
+/// What a member's device key signs in [`Request::Member`]: a label, the session's transcript
+/// hash (`binding`) and the endpoint id the meeting point sees the connection come from (`via`).
+pub fn member_proof_message(binding: &[u8; 32], via: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"deaddrop/v1/meet/member".to_vec();
+    m.extend_from_slice(binding);
+    m.extend_from_slice(via);
+    m
 }
 
 /// A room member as a meeting point lists it: its device endpoint id (an Ed25519 public key),
@@ -224,6 +242,7 @@ mod kind {
     pub const WAIT: u8 = 0x06;
     pub const MEET: u8 = 0x07;
     pub const DEVICE: u8 = 0x08;
+    pub const MEMBER: u8 = 0x09;
     pub const R_HELLO: u8 = 0x81;
     pub const R_LISTING: u8 = 0x82;
     pub const R_START: u8 = 0x83;
@@ -244,6 +263,8 @@ impl Request {
     pub const MEET_KIND: u8 = kind::MEET;
     /// The kind byte of [`Request::Device`].
     pub const DEVICE_KIND: u8 = kind::DEVICE;
+    /// The kind byte of [`Request::Member`].
+    pub const MEMBER_KIND: u8 = kind::MEMBER;
 
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         match self {
@@ -272,6 +293,11 @@ impl Request {
                 b.put_u8(kind::DEVICE);
                 b.put_bytes(&id.0);
             }
+            Request::Member { id, proof } => {
+                b.put_u8(kind::MEMBER);
+                b.put_bytes(id);
+                b.put_bytes(proof);
+            }
             Request::Unknown(k) => b.put_u8(*k),
         }
     }
@@ -298,6 +324,10 @@ impl Request {
             },
             kind::DEVICE => Request::Device {
                 id: PeerId(r.array()?),
+            },
+            kind::MEMBER => Request::Member {
+                id: r.array()?,
+                proof: r.array()?,
             },
             other => return Ok(Request::Unknown(other)),
         };
@@ -549,6 +579,10 @@ mod tests {
             Request::Device {
                 id: PeerId([5; 16]),
             },
+            Request::Member {
+                id: [6; 32],
+                proof: [7; 64],
+            },
         ]
     }
 
@@ -646,6 +680,16 @@ mod tests {
                 id: PeerId([5; 16])
             }),
             device
+        );
+        let mut member = vec![0x09];
+        member.extend([6; 32]);
+        member.extend([7; 64]);
+        assert_eq!(
+            enc_req(&Request::Member {
+                id: [6; 32],
+                proof: [7; 64]
+            }),
+            member
         );
         let mut fetch = vec![0x03];
         fetch.extend([3; 16]);

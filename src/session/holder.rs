@@ -798,6 +798,10 @@ impl Conn<'_> {
                     let kind = Request::MEET_KIND;
                     s.send_reply(&Reply::Unsupported { kind }).await?
                 }
+                Request::Member { .. } => {
+                    let kind = Request::MEMBER_KIND;
+                    s.send_reply(&Reply::Unsupported { kind }).await?
+                }
                 // From here on this session's fetches count as that device's (once, and only
                 // before anything is reserved, so a reservation is always released or counted
                 // as the receiver that made it). A room member could name another device: it

@@ -222,6 +222,7 @@ pub fn data_frame(prefix: &mut [u8]) {
 pub struct Session<S> {
     io: S,
     peer: PeerId,
+    binding: [u8; 32],
     sealer: Sealer,
     opener: Opener,
     wbuf: Vec<u8>,
@@ -234,6 +235,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Self {
             io,
             peer: keys.peer,
+            binding: keys.binding,
             sealer: Sealer::new(keys.send),
             opener: Opener::new(keys.recv),
             wbuf: Vec::new(),
@@ -245,6 +247,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The authenticated peer's id.
     pub fn peer(&self) -> PeerId {
         self.peer
+    }
+
+    /// The handshake's transcript hash, the same on both sides of this session only (see
+    /// [`handshake::Established::binding`]).
+    pub fn binding(&self) -> [u8; 32] {
+        self.binding
     }
 
     /// How long this side waits for any one record.

@@ -2,10 +2,13 @@
 //! QUIC streams. PROTOCOL.md ("Rooms beyond the LAN") describes the design; in short:
 //!
 //! - Every member dials the room's **meeting endpoint**, whose key every member derives from
-//!   the room id, through the room's relay. Whoever holds that key answers; the first member
-//!   online finds nobody and binds it itself. Over the connection the member runs the room
-//!   handshake (SPAKE2 with key confirmation, as on the LAN) before anything else, then says
-//!   which generation of drops it holds and long-polls for the member list.
+//!   the room id, through the room's relay, from a throwaway relay-only endpoint of its
+//!   process. Whoever holds that key answers; the first member online finds nobody and binds
+//!   it itself. Over the connection the member runs the room handshake (SPAKE2 with key
+//!   confirmation, as on the LAN) before anything else, then proves its device endpoint id
+//!   (signed over the session's transcript), says which generation of drops it holds and
+//!   long-polls for the member list. Someone holding the meeting key without the passphrase
+//!   sees neither the device endpoint id nor an address.
 //! - Members reach each other's **device endpoints** (ALPN `deaddrop/1`) for sessions: one
 //!   bi-directional stream, the same handshake and records as over TCP. iroh punches holes
 //!   where it can and relays where it cannot.
@@ -37,7 +40,7 @@ use tokio::time::{sleep, timeout};
 
 use crate::event::Via;
 use crate::protocol::id::PeerId;
-use crate::protocol::message::{MAX_MEMBERS, Member, Reply, Request};
+use crate::protocol::message::{MAX_MEMBERS, Member, Reply, Request, member_proof_message};
 use crate::protocol::secret::Passphrase;
 use crate::session::limit::{GuessBudget, HeldCharge, Settled, SourceKey};
 use crate::session::transport::{self, Session, SessionError, Timeouts};
@@ -48,7 +51,7 @@ use crate::wide::relay::PinnedCert;
 /// ALPN of sessions with a member's device endpoint.
 pub const ALPN_SESSION: &[u8] = b"deaddrop/1";
 /// ALPN of the meeting point.
-pub const ALPN_MEET: &[u8] = b"deaddrop/meet/1";
+pub const ALPN_MEET: &[u8] = b"deaddrop/meet/2";
 /// Connecting through a relay takes a few round trips more than a LAN connection.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial to the meeting endpoint may take before this member concludes nobody
@@ -223,8 +226,9 @@ impl Drop for WideRoom {
             t.abort();
         }
         let endpoint = self.inner.endpoint();
+        let meet = self.inner.meet_endpoint();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { endpoint.close().await });
+            rt.spawn(async move { tokio::join!(endpoint.close(), meet.close()) });
         }
     }
 }
@@ -235,6 +239,11 @@ struct Inner {
     endpoint: watch::Sender<Endpoint>,
     /// Its id (the same for every endpoint bound with the device key).
     id: EndpointId,
+    /// The endpoint this process dials meeting points from: a fresh key, relay only, so that
+    /// a meeting point learns this device's endpoint id (in [`Request::Member`]) only after
+    /// the room handshake, and never an address. Bound anew (a new key) with the device
+    /// endpoint.
+    meet: watch::Sender<Endpoint>,
     /// The ALPNs the device endpoint answers.
     alpns: Vec<Vec<u8>>,
     /// The session connections on the device endpoint (dialled or accepted), to tell whether
@@ -272,6 +281,11 @@ impl Inner {
     /// This device's endpoint now.
     fn endpoint(&self) -> Endpoint {
         self.endpoint.borrow().clone()
+    }
+
+    /// The endpoint meeting points are dialled from now.
+    fn meet_endpoint(&self) -> Endpoint {
+        self.meet.borrow().clone()
     }
 
     /// Keeps an eye on session connection `conn`: remembered (see `direct_session_open`), and
@@ -327,7 +341,39 @@ pub async fn endpoint(
     key: SecretKey,
     alpns: Vec<Vec<u8>>,
 ) -> io::Result<Endpoint> {
-    let mut builder = match &invite.relay {
+    let mut builder = builder(invite, key, alpns)?;
+    if !bind.is_empty() {
+        builder = builder.clear_ip_transports();
+        for ip in bind {
+            builder = builder
+                .bind_addr(SocketAddr::new(*ip, 0))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+    }
+    finish_bind(builder).await
+}
+
+/// A throwaway endpoint (a fresh key, answering nothing) that reaches others only through the
+/// relay: no UDP socket of its own, so whoever it dials learns no address of this host.
+async fn relay_only(invite: &Invite) -> io::Result<Endpoint> {
+    let builder = builder(invite, SecretKey::generate(), Vec::new())?.clear_ip_transports();
+    finish_bind(builder).await
+}
+
+async fn finish_bind(builder: iroh::endpoint::Builder) -> io::Result<Endpoint> {
+    builder
+        .bind()
+        .await
+        .map_err(|e| io::Error::other(format!("cannot start the wide-area endpoint: {e}")))
+}
+
+/// An endpoint builder for the invite's relay with `key`, answering `alpns`.
+fn builder(
+    invite: &Invite,
+    key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+) -> io::Result<iroh::endpoint::Builder> {
+    let builder = match &invite.relay {
         // Asked for: iroh's public relays, and its DNS lookup to find endpoints' relays.
         Relay::Public => Endpoint::builder(presets::N0),
         Relay::Url { url, pin } => {
@@ -357,23 +403,11 @@ pub async fn endpoint(
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
         .build();
-    builder = builder
+    Ok(builder
         .secret_key(key)
         .alpns(alpns)
         .transport_config(transport)
-        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled);
-    if !bind.is_empty() {
-        builder = builder.clear_ip_transports();
-        for ip in bind {
-            builder = builder
-                .bind_addr(SocketAddr::new(*ip, 0))
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        }
-    }
-    builder
-        .bind()
-        .await
-        .map_err(|e| io::Error::other(format!("cannot start the wide-area endpoint: {e}")))
+        .portmapper_config(iroh::endpoint::PortmapperConfig::Disabled))
 }
 
 /// The address of the room's meeting point: the meeting key's id and the invite's relay.
@@ -427,6 +461,7 @@ impl WideRoom {
             alpns.clone(),
         )
         .await?;
+        let meet = relay_only(&opts.invite).await?;
         let meeting = meeting_addr(&opts.invite)?;
         let me = opts.me;
         let peers = Peers::load(opts.peers_file.clone(), &opts.invite.bootstrap);
@@ -442,6 +477,7 @@ impl WideRoom {
         let inner = Arc::new(Inner {
             id: endpoint.id(),
             endpoint: watch::channel(endpoint).0,
+            meet: watch::channel(meet).0,
             alpns,
             sessions: Mutex::new(Vec::new()),
             opts,
@@ -495,8 +531,9 @@ impl WideRoom {
             }
         };
         let endpoint = self.inner.endpoint();
+        let meet = self.inner.meet_endpoint();
         let _ = timeout(CLOSE_WAIT, async {
-            tokio::join!(endpoint.close(), meeting)
+            tokio::join!(endpoint.close(), meet.close(), meeting)
         })
         .await;
     }
@@ -700,6 +737,18 @@ async fn rebinder(inner: Arc<Inner>) {
         let old = inner.endpoint();
         let connected_once = relay_back(old.clone(), relay.clone(), unconnected).await;
         unconnected = next_unconnected(connected_once, unconnected);
+        // The endpoint meeting points are dialled from carries no session: bound anew (a new
+        // key) at once; the meeting connections on the old one end and are dialled again.
+        let meet = inner.meet_endpoint();
+        if !relay_connected(&meet) {
+            match relay_only(&inner.opts.invite).await {
+                Ok(new) => {
+                    inner.meet.send_replace(new);
+                    tokio::spawn(async move { meet.close().await });
+                }
+                Err(e) => tracing::debug!("cannot bind the meeting endpoint anew: {e}"),
+            }
+        }
         while inner.direct_session_open() {
             sleep(RELAY_POLL).await;
         }
@@ -861,14 +910,41 @@ async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Connection>) {
     }
 }
 
-/// Opens a stream on `conn` and runs the room handshake over it as the dialling side.
-async fn meet_session(inner: &Inner, conn: &Connection) -> Result<Session<WideLink>, SessionError> {
+/// Opens a stream on `conn` (dialled from the endpoint whose id is `from`), runs the room
+/// handshake over it as the dialling side and, once the meeting point has proven the
+/// passphrase, tells it this device's endpoint id with the device key's signature over the
+/// session's transcript and `from`.
+async fn meet_session(
+    inner: &Inner,
+    conn: &Connection,
+    from: EndpointId,
+) -> Result<Session<WideLink>, SessionError> {
     let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| SessionError::Io(io::Error::other(e)))?;
     let link = WideLink::new(conn.clone(), send, recv);
-    transport::connect(link, &inner.pass, inner.me, inner.opts.timeouts).await
+    let mut session = transport::connect(link, &inner.pass, inner.me, inner.opts.timeouts).await?;
+    let message = member_proof_message(&session.binding(), from.as_bytes());
+    let proof = SecretKey::from_bytes(&inner.opts.device_key).sign(&message);
+    session
+        .send_request(&Request::Member {
+            id: *inner.id.as_bytes(),
+            proof: proof.to_bytes(),
+        })
+        .await?;
+    Ok(session)
+}
+
+/// Checks a [`Request::Member`] claim: that `proof` is device endpoint `id`'s signature over
+/// this session's `binding` and the endpoint the connection came `from`.
+fn proven_member(id: &[u8; 32], proof: &[u8; 64], binding: &[u8; 32], from: &[u8; 32]) -> bool {
+    let Ok(key) = iroh::PublicKey::from_bytes(id) else {
+        return false;
+    };
+    let message = member_proof_message(binding, from);
+    key.verify(&message, &iroh::Signature::from_bytes(proof))
+        .is_ok()
 }
 
 #[derive(Debug)]
@@ -979,7 +1055,8 @@ async fn member_loop(inner: Arc<Inner>) {
 /// its member list until the connection ends.
 async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> MeetEnd {
     let room = source == Source::Room;
-    let endpoint = inner.endpoint();
+    let endpoint = inner.meet_endpoint();
+    let from = endpoint.id();
     let dial = endpoint.connect(addr, ALPN_MEET);
     let conn = match timeout(MEET_DIAL_TIMEOUT, dial).await {
         Ok(Ok(conn)) => conn,
@@ -989,7 +1066,7 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
     let Some(charge) = HeldCharge::start(&inner.budget, charged, Instant::now()) else {
         return MeetEnd::NoBudget;
     };
-    let watch_session = meet_session(inner, &conn).await;
+    let watch_session = meet_session(inner, &conn, from).await;
     let settled = match &watch_session {
         Ok(_) => Settled::Member,
         Err(e) if e.is_rejection() => Settled::Guessed,
@@ -1030,7 +1107,7 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
         }
     };
     let register = async {
-        let mut s = meet_session(inner, &conn).await?;
+        let mut s = meet_session(inner, &conn, from).await?;
         let mut generation = inner.generation.subscribe();
         loop {
             let g = *generation.borrow_and_update();
@@ -1261,7 +1338,9 @@ async fn serve_meet_conn(
     table: Arc<watch::Sender<Table>>,
 ) {
     let limit = inner.opts.timeouts.handshake;
-    let id = *conn.remote_id().as_bytes();
+    // The endpoint the member dialled from (a throwaway one): charged for guesses; the
+    // member's device endpoint id comes, proven, inside each session.
+    let from = *conn.remote_id().as_bytes();
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..MEET_STREAMS {
         let next = tokio::select! {
@@ -1272,7 +1351,7 @@ async fn serve_meet_conn(
             break;
         };
         let link = WideLink::new(conn.clone(), send, recv);
-        streams.spawn(serve_member(inner.clone(), link, id, peer, table.clone()));
+        streams.spawn(serve_member(inner.clone(), link, from, peer, table.clone()));
     }
     // The connection ends with its first stream: a member keeps both open.
     streams.join_next().await;
@@ -1373,7 +1452,7 @@ async fn peer_meet_loop(inner: Arc<Inner>, id: [u8; 32]) {
 async fn serve_member(
     inner: Arc<Inner>,
     mut link: WideLink,
-    id: [u8; 32],
+    from: [u8; 32],
     peer: PeerId,
     table: Arc<watch::Sender<Table>>,
 ) {
@@ -1381,7 +1460,7 @@ async fn serve_member(
     let Ok(hello) = transport::read_client_hello(&mut link, t.handshake).await else {
         return;
     };
-    let Some(charge) = HeldCharge::start(&inner.budget, SourceKey::endpoint(&id), Instant::now())
+    let Some(charge) = HeldCharge::start(&inner.budget, SourceKey::endpoint(&from), Instant::now())
     else {
         return;
     };
@@ -1394,6 +1473,20 @@ async fn serve_member(
     charge.settle(settled, Instant::now());
     let Ok(mut s) = session else {
         return;
+    };
+    // First the member's device endpoint id, proven: nobody is listed under an id whose key
+    // it does not hold.
+    let id = match s.recv_request().await {
+        Ok(Some(Request::Member { id, proof }))
+            if proven_member(&id, &proof, &s.binding(), &from) =>
+        {
+            id
+        }
+        Ok(Some(Request::Member { .. })) => {
+            tracing::debug!("meeting point: a member's device proof does not check out");
+            return;
+        }
+        _ => return,
     };
     let member = s.peer();
     let mut registered = false;
@@ -1467,6 +1560,43 @@ async fn serve_member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A meeting point lists a member under a device endpoint id only with that key's
+    /// signature over this session's transcript and the endpoint the connection came from:
+    /// not replayed from another session, not moved to another connection, not someone else's.
+    #[test]
+    fn a_member_proof_holds_for_its_device_session_and_connection_only() {
+        let device = SecretKey::generate();
+        let id = *device.public().as_bytes();
+        let (binding, from) = ([1u8; 32], [2u8; 32]);
+        let proof = device
+            .sign(&member_proof_message(&binding, &from))
+            .to_bytes();
+        assert!(proven_member(&id, &proof, &binding, &from));
+        assert!(
+            !proven_member(&id, &proof, &[3; 32], &from),
+            "another session"
+        );
+        assert!(
+            !proven_member(&id, &proof, &binding, &[3; 32]),
+            "another connection"
+        );
+        let other = *SecretKey::generate().public().as_bytes();
+        assert!(
+            !proven_member(&other, &proof, &binding, &from),
+            "another device"
+        );
+        let mut bent = proof;
+        bent[0] ^= 1;
+        assert!(
+            !proven_member(&id, &bent, &binding, &from),
+            "a damaged proof"
+        );
+        assert!(
+            !proven_member(&[0xff; 32], &proof, &binding, &from),
+            "not a key"
+        );
+    }
 
     #[tokio::test]
     async fn the_relay_counts_as_back_when_its_port_takes_a_tcp_connection() {

@@ -857,3 +857,124 @@ fn regression_silent_connections_cannot_take_a_relays_handshake_slots() {
         "a silent connection was held for {oldest:?}"
     );
 }
+
+/// What a stranger holding the room's meeting key saw of one member's connection to it.
+#[derive(Debug)]
+struct Seen {
+    /// The endpoint id the connection came from.
+    from: [u8; 32],
+    /// Whether the connection ever had a direct (IP) path: the member's address.
+    direct: bool,
+    /// Whether the member sent a ClientHello.
+    hello: bool,
+}
+
+/// Holds the room's meeting key with `wrong` for a passphrase and records every connection
+/// made to it: who it came from and whether it went direct. Each stream's ClientHello is held
+/// 2.5 s (iroh punches a hole on loopback within milliseconds) before the wrong answer.
+async fn squat(
+    invite: String,
+    wrong: &'static str,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+) {
+    use deaddrop::protocol::secret::Passphrase;
+    use deaddrop::session::transport::{self, Timeouts};
+    use deaddrop::wide::invite::Invite;
+    use deaddrop::wide::room::{ALPN_MEET, WideLink, endpoint};
+    let invite = Invite::from_text(&invite).unwrap();
+    let key = iroh::SecretKey::from_bytes(&invite.room.meeting_secret());
+    let ep = endpoint(
+        &invite,
+        &["127.0.0.1".parse().unwrap()],
+        key,
+        vec![ALPN_MEET.to_vec()],
+    )
+    .await
+    .unwrap();
+    let pass = std::sync::Arc::new(Passphrase::new(wrong.into()).unwrap());
+    while let Some(incoming) = ep.accept().await {
+        let (seen, pass) = (seen.clone(), pass.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(conn)) = tokio::time::timeout(T, async { incoming.await }).await else {
+                return;
+            };
+            let Ok(Ok((send, recv))) = tokio::time::timeout(T, conn.accept_bi()).await else {
+                return;
+            };
+            let mut link = WideLink::new(conn.clone(), send, recv);
+            let t = Timeouts::default();
+            let hello = transport::read_client_hello(&mut link, t.handshake).await;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let direct = conn.paths().iter().any(|p| p.is_ip());
+            seen.lock().unwrap().push(Seen {
+                from: *conn.remote_id().as_bytes(),
+                direct,
+                hello: hello.is_ok(),
+            });
+            if let Ok(hello) = hello {
+                let _ = transport::accept(
+                    link,
+                    &hello,
+                    &pass,
+                    deaddrop::protocol::id::PeerId::random(),
+                    t,
+                )
+                .await;
+            }
+        });
+    }
+}
+
+/// Issue 26.7: someone with the invite but not the passphrase binds the meeting key before
+/// anyone else. Members dialled it from their device endpoint, so it learned each member's
+/// device endpoint id (the same in every room of that device, and the one to dial for
+/// sessions) and, by hole punching, its addresses, before the room handshake failed. Now
+/// members dial meeting points from a throwaway relay-only endpoint and prove their device
+/// endpoint only inside the session: the squatter sees neither.
+#[test]
+fn regression_a_meeting_point_squatter_learns_no_device_endpoint_and_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_cfg, a) = (dir.path().join("relay"), dir.path().join("a"));
+    let relay = TestRelay::on_loopback(&relay_cfg);
+    let invite = invite(&a, &relay.url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    rt.spawn(squat(invite.clone(), "wrong guess", seen.clone()));
+    // The squatter's endpoint has the relay (and so the meeting id) before the member comes.
+    std::thread::sleep(Duration::from_secs(2));
+    let run = Proc::spawn(member(
+        "secret123",
+        &invite,
+        &a,
+        &["run", "--no-files", "-v"],
+    ));
+    let deadline = std::time::Instant::now() + T;
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member never dialled the squatter: {}",
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let device = deaddrop::wide::config::device_id(&a).unwrap();
+    let seen = seen.lock().unwrap();
+    eprintln!(
+        "figure: the squatter saw {} connection(s): device endpoint id {}, direct path {}",
+        seen.len(),
+        seen.iter().any(|s| s.from == device),
+        seen.iter().any(|s| s.direct)
+    );
+    assert!(
+        seen.iter().any(|s| s.hello),
+        "the squatter got no ClientHello: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.from != device),
+        "the squatter learned the member's device endpoint id"
+    );
+    assert!(
+        seen.iter().all(|s| !s.direct),
+        "the squatter got a direct path (the member's address): {seen:?}"
+    );
+}

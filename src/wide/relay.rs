@@ -44,8 +44,9 @@ use crate::wide::config::write_private;
 
 /// The default port: HTTPS on TCP, QUIC address discovery on UDP.
 pub const DEFAULT_PORT: u16 = 3340;
-/// Clients relayed at once by default. A room's members are a handful, each with one or two
-/// endpoints (the device's, and the meeting key's while it holds it); a stranger who connects
+/// Clients relayed at once by default. A room's members are a handful, each process with two or
+/// three endpoints (the device's, the one it dials meeting points from, and the meeting key's
+/// while it holds it); a stranger who connects
 /// more is refused, which bounds what the relay keeps per client (queues, TLS state).
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
 /// Connections from one source (an IPv4 address, an IPv6 /64) that may be in their handshake at

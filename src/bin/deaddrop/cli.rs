@@ -204,9 +204,9 @@ pub enum Command {
         /// The name or address members reach this host by, for the printed URL (repeatable).
         #[arg(long, value_name = "NAME")]
         hostname: Vec<String>,
-        /// Clients relayed at once; more are refused (each member uses one or two). Besides,
-        /// at most 16 connections per address (256 in all) may be in their handshake at once,
-        /// each for at most 10 s.
+        /// Clients relayed at once; more are refused (each member process uses two, three while
+        /// it holds the meeting point). Besides, at most 16 connections per address (256 in
+        /// all) may be in their handshake at once, each for at most 10 s.
         #[arg(long, value_name = "N", default_value_t = deaddrop::wide::relay::DEFAULT_MAX_CLIENTS,
               value_parser = clap::value_parser!(usize))]
         max_clients: usize,

@@ -941,3 +941,18 @@ fn the_fuzz_lock_file_knows_every_dependency_of_the_crate() {
         "fuzz/Cargo.lock is out of date (no {missing:?}): run `cargo +nightly metadata --format-version 1` in fuzz/"
     );
 }
+
+/// Someone used to "the passphrase" types `--passphrase`: the error says the flag is `--room`
+/// (issue 28.5), with the usage error's exit code, and nothing is sent.
+#[test]
+fn passphrase_flags_point_to_room() {
+    for flag in ["--passphrase", "--password=secret123"] {
+        let out = Command::new(bin())
+            .args(["send-msg", flag, "secret123", "hi"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--room PASSPHRASE"), "{flag}: {err}");
+    }
+}

@@ -342,3 +342,41 @@ fn regression_a_legacy_peers_escape_sequences_never_reach_the_terminal() {
     let screen = t.wait_screen(T, |s| s.contains("not saved"));
     assert_defused(&t, &screen, true);
 }
+
+/// A message fetched to a terminal ends its line: the shell's prompt comes back on a line of
+/// its own (issue 28.5), whether or not the text ends with a newline.
+#[test]
+fn a_message_fetched_at_a_terminal_ends_with_a_newline() {
+    let room = crate::util::Room::new("secret123");
+    let mut send = crate::util::Proc::spawn(room.cmd(&[
+        "send-msg",
+        "--json",
+        "--ttl",
+        "20s",
+        "no newline at the end",
+    ]));
+    let offered = send.wait_event(T, "offered").expect("the sender offers");
+    let token = offered["token"].as_str().unwrap().to_owned();
+    let fetch = Terminal::spawn(&room.cmd(&["fetch", &token]));
+    let status = {
+        let mut child = fetch;
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(status) = child.child.try_wait().unwrap() {
+                break (status, child);
+            }
+            assert!(Instant::now() < deadline, "fetch never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (status, fetch) = status;
+    assert!(status.success());
+    // Give the output reader the last bytes.
+    std::thread::sleep(Duration::from_millis(200));
+    let output = String::from_utf8_lossy(&fetch.output.lock().unwrap()).into_owned();
+    assert!(
+        output.ends_with("no newline at the end\r\n"),
+        "the terminal got {output:?}"
+    );
+    assert!(send.wait(T).success());
+}

@@ -63,6 +63,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Flags people type for the room's passphrase (the word is everywhere in the docs) that
+/// deaddrop spells `--room`: clap's own suggestions only find names that look alike.
+const PASSPHRASE_FLAGS: &[&str] = &["--passphrase", "--password", "--pass", "--secret"];
+
+impl Cli {
+    /// Parses the command line as [`Parser::parse`] does, and on an unknown `--passphrase`
+    /// (or the like) says to use `--room`.
+    pub fn parse_args() -> Cli {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        Cli::try_parse().unwrap_or_else(|mut e| {
+            if e.kind() == ErrorKind::UnknownArgument
+                && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+                && PASSPHRASE_FLAGS.contains(&arg.split('=').next().unwrap_or_default())
+            {
+                e.insert(
+                    ContextKind::Suggested,
+                    ContextValue::StyledStrs(vec![
+                        "the room's passphrase is given with --room PASSPHRASE (or DEADDROP_ROOM, \
+                         or typed at the prompt)"
+                            .into(),
+                    ]),
+                );
+            }
+            e.exit()
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join the room and take every new drop as it appears: show messages, save files and

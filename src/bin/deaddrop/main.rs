@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use deaddrop::discovery::{self, Discovery, DiscoveryConfig};
 use deaddrop::event::{Event, Events, Throttle};
 use deaddrop::protocol::id::{PeerId, Token};
@@ -58,7 +57,7 @@ const LIST_WAIT_WIDE: Duration = Duration::from_secs(6);
 const WITHDRAW_NOTICE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli = Cli::parse_args();
     match &cli.command {
         Command::Completions { shell } => return completions(*shell),
         Command::Man { dir } => return man(dir.as_deref()),

@@ -45,7 +45,8 @@
 //! - [`wide::room`]: this device's endpoint, the room's meeting point, session streams.
 //!
 //! Beside them: [`legacy`] (the original script's protocol, for `--legacy`), [`event`] (what the
-//! library reports to the program using it) and [`units`] (sizes and durations for people).
+//! library reports to the program using it), [`units`] (sizes and durations for people) and
+//! [`uri`] (the `deaddrop:` room link and QR codes).
 //!
 //! The library never prints, prompts or exits; the `deaddrop` binary does.
 
@@ -58,4 +59,5 @@ pub mod protocol;
 pub mod session;
 pub mod storage;
 pub mod units;
+pub mod uri;
 pub mod wide;

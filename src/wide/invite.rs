@@ -253,16 +253,7 @@ impl Invite {
     /// The text as a QR code drawn with Unicode half blocks (two rows of modules per line),
     /// dark on light, with the quiet zone the standard asks for.
     pub fn to_qr(&self) -> String {
-        let text = self.to_text().to_ascii_uppercase();
-        match qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L) {
-            Ok(code) => code
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                .quiet_zone(true)
-                .build(),
-            Err(_) => String::new(),
-        }
+        crate::uri::qr(self.to_text().to_ascii_uppercase().as_bytes()).unwrap_or_default()
     }
 }
 

@@ -956,3 +956,90 @@ fn passphrase_flags_point_to_room() {
         assert!(err.contains("--room PASSPHRASE"), "{flag}: {err}");
     }
 }
+
+/// The text a QR code drawn with Unicode half blocks (as `deaddrop qr` and `deaddrop invite`
+/// draw them) holds, read back by a QR decoder; either polarity.
+pub fn decode_terminal_qr(drawn: &str) -> Option<String> {
+    let rows: Vec<Vec<char>> = drawn
+        .lines()
+        .filter(|l| l.chars().any(|c| "█▀▄".contains(c)))
+        .map(|l| l.chars().collect())
+        .collect();
+    let width = rows.iter().map(Vec::len).max()?;
+    // Each character is two modules stacked: is the top (bottom) one inked?
+    let inked = |x: usize, y: usize| {
+        let c = rows[y / 2].get(x).copied().unwrap_or(' ');
+        matches!((c, y % 2), ('█', _) | ('▀', 0) | ('▄', 1))
+    };
+    const SCALE: usize = 4;
+    let height = rows.len() * 2;
+    for ink_is_dark in [false, true] {
+        let mut img =
+            rqrr::PreparedImage::prepare_from_greyscale(width * SCALE, height * SCALE, |x, y| {
+                let dark = inked(x / SCALE, y / SCALE) == ink_is_dark;
+                if dark { 0 } else { 255 }
+            });
+        for grid in img.detect_grids() {
+            if let Ok((_, text)) = grid.decode() {
+                return Some(text);
+            }
+        }
+    }
+    None
+}
+
+/// `deaddrop qr` shows the room as a QR code a camera reads back to the same `deaddrop:` link,
+/// and a device given that link with `--room-uri` is in the room: it gets a message sent with
+/// the passphrase (issue 28.3).
+#[test]
+fn the_room_qr_code_reads_back_to_a_link_that_joins_the_room() {
+    let room = Room::new("two words & a + sign");
+    let out = Command::new(bin())
+        .args(["qr", "--room", "two words & a + sign"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds the room's passphrase"), "{stderr}");
+    let link = stdout.lines().last().unwrap().to_owned();
+    assert!(link.starts_with("deaddrop:join?room="), "{stdout}");
+    let read = decode_terminal_qr(&stdout).expect("the QR code reads back");
+    assert_eq!(read, link);
+
+    // A receiver joined by the link, not the passphrase.
+    let mut run = room.cmd(&["run", "--json", "--room-uri", &link]);
+    run.env_remove("DEADDROP_ROOM");
+    let mut run = Proc::spawn(run);
+    run.wait_event(T, "listening")
+        .expect("the receiver listens");
+    let (mut send, _) = sender(&room, &["found by the link"]);
+    let m = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no message: {}", run.stderr()));
+    assert_eq!(m["text"], "found by the link");
+    assert!(send.wait(T).success());
+
+    // A damaged link is a usage error that says what is wrong.
+    let out = room
+        .cmd(&["list", "--room-uri", "deaddrop:join?invite=x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no room= passphrase"));
+}
+
+/// The invite's QR code reads back to the invite.
+#[test]
+fn the_invite_qr_code_reads_back_to_the_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .env("DEADDROP_CONFIG_DIR", dir.path())
+        .args(["invite", "--relay", "https://relay.test:3340#sha256=0000000000000000000000000000000000000000000000000000000000000000"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let invite = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let read = decode_terminal_qr(&String::from_utf8_lossy(&out.stderr)).expect("reads back");
+    assert_eq!(read.to_ascii_lowercase(), invite.to_ascii_lowercase());
+}

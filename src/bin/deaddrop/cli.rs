@@ -209,11 +209,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the room as a QR code for another device's camera, and as a `deaddrop:` link:
+    /// the passphrase (asked for, or --room / DEADDROP_ROOM) and, with --invite or --joined,
+    /// the invite. Whoever sees the code, or a photo of it, is in the room. The other device
+    /// joins with `--room-uri LINK`.
+    #[command(override_usage = "deaddrop qr [--room PASSPHRASE] [--invite INVITE | --joined NAME]")]
+    Qr {
+        /// The room passphrase (as for every command; asked for when not given).
+        #[arg(long, env = "DEADDROP_ROOM", hide_env_values = true, value_parser = parse_room)]
+        room: Option<RoomArg>,
+        /// Put this invite in the link too, for a room beyond the LAN.
+        #[arg(long, value_name = "INVITE", conflicts_with = "joined")]
+        invite: Option<String>,
+        /// Put the invite kept under NAME (by `deaddrop join`) in the link too.
+        #[arg(long, value_name = "NAME")]
+        joined: Option<String>,
+        /// Print only the link, no QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
     /// Keep a wide-area room's invite on this device under a name, for `--joined NAME` (in
-    /// the config folder; the passphrase is never stored).
+    /// the config folder; the passphrase is never stored). INVITE may also be a `deaddrop:`
+    /// room link (from `deaddrop qr`): its invite is kept, not its passphrase.
     #[command(override_usage = "deaddrop join <INVITE> --name NAME")]
     Join {
-        /// The invite, as `deaddrop invite` printed it.
+        /// The invite, as `deaddrop invite` printed it, or a room link with one.
         invite: String,
         /// The name to use it by.
         #[arg(long)]
@@ -281,6 +301,10 @@ pub struct Common {
     /// visible to other users in `ps` and stays in shell history.
     #[arg(long, env = "DEADDROP_ROOM", hide_env_values = true, value_parser = parse_room)]
     pub room: Option<RoomArg>,
+    /// The room as a `deaddrop:` link (from `deaddrop qr`): its passphrase, and its invite if
+    /// it has one. Instead of --room (and --invite); as visible in `ps` as --room.
+    #[arg(long, value_name = "LINK", value_parser = parse_room)]
+    pub room_uri: Option<RoomArg>,
     /// How you are shown to others in the room [default: this host's name].
     #[arg(long)]
     pub name: Option<String>,

@@ -70,6 +70,18 @@ fn main() -> ExitCode {
             return wide::invite(relay, name.as_deref(), *this_device, *json);
         }
         Command::Join { invite, name } => return wide::join(invite, name),
+        Command::Qr { .. } => {
+            let Command::Qr {
+                room,
+                invite,
+                joined,
+                no_qr,
+            } = cli.command
+            else {
+                unreachable!("matched above")
+            };
+            return wide::qr(room, invite.as_deref(), joined.as_deref(), no_qr);
+        }
         Command::Relay {
             bind,
             hostname,
@@ -96,10 +108,15 @@ fn main() -> ExitCode {
         | Command::Man { .. }
         | Command::Invite { .. }
         | Command::Join { .. }
+        | Command::Qr { .. }
         | Command::Relay { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
     let ui = Ui::new(common.json, stdout_is_content);
+    if let Err(e) = wide::apply_room_uri(common) {
+        report_error(&ui, &e);
+        return ExitCode::from(EXIT_USAGE);
+    }
     if common.legacy {
         ui.event(&Event::Warning {
             message: legacy::WARNING.into(),
@@ -267,7 +284,12 @@ fn init_logging(verbose: u8) {
 
 /// The passphrase from `--room`/`DEADDROP_ROOM`, else a hidden prompt.
 fn passphrase(room: Option<cli::RoomArg>) -> Result<Passphrase> {
-    let text = match room {
+    Ok(Passphrase::from_zeroizing(passphrase_text(room)?)?)
+}
+
+/// The passphrase's text: `--room` (or DEADDROP_ROOM), else asked for on a terminal.
+fn passphrase_text(room: Option<cli::RoomArg>) -> Result<zeroize::Zeroizing<String>> {
+    Ok(match room {
         Some(room) => room.0,
         None if std::io::stdin().is_terminal() || std::io::stderr().is_terminal() => {
             zeroize::Zeroizing::new(
@@ -280,8 +302,7 @@ fn passphrase(room: Option<cli::RoomArg>) -> Result<Passphrase> {
                 "no room passphrase: pass --room, set DEADDROP_ROOM, or run in a terminal to be asked",
             ));
         }
-    };
-    Ok(Passphrase::from_zeroizing(text)?)
+    })
 }
 
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
@@ -488,6 +509,7 @@ async fn dispatch(
         | Command::Man { .. }
         | Command::Invite { .. }
         | Command::Join { .. }
+        | Command::Qr { .. }
         | Command::Relay { .. } => {
             unreachable!("handled before the passphrase")
         }

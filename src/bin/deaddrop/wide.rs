@@ -17,6 +17,7 @@ use deaddrop::wide::room::{WideOptions, WideRoom};
 use crate::cli::Common;
 use crate::output::stderr_line;
 use crate::{EXIT_ERROR, EXIT_USAGE, usage};
+use deaddrop::uri::RoomUri;
 
 /// `deaddrop invite`: a new room id, with the relay, printed (and kept if named).
 pub fn invite(relay: &str, name: Option<&str>, this_device: bool, json: bool) -> ExitCode {
@@ -71,7 +72,20 @@ pub fn invite(relay: &str, name: Option<&str>, this_device: bool, json: bool) ->
 
 /// `deaddrop join`: keeps an invite under a name.
 pub fn join(text: &str, name: &str) -> ExitCode {
-    let invite = match Invite::from_text(text) {
+    let text = match RoomUri::parse(text) {
+        Ok(RoomUri {
+            invite: Some(invite),
+            ..
+        }) => invite,
+        Ok(RoomUri { invite: None, .. }) => {
+            stderr_line(
+                "error: this room link has no invite (a room on this LAN): use it with --room-uri LINK",
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(_) => text.to_owned(),
+    };
+    let invite = match Invite::from_text(&text) {
         Ok(i) => i,
         Err(e) => {
             stderr_line(&format!("error: {e}"));
@@ -91,6 +105,71 @@ pub fn join(text: &str, name: &str) -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// `--room-uri LINK`: the link's passphrase becomes `--room`, and its invite (if any)
+/// `--invite`; an error says what is wrong with the link, or that another invite was given too.
+pub fn apply_room_uri(common: &mut Common) -> std::result::Result<(), String> {
+    let Some(link) = common.room_uri.take() else {
+        return Ok(());
+    };
+    let uri = RoomUri::parse(&link.0).map_err(|e| format!("--room-uri: {e}"))?;
+    if let Some(invite) = uri.invite {
+        let other =
+            common.joined.is_some() || common.invite.as_deref().is_some_and(|i| i.trim() != invite);
+        if other {
+            return Err(
+                "--room-uri: the link has its own invite; leave out --invite, --joined and DEADDROP_INVITE"
+                    .into(),
+            );
+        }
+        common.invite = Some(invite);
+    }
+    common.room = Some(crate::cli::RoomArg(uri.room));
+    Ok(())
+}
+
+/// `deaddrop qr`: the room as a link and a QR code, on standard output.
+pub fn qr(
+    room: Option<crate::cli::RoomArg>,
+    invite: Option<&str>,
+    joined: Option<&str>,
+    no_qr: bool,
+) -> ExitCode {
+    let made = crate::passphrase_text(room).and_then(|room| {
+        // Refused as every command would refuse it.
+        Passphrase::from_zeroizing(room.clone())?;
+        let invite = invite_from(invite, joined)?;
+        Ok(RoomUri {
+            room,
+            invite: invite.map(|i| i.to_text()),
+        })
+    });
+    let uri = match made {
+        Ok(uri) => uri,
+        Err(e) => {
+            stderr_line(&format!("error: {e:#}"));
+            return ExitCode::from(if e.downcast_ref::<crate::Usage>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_ERROR
+            });
+        }
+    };
+    let text = uri.to_text();
+    if !no_qr {
+        match deaddrop::uri::qr(text.as_bytes()) {
+            Some(code) => println!("{code}"),
+            None => stderr_line("warning: the link is too long for a QR code; here it is as text"),
+        }
+    }
+    println!("{}", text.as_str());
+    stderr_line(
+        "This code holds the room's passphrase: whoever sees it, or a photo of it, is in the",
+    );
+    stderr_line("room. Show it only to the people you mean; on their device:");
+    stderr_line("  deaddrop run --room-uri 'LINK'   (or any command with --room-uri)");
+    ExitCode::SUCCESS
 }
 
 /// `deaddrop relay`: serves until Ctrl-C.
@@ -227,7 +306,12 @@ pub fn plan(
 
 /// The invite given (`--invite`, `DEADDROP_INVITE`, `--joined`), if any.
 pub fn invite_of(common: &Common) -> Result<Option<Invite>> {
-    Ok(Some(match (&common.invite, &common.joined) {
+    invite_from(common.invite.as_deref(), common.joined.as_deref())
+}
+
+/// The invite named by its text or by the name it is kept under.
+fn invite_from(invite: Option<&str>, joined: Option<&str>) -> Result<Option<Invite>> {
+    Ok(Some(match (invite, joined) {
         (Some(text), _) => Invite::from_text(text).map_err(|e| usage(format!("--invite: {e}")))?,
         (None, Some(name)) => {
             let dir = config::dir()?;

@@ -380,3 +380,105 @@ fn a_message_fetched_at_a_terminal_ends_with_a_newline() {
     );
     assert!(send.wait(T).success());
 }
+
+/// A folder with a fake `xdg-open` (the system opener the `open` crate tries first on Linux)
+/// that writes each thing it is asked to open to `opened`, one per line; and a PATH with it first.
+fn fake_opener() -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("xdg-open");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\n",
+            dir.path().join("opened").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (dir, path)
+}
+
+/// What the fake opener was asked to open, after a moment for a detached opener to run.
+fn opened(dir: &tempfile::TempDir) -> Vec<String> {
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::read_to_string(dir.path().join("opened"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Sends `text` to the room and waits for `run` to show it.
+fn deliver(room: &crate::util::Room, run: &mut crate::util::Proc, text: &str) {
+    let mut send = crate::util::Proc::spawn(room.cmd(&["send-msg", "--ttl", "20s", text]));
+    let m = run
+        .wait_event(T, "message")
+        .unwrap_or_else(|| panic!("no message {text:?}: {}", run.stderr()));
+    assert_eq!(m["text"], text);
+    assert!(send.wait(T).success());
+}
+
+/// Issue 28.2: with `--open`, a message that is exactly a web link is opened with the system's
+/// opener, at most one every 2 s; nothing else is ever opened (another scheme, text around a
+/// link); and without the flag nothing at all.
+#[test]
+fn run_open_opens_web_links_only_when_asked_and_only_links() {
+    let room = crate::util::Room::new("secret123");
+    let (dir, path) = fake_opener();
+    let mut run = room.cmd(&["run", "--json", "--no-files", "--open"]);
+    run.env("PATH", &path);
+    let mut run = crate::util::Proc::spawn(run);
+    run.wait_event(T, "listening").unwrap();
+    // Not links: never opened (first, so that the rate limit cannot hide an opening).
+    deliver(&room, &mut run, "file:///etc/passwd");
+    deliver(&room, &mut run, "see https://example.org/b");
+    deliver(&room, &mut run, "javascript:alert(1)");
+    deliver(&room, &mut run, "https://example.org/a?b=c");
+    deliver(&room, &mut run, "https://example.org/too-soon");
+    assert_eq!(opened(&dir), ["https://example.org/a?b=c"]);
+    assert!(run.stderr().contains("not opened"), "{}", run.stderr());
+    drop(run);
+
+    let (dir, path) = fake_opener();
+    let mut run = room.cmd(&["run", "--json", "--no-files"]);
+    run.env("PATH", &path);
+    let mut run = crate::util::Proc::spawn(run);
+    run.wait_event(T, "listening").unwrap();
+    deliver(&room, &mut run, "https://example.org/never");
+    assert!(opened(&dir).is_empty(), "opened without --open");
+}
+
+/// On a terminal, a message that is a web link is shown as an OSC 8 hyperlink whose target is
+/// the text shown; a message with other text is not a link.
+#[test]
+fn a_web_link_message_is_a_hyperlink_on_a_terminal() {
+    let room = crate::util::Room::new("secret123");
+    let run = Terminal::spawn(&room.cmd(&["run", "--no-files"]));
+    run.wait_screen(T, |s| s.contains("Listening"));
+    let mut send = crate::util::Proc::spawn(room.cmd(&[
+        "send-msg",
+        "--ttl",
+        "20s",
+        "https://example.org/path?q=1",
+    ]));
+    run.wait_screen(T, |s| s.contains("https://example.org/path?q=1"));
+    assert!(send.wait(T).success());
+    let raw = String::from_utf8_lossy(&run.output.lock().unwrap()).into_owned();
+    assert!(
+        raw.contains(
+            "\x1b]8;;https://example.org/path?q=1\x1b\\https://example.org/path?q=1\x1b]8;;\x1b\\"
+        ),
+        "{raw:?}"
+    );
+    let mut send = crate::util::Proc::spawn(room.cmd(&["send-msg", "--ttl", "20s", "plain words"]));
+    run.wait_screen(T, |s| s.contains("plain words"));
+    assert!(send.wait(T).success());
+    let raw = String::from_utf8_lossy(&run.output.lock().unwrap()).into_owned();
+    assert_eq!(raw.matches("\x1b]8;;h").count(), 1, "{raw:?}");
+}

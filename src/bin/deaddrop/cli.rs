@@ -109,6 +109,10 @@ pub enum Command {
         /// Take messages only; file and folder drops are shown, not fetched.
         #[arg(long)]
         no_files: bool,
+        /// Open a message that is exactly a web link (http or https) in the system's browser,
+        /// at most one every 2 s. Without this flag nothing is ever opened.
+        #[arg(long)]
+        open: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -157,6 +161,10 @@ pub enum Command {
         /// members beyond the LAN are found through the relay].
         #[arg(long, value_parser = parse_duration)]
         wait: Option<Duration>,
+        /// Open the message in the system's browser if it is exactly a web link (http or
+        /// https). Without this flag nothing is ever opened.
+        #[arg(long)]
+        open: bool,
         #[command(flatten)]
         common: Common,
     },

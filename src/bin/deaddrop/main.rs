@@ -97,6 +97,10 @@ fn main() -> ExitCode {
         &cli.command,
         Command::Fetch { out: Some(out), .. } if out.as_path() == Path::new("-")
     );
+    let open_links = matches!(
+        &cli.command,
+        Command::Run { open: true, .. } | Command::Fetch { open: true, .. }
+    );
     let common = match &mut cli.command {
         Command::Run { common, .. }
         | Command::SendMsg { common, .. }
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
         | Command::Relay { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
-    let ui = Ui::new(common.json, stdout_is_content);
+    let ui = Ui::new(common.json, stdout_is_content, open_links);
     if let Err(e) = wide::apply_room_uri(common) {
         report_error(&ui, &e);
         return ExitCode::from(EXIT_USAGE);
@@ -398,6 +402,7 @@ async fn dispatch(
             max_size,
             no_files,
             common,
+            ..
         } if common.legacy => {
             let dir = dir.unwrap_or_else(cli::default_receive_dir);
             legacy::run(
@@ -415,6 +420,7 @@ async fn dispatch(
             max_size,
             no_files,
             common,
+            ..
         } => {
             let dir = dir.unwrap_or_else(cli::default_receive_dir);
             let opts = ReceiverOptions {
@@ -465,6 +471,7 @@ async fn dispatch(
             dir,
             wait,
             common,
+            ..
         } if common.legacy => {
             let wait = wait.unwrap_or(FETCH_WAIT);
             let fetch = legacy::fetch(pass, token, out, dir, wait, common, ui.clone());
@@ -476,6 +483,7 @@ async fn dispatch(
             dir,
             wait,
             common,
+            ..
         } => {
             let wait = wait.unwrap_or(if wide::named(&common) {
                 FETCH_WAIT_WIDE
@@ -856,7 +864,7 @@ async fn fetch(
                     sent_unix: info.created_unix,
                 }),
                 _ if std::io::stdout().is_terminal() => {
-                    ui.out(&output::sanitize(&String::from_utf8_lossy(text), true));
+                    ui.message_text(&String::from_utf8_lossy(text));
                 }
                 _ => write_stdout(text)?,
             }

@@ -28,6 +28,26 @@ pub fn sanitize(text: &str, multiline: bool) -> String {
         .collect()
 }
 
+/// `--open` opens at most one link this often.
+const OPEN_EVERY: Duration = Duration::from_secs(2);
+
+/// A message that is exactly one web address (white space around it aside): http or https
+/// with a host, printable ASCII, at most 2,048 bytes. Nothing else is ever a link or opened.
+pub fn web_link(text: &str) -> Option<url::Url> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 2048 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let url = url::Url::parse(text).ok()?;
+    (matches!(url.scheme(), "http" | "https") && url.host().is_some()).then_some(url)
+}
+
+/// `shown` (the link's own text, printable ASCII) as an OSC 8 hyperlink to `url`; terminals
+/// without hyperlinks show `shown` alone.
+fn hyperlink(url: &url::Url, shown: &str) -> String {
+    format!("\x1b]8;;{}\x1b\\{shown}\x1b]8;;\x1b\\", url.as_str())
+}
+
 /// Writes a line to stdout. A closed pipe (`deaddrop run | head -1`) ends the program quietly.
 pub fn stdout_line(line: &str) {
     let mut out = io::stdout().lock();
@@ -231,6 +251,11 @@ pub const LISTING_HEADER: &str = "TOKEN                             KIND        
 /// Where the program's output goes: JSON lines, or text with progress bars on a terminal.
 pub struct Ui {
     json: bool,
+    /// Standard output is a terminal: a message that is a web link is shown as a hyperlink.
+    links: bool,
+    /// `--open`: when the last web link was opened (None: never; `--open` not given: no
+    /// opener at all).
+    opener: Option<Mutex<Option<std::time::Instant>>>,
     /// Standard output carries a drop's content (`fetch --out -`): every line goes to stderr.
     stdout_is_content: bool,
     bars: Option<Bars>,
@@ -252,13 +277,19 @@ struct BarKey {
 impl Ui {
     /// `stdout_is_content`: standard output is reserved for a drop's bytes, so events and
     /// lines go to standard error instead.
-    pub fn new(json: bool, stdout_is_content: bool) -> Arc<Ui> {
+    pub fn new(json: bool, stdout_is_content: bool, open_links: bool) -> Arc<Ui> {
         let bars = (!json && io::stderr().is_terminal()).then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)),
             active: Mutex::new(HashMap::new()),
         });
+        let links = !json
+            && !stdout_is_content
+            && io::stdout().is_terminal()
+            && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
         Arc::new(Ui {
             json,
+            links,
+            opener: open_links.then(|| Mutex::new(None)),
             stdout_is_content,
             bars,
         })
@@ -293,8 +324,52 @@ impl Ui {
         }
     }
 
+    /// With `--open`, opens `url` in the system's browser, at most once every
+    /// [`OPEN_EVERY`] (a room member cannot open a tab per message); says so otherwise.
+    fn open_link(&self, url: &url::Url) {
+        let Some(last) = &self.opener else { return };
+        {
+            let mut last = last.lock().expect("opener lock");
+            if last.is_some_and(|t| t.elapsed() < OPEN_EVERY) {
+                self.err(&format!(
+                    "[{}] not opened (one link every {} s at most): {}",
+                    clock(None),
+                    OPEN_EVERY.as_secs(),
+                    url.as_str()
+                ));
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        if let Err(e) = open::that_detached(url.as_str()) {
+            self.err(&format!("warning: cannot open {}: {e}", url.as_str()));
+        }
+    }
+
+    /// A message shown by `fetch` on a terminal: the text, a web link as a hyperlink (and
+    /// opened with `--open`).
+    pub fn message_text(&self, text: &str) {
+        let shown = sanitize(text, true);
+        match web_link(text) {
+            Some(url) => {
+                self.out(&if self.links {
+                    hyperlink(&url, text.trim())
+                } else {
+                    shown
+                });
+                self.open_link(&url);
+            }
+            None => self.out(&shown),
+        }
+    }
+
     /// Renders one event. A transfer's bar ends with any event that says how it ended.
     pub fn event(&self, event: &Event) {
+        if let Event::Message { text, .. } = event
+            && let Some(url) = web_link(text)
+        {
+            self.open_link(&url);
+        }
         if self.json {
             self.line_out(&json_line(event));
             return;
@@ -342,7 +417,15 @@ impl Ui {
         if let Some((line, to_stdout)) = human(event) {
             // Every field from a peer is sanitized where the line is made; this catches what a
             // new field would miss (the line's own newlines and tabs are kept).
-            let line = sanitize(&line, true);
+            let mut line = sanitize(&line, true);
+            if let Event::Message { text, .. } = event
+                && self.links
+                && let Some(url) = web_link(text)
+                && let Some(at) = line.rfind(text.trim())
+            {
+                let shown = text.trim();
+                line.replace_range(at..at + shown.len(), &hyperlink(&url, shown));
+            }
             if to_stdout {
                 self.out(&line);
             } else {

@@ -455,13 +455,15 @@ impl WideRoom {
         if opts.may_host {
             alpns.push(ALPN_MEET.to_vec());
         }
-        let endpoint = bind(
-            &opts,
-            SecretKey::from_bytes(&opts.device_key),
-            alpns.clone(),
-        )
-        .await?;
-        let meet = relay_only(&opts.invite).await?;
+        // Both at once: each connects to the relay as it binds.
+        let (endpoint, meet) = tokio::try_join!(
+            bind(
+                &opts,
+                SecretKey::from_bytes(&opts.device_key),
+                alpns.clone()
+            ),
+            relay_only(&opts.invite)
+        )?;
         let meeting = meeting_addr(&opts.invite)?;
         let me = opts.me;
         let peers = Peers::load(opts.peers_file.clone(), &opts.invite.bootstrap);

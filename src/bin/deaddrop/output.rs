@@ -365,10 +365,14 @@ impl Ui {
 
     /// Renders one event. A transfer's bar ends with any event that says how it ended.
     pub fn event(&self, event: &Event) {
-        if let Event::Message { text, .. } = event
-            && let Some(url) = web_link(text)
-        {
-            self.open_link(&url);
+        // A message that is a web link: opened with --open (also with --json), a hyperlink on
+        // a terminal.
+        let link = match event {
+            Event::Message { text, .. } => web_link(text).map(|url| (url, text.trim())),
+            _ => None,
+        };
+        if let Some((url, _)) = &link {
+            self.open_link(url);
         }
         if self.json {
             self.line_out(&json_line(event));
@@ -418,13 +422,11 @@ impl Ui {
             // Every field from a peer is sanitized where the line is made; this catches what a
             // new field would miss (the line's own newlines and tabs are kept).
             let mut line = sanitize(&line, true);
-            if let Event::Message { text, .. } = event
+            if let Some((url, shown)) = &link
                 && self.links
-                && let Some(url) = web_link(text)
-                && let Some(at) = line.rfind(text.trim())
+                && let Some(at) = line.rfind(shown)
             {
-                let shown = text.trim();
-                line.replace_range(at..at + shown.len(), &hyperlink(&url, shown));
+                line.replace_range(at..at + shown.len(), &hyperlink(url, shown));
             }
             if to_stdout {
                 self.out(&line);

@@ -2,6 +2,7 @@
 //! of network-namespace hosts (`lan`). One test binary, to keep builds short.
 
 mod cli;
+mod clipboard;
 mod files;
 mod hostile;
 mod lan;

@@ -482,3 +482,31 @@ fn a_web_link_message_is_a_hyperlink_on_a_terminal() {
     let raw = String::from_utf8_lossy(&run.output.lock().unwrap()).into_owned();
     assert_eq!(raw.matches("\x1b]8;;h").count(), 1, "{raw:?}");
 }
+
+/// Without a display (SSH, Termux), `run --copy` puts a message on the terminal's clipboard:
+/// an OSC 52 sequence with the text in base64, so nothing in it reaches the terminal as a
+/// control sequence; and the message is shown as usual.
+#[test]
+fn without_a_display_run_copy_copies_to_the_terminal_with_osc_52() {
+    let room = crate::util::Room::new("secret123");
+    let mut cmd = room.cmd(&["run", "--no-files", "--copy"]);
+    cmd.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+    let run = Terminal::spawn(&cmd);
+    run.wait_screen(T, |s| s.contains("Listening"));
+    let text = "copied over ssh \x1b]52;c;ZXZpbA==\x07";
+    let mut send = crate::util::Proc::spawn(room.cmd(&["send-msg", "--ttl", "20s", text]));
+    run.wait_screen(T, |s| s.contains("copied over ssh"));
+    assert!(send.wait(T).success());
+    let deadline = Instant::now() + T;
+    let want = "\x1b]52;c;Y29waWVkIG92ZXIgc3NoIBtdNTI7YztaWFpwYkE9PQc=\x07";
+    loop {
+        let raw = String::from_utf8_lossy(&run.output.lock().unwrap()).into_owned();
+        if raw.contains(want) {
+            // The sender's own sequence never reaches the terminal: only the one copy.
+            assert_eq!(raw.matches("\x1b]52;").count(), 1, "{raw:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no OSC 52 copy: {raw:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -113,14 +113,25 @@ pub enum Command {
         /// at most one every 2 s. Without this flag nothing is ever opened.
         #[arg(long)]
         open: bool,
+        /// Put each message received on the clipboard (the last one wins). Without a display
+        /// (SSH, Termux), the terminal's clipboard (OSC 52). Files are never copied.
+        #[arg(long)]
+        copy: bool,
         #[command(flatten)]
         common: Common,
     },
     /// Offer a message to the room and wait until it is fetched or expires.
-    #[command(after_help = EXIT_CODES, override_usage = "deaddrop send-msg [OPTIONS] <TEXT|->")]
+    #[command(
+        after_help = EXIT_CODES,
+        override_usage = "deaddrop send-msg [OPTIONS] <TEXT|->\n       deaddrop send-msg [OPTIONS] --clipboard"
+    )]
     SendMsg {
         /// The message; `-` reads it from standard input.
-        text: String,
+        #[arg(required_unless_present = "clipboard", conflicts_with = "clipboard")]
+        text: Option<String>,
+        /// Send the clipboard's text (at most 1 MiB).
+        #[arg(long)]
+        clipboard: bool,
         /// How long the drop is on offer: 30, 30s, 5m, 2h (at most 7 days).
         #[arg(long, default_value = "12s", value_parser = parse_ttl)]
         ttl: Duration,
@@ -165,6 +176,10 @@ pub enum Command {
         /// https). Without this flag nothing is ever opened.
         #[arg(long)]
         open: bool,
+        /// Put the message on the clipboard too (it is still printed). Without a display
+        /// (SSH, Termux), the terminal's clipboard (OSC 52).
+        #[arg(long)]
+        copy: bool,
         #[command(flatten)]
         common: Common,
     },

@@ -186,24 +186,35 @@ pub async fn fetch(
         Err(e) => return Err(e.into()),
     };
     match &fetched.got {
-        Got::Message(plain) => match &out {
-            Some(path) if path == Path::new("-") => write_stdout(plain)?,
-            Some(path) => {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, plain))
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+        Got::Message(plain) => {
+            let plain = plain.clone();
+            let json_event = ui.json() && out.is_none();
+            match &out {
+                Some(path) if path == Path::new("-") => write_stdout(&plain)?,
+                Some(path) => {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, &plain))
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                }
+                _ if ui.json() => net::deliver(fetched, &token, &printer(ui.clone(), None)),
+                // On a terminal, the text is shown as `run` shows it: no control characters.
+                _ if std::io::stdout().is_terminal() => ui.out(&crate::output::sanitize(
+                    &String::from_utf8_lossy(&plain),
+                    true,
+                )),
+                _ => write_stdout(&plain)?,
             }
-            _ if ui.json() => net::deliver(fetched, &token, &printer(ui, None)),
-            // On a terminal, the text is shown as `run` shows it: no control characters.
-            _ if std::io::stdout().is_terminal() => ui.out(&crate::output::sanitize(
-                &String::from_utf8_lossy(plain),
-                true,
-            )),
-            _ => write_stdout(plain)?,
-        },
+            // `--copy`: on the clipboard as well (the JSON event asked for it already).
+            if !json_event {
+                ui.copy(&String::from_utf8_lossy(&plain));
+            }
+            if !ui.copied(crate::COPY_WAIT) {
+                return Ok(crate::EXIT_ERROR);
+            }
+        }
         // Saved (or written to standard output) as it arrived.
         Got::File { .. } => net::deliver(fetched, &token, &printer(ui, None)),
     }

@@ -2,6 +2,7 @@
 //! outcomes to exit codes. All protocol work is in the library.
 
 mod cli;
+mod clipboard;
 mod doctor;
 mod interrupt;
 mod legacy;
@@ -34,7 +35,7 @@ use cli::{Cli, Command, Common, Limit};
 use interrupt::Interrupt;
 use output::{Ui, stderr_line};
 
-const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_EXPIRED: u8 = 3;
 pub(crate) const EXIT_NOT_FOUND: u8 = 4;
 const EXIT_REFUSED: u8 = 5;
@@ -50,6 +51,8 @@ const LINGER: Duration = Duration::from_secs(1);
 /// invite (finding members through a relay takes a meeting point's answer first).
 const FETCH_WAIT: Duration = Duration::from_secs(5);
 const FETCH_WAIT_WIDE: Duration = Duration::from_secs(15);
+/// How long `fetch --copy` waits for the clipboard to take the message.
+pub(crate) const COPY_WAIT: Duration = Duration::from_secs(10);
 const LIST_WAIT: Duration = Duration::from_secs(1);
 const LIST_WAIT_WIDE: Duration = Duration::from_secs(6);
 /// On Ctrl-C, how long a sender waits for the receivers of transfers under way to be told
@@ -57,6 +60,13 @@ const LIST_WAIT_WIDE: Duration = Duration::from_secs(6);
 const WITHDRAW_NOTICE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
+    // `--copy` on X11 and Wayland: a copy of this program that serves the copied text.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == clipboard::HOLD_ARG)
+    {
+        return clipboard::hold();
+    }
     let mut cli = Cli::parse_args();
     match &cli.command {
         Command::Completions { shell } => return completions(*shell),
@@ -101,6 +111,10 @@ fn main() -> ExitCode {
         &cli.command,
         Command::Run { open: true, .. } | Command::Fetch { open: true, .. }
     );
+    let copy = matches!(
+        &cli.command,
+        Command::Run { copy: true, .. } | Command::Fetch { copy: true, .. }
+    );
     let common = match &mut cli.command {
         Command::Run { common, .. }
         | Command::SendMsg { common, .. }
@@ -116,7 +130,7 @@ fn main() -> ExitCode {
         | Command::Relay { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
-    let ui = Ui::new(common.json, stdout_is_content, open_links);
+    let ui = Ui::new(common.json, stdout_is_content, open_links, copy);
     if let Err(e) = wide::apply_room_uri(common) {
         report_error(&ui, &e);
         return ExitCode::from(EXIT_USAGE);
@@ -432,11 +446,12 @@ async fn dispatch(
         }
         Command::SendMsg {
             text,
+            clipboard,
             ttl,
             limit,
             common,
         } if common.legacy => {
-            let text = read_message(text)?;
+            let text = read_message(text, clipboard)?;
             let what = legacy::What::Message(text);
             legacy::send(pass, what, ttl, limit, common, ui, interrupt).await
         }
@@ -451,11 +466,12 @@ async fn dispatch(
         }
         Command::SendMsg {
             text,
+            clipboard,
             ttl,
             limit,
             common,
         } => {
-            let text = read_message(text)?;
+            let text = read_message(text, clipboard)?;
             let offer = Offer::Message(text);
             send(pass, offer, ttl, limit, common, ui, interrupt).await
         }
@@ -601,9 +617,12 @@ pub(crate) fn check_receive_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn read_message(text: String) -> Result<String> {
-    if text != "-" {
-        return Ok(text);
+/// The message to send: the argument, standard input (`-`) or the clipboard.
+fn read_message(text: Option<String>, clipboard: bool) -> Result<String> {
+    match text {
+        _ if clipboard => return clipboard::read(),
+        Some(text) if text != "-" => return Ok(text),
+        _ => {}
     }
     if std::io::stdin().is_terminal() {
         stderr_line(if cfg!(windows) {
@@ -867,6 +886,13 @@ async fn fetch(
                     ui.message_text(&String::from_utf8_lossy(text));
                 }
                 _ => write_stdout(text)?,
+            }
+            // `--copy`: on the clipboard as well (the JSON event asked for it already).
+            if !ui.json() || out.is_some() {
+                ui.copy(&String::from_utf8_lossy(text));
+            }
+            if !ui.copied(COPY_WAIT) {
+                return Ok(EXIT_ERROR);
             }
         }
         _ => {

@@ -258,6 +258,12 @@ pub struct Ui {
     opener: Option<Mutex<Option<std::time::Instant>>>,
     /// Standard output carries a drop's content (`fetch --out -`): every line goes to stderr.
     stdout_is_content: bool,
+    /// `--copy`: received messages go on the clipboard; whether the last one was copied.
+    #[allow(clippy::type_complexity)]
+    copier: Option<(
+        crate::clipboard::Copier,
+        Mutex<Option<std::sync::mpsc::Receiver<bool>>>,
+    )>,
     bars: Option<Bars>,
 }
 
@@ -277,7 +283,8 @@ struct BarKey {
 impl Ui {
     /// `stdout_is_content`: standard output is reserved for a drop's bytes, so events and
     /// lines go to standard error instead.
-    pub fn new(json: bool, stdout_is_content: bool, open_links: bool) -> Arc<Ui> {
+    /// `open_links`: `--open`; `copy`: `--copy`.
+    pub fn new(json: bool, stdout_is_content: bool, open_links: bool, copy: bool) -> Arc<Ui> {
         let bars = (!json && io::stderr().is_terminal()).then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)),
             active: Mutex::new(HashMap::new()),
@@ -291,6 +298,18 @@ impl Ui {
             links,
             opener: open_links.then(|| Mutex::new(None)),
             stdout_is_content,
+            copier: copy.then(|| {
+                // A text that cannot be copied is a warning; the message is shown anyway.
+                let copier = crate::clipboard::Copier::new(move |why| {
+                    let message = format!("the message was not copied: {why}");
+                    if json && !stdout_is_content {
+                        stdout_line(&json_line(&Event::Warning { message }));
+                    } else {
+                        stderr_line(&format!("warning: {}", sanitize(&message, false)));
+                    }
+                });
+                (copier, Mutex::new(None))
+            }),
             bars,
         })
     }
@@ -346,6 +365,24 @@ impl Ui {
         }
     }
 
+    /// With `--copy`, puts a received message on the clipboard, in the background (a failure
+    /// is reported as a warning).
+    pub fn copy(&self, text: &str) {
+        if let Some((copier, last)) = &self.copier {
+            *last.lock().expect("copy lock") = Some(copier.copy(text));
+        }
+    }
+
+    /// With `--copy`, waits until the last message is on the clipboard: false if it could not
+    /// be copied (said already) or the clipboard did not answer in `timeout`.
+    pub fn copied(&self, timeout: Duration) -> bool {
+        let Some((_, last)) = &self.copier else {
+            return true;
+        };
+        let last = last.lock().expect("copy lock").take();
+        last.is_none_or(|done| done.recv_timeout(timeout).unwrap_or(false))
+    }
+
     /// A message shown by `fetch` on a terminal: the text, a web link as a hyperlink (and
     /// opened with `--open`).
     pub fn message_text(&self, text: &str) {
@@ -373,6 +410,10 @@ impl Ui {
         };
         if let Some((url, _)) = &link {
             self.open_link(url);
+        }
+        if let Event::Message { text, .. } = event {
+            // `--copy`: copied in the background, the last one wins.
+            self.copy(text);
         }
         if self.json {
             self.line_out(&json_line(event));

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import shutil
 import statistics
 import subprocess
@@ -155,6 +156,85 @@ def message_latency(nat, binary, recv_host, invite, count):
     return statistics.median(samples), max(samples), sorted(vias)
 
 
+MILESTONES = [
+    # (label, process, substring of a -vv log line); the first such line counts.
+    ("endpoints up, meeting point dialled", "both", "meeting point (Room) answered"),
+    ("in the room at the meeting point", "both", "in the room at the meeting point (Room)"),
+    ("holds the meeting point", "both", "holding the room's meeting point"),
+    ("receiver hears of the drop", "recv", re.compile(r"[1-9][0-9]* with drops")),
+    ("receiver's session with the sender open", "recv", "session open"),
+]
+
+
+def log_times(text, t0_wall):
+    """(seconds after t0_wall, message) for each line of a -vv log (tracing's UTC timestamps)."""
+    import datetime
+    out = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        stamp, _, rest = line.partition(" ")
+        try:
+            at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        out.append((at - t0_wall, rest))
+    return out
+
+
+def first_contact(nat, binary, invite, recv_up, block):
+    """One first message beyond the LAN: a receiver on b1 and a sender on a1, both new processes
+    of devices that never met (fresh config folders). The receiver starts `recv_up` seconds
+    before the sender (0: both at once). Returns (seconds from the later start to the
+    receiver's message event, {milestone: seconds}, via, how often a meeting dial found nobody)."""
+    for host in ("a1", "b1"):
+        shutil.rmtree(os.path.join(WORK, "config", host), ignore_errors=True)
+    nat.block_direct(block)
+    extra = ["--invite", invite, "-vv"]
+    logs = {}
+    t_recv_wall = time.time()
+    t_recv = time.perf_counter()
+    recv = subprocess.Popen(nat.prefix("b1") + [binary, "run", "--json", "--no-files", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for("b1"))
+    q = lines(recv)
+    err = {}
+    threading.Thread(target=lambda: err.__setitem__("recv", recv.stderr.read()), daemon=True).start()
+    time.sleep(max(0.0, recv_up - (time.perf_counter() - t_recv)))
+    t0_wall = time.time()
+    t0 = time.perf_counter()
+    send = subprocess.Popen(nat.prefix("a1") + [binary, "send-msg", "--ttl", "60s", *extra, "first"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_for("a1"))
+    threading.Thread(target=lambda: err.__setitem__("send", send.stderr.read()), daemon=True).start()
+    try:
+        event = wait_event(q, "message", timeout=60)
+        took = time.perf_counter() - t0
+        send.wait(timeout=30)
+    finally:
+        for p in (send, recv):
+            if p.poll() is None:
+                p.send_signal(2)
+        for p in (send, recv):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        nat.block_direct(False)
+    time.sleep(0.5)
+    seen = {}
+    for who in ("recv", "send"):
+        logs[who] = log_times(err.get(who, ""), t0_wall)
+        # The last run's logs of each case, to read where the time went.
+        with open(f"/tmp/deaddrop-first-{recv_up:g}-{int(block)}-{who}.log", "w") as f:
+            f.write("\n".join(f"{at:8.3f} {msg}" for at, msg in logs[who]))
+    for label, proc, needle in MILESTONES:
+        for who in (("recv", "send") if proc == "both" else (proc,)):
+            hit = next((at for at, msg in logs[who]
+                        if (needle.search(msg) if isinstance(needle, re.Pattern) else needle in msg)), None)
+            if hit is not None:
+                seen[f"{label} ({'receiver' if who == 'recv' else 'sender'})"] = hit
+    unanswered = sum(1 for who in logs for _, m in logs[who] if "meeting point: NoAnswer" in m)
+    return took, seen, event.get("via"), unanswered
+
+
 def fetch_time(nat, binary, src, recv_host, invite):
     """(whole, transfer, via): seconds from fetch's start to its exit (finding the holder and
     the handshake included), seconds from the first progress event (the holder's Start) to
@@ -233,7 +313,11 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "deaddrop"))
     ap.add_argument("--floor", default=os.path.join(ROOT, "target", "release", "examples", "iroh_floor"),
                     help="the iroh floor program (cargo build --release --example iroh_floor)")
+    ap.add_argument("--first", type=int, default=0, metavar="N",
+                    help="only the first-contact measurement (issue 28.4), N runs per case")
     args = ap.parse_args()
+    if args.first:
+        return first_main(args)
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
     src = os.path.join(WORK, "src.bin")
@@ -294,6 +378,53 @@ def main():
         print("|---|---|---|---|")
         for name, (med, mx, seen) in lat.items():
             print(f"| {name} | {med:.1f} ms | {mx:.1f} ms | {', '.join(v for v in seen if v)} |")
+    finally:
+        if relay:
+            relay.kill()
+        nat.close()
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+def first_main(args):
+    """First contact beyond the LAN: how long the first message takes, and where the time goes."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    nat = Nat()
+    relay = None
+    try:
+        relay = subprocess.Popen(nat.prefix("relay") + [args.binary, "relay", "--bind", "198.18.0.10:3340"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 env=env_for("relay"))
+        url = next(l.split("'")[1] for l in relay.stdout if "--relay" in l)
+        invite = subprocess.run([args.binary, "invite", "--relay", url], capture_output=True, text=True,
+                                check=True, env=env_for("inviter")).stdout.strip()
+        cases = [("receiver up 3 s", 3.0, False), ("both started together", 0.0, False),
+                 ("receiver up 3 s, relay only", 3.0, True), ("both together, relay only", 0.0, True)]
+        results = {c[0]: [] for c in cases}
+        for r in range(args.first):
+            for name, up, block in cases:
+                took, seen, via, unanswered = first_contact(nat, args.binary, invite, up, block)
+                results[name].append((took, seen, via, unanswered))
+                if took > 1.5:
+                    # Where a slow one went: its logs, kept.
+                    for who in ("recv", "send"):
+                        shutil.copy(f"/tmp/deaddrop-first-{up:g}-{int(block)}-{who}.log",
+                                    f"/tmp/deaddrop-first-slow-{r + 1}-{up:g}-{int(block)}-{who}.log")
+                print(f"run {r + 1} {name}: {took * 1000:.0f} ms via {via}; dials that found nobody: "
+                      f"{unanswered}; " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(seen.items(), key=lambda kv: kv[1])),
+                      flush=True)
+        print(f"\nfirst message beyond the LAN, {args.first} runs per case: seconds from the later "
+              "process's start (the sender's, or both) to the receiver's message event")
+        print("| case | median | max | via | where the time goes (median s after that start) |")
+        print("|---|---|---|---|---|")
+        for name, _, _ in cases:
+            runs = results[name]
+            tooks = [t for t, _, _, _ in runs]
+            keys = sorted({k for _, seen, _, _ in runs for k in seen},
+                          key=lambda k: statistics.median([s[k] for _, s, _, _ in runs if k in s]))
+            steps = "; ".join(f"{k} {statistics.median([s[k] for _, s, _, _ in runs if k in s]):.2f}" for k in keys)
+            vias = ", ".join(sorted({v for _, _, v, _ in runs if v}))
+            print(f"| {name} | {statistics.median(tooks):.2f} s | {max(tooks):.2f} s | {vias} | {steps} |")
     finally:
         if relay:
             relay.kill()

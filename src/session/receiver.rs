@@ -243,8 +243,15 @@ pub async fn run(
 
 /// One session with one holder: list, then fetch every new drop.
 async fn sync(shared: &Shared, addr: Contact, timeouts: Timeouts) -> Outcome {
+    let started = Instant::now();
     let mut hs = match HolderSession::open(&shared.ctx, addr, timeouts).await {
-        Ok(hs) => hs,
+        Ok(hs) => {
+            tracing::debug!(
+                "holder at {addr}: session open in {} ms",
+                started.elapsed().as_millis()
+            );
+            hs
+        }
         Err(e) => {
             tracing::info!("holder at {addr}: {e}");
             return e.outcome();

@@ -55,8 +55,25 @@ pub const ALPN_MEET: &[u8] = b"deaddrop/meet/2";
 /// Connecting through a relay takes a few round trips more than a LAN connection.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial to the meeting endpoint may take before this member concludes nobody
-/// holds it.
+/// holds it and may take it itself (a dial through the relay to a holder takes a relay round
+/// trip or two: milliseconds on a LAN, a few hundred on slow links). Too short a wait on a
+/// slow link only means this process takes the key over: the relay forwards to the newest
+/// holder, and the one before it lets go when it notices (see [`keeper`]).
+const MEET_NOBODY_AFTER: Duration = Duration::from_millis(800);
+/// How long a member goes on dialling the meeting endpoint (one dial every
+/// [`MEET_DIAL_EVERY`], the first answer wins) before it starts over.
 const MEET_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A new dial to the meeting endpoint this often while none answered: once someone binds it,
+/// members reach it within this (and at once when this process bound it), not when an earlier
+/// dial's retransmission happens to arrive.
+const MEET_DIAL_EVERY: Duration = Duration::from_millis(250);
+/// Dials to the meeting endpoint in flight at once.
+const MEET_DIALS: usize = 4;
+/// How long a new endpoint may take to reach the relay before it is used anyway.
+const ONLINE_WAIT: Duration = Duration::from_secs(3);
+/// After taking the meeting key, a holder first checks this soon (plus up to 0.3 s at
+/// random) whether another member took it at the same time.
+const CHECK_FIRST: Duration = Duration::from_millis(700);
 /// The longest a meeting point holds a member's request before answering.
 const MEET_WAIT: Duration = Duration::from_secs(10);
 /// A member says it is still here this often, besides whenever its drops change.
@@ -273,6 +290,9 @@ struct Inner {
     /// The meeting endpoint, while this process holds it (closed with the device endpoint
     /// when the process exits).
     held: Mutex<Option<Endpoint>>,
+    /// How many times this process bound the meeting endpoint (members dialling it dial at
+    /// once when it changes).
+    bound: watch::Sender<u64>,
     /// Guesses at meeting points, both as the one dialling and as the one holding it.
     budget: Mutex<GuessBudget>,
 }
@@ -356,7 +376,18 @@ pub async fn endpoint(
 /// A throwaway endpoint (a fresh key, answering nothing) that reaches others only through the
 /// relay: no UDP socket of its own, so whoever it dials learns no address of this host.
 async fn relay_only(invite: &Invite) -> io::Result<Endpoint> {
-    let builder = builder(invite, SecretKey::generate(), Vec::new())?.clear_ip_transports();
+    relay_only_with(invite, SecretKey::generate(), Vec::new()).await
+}
+
+/// An endpoint with `key` answering `alpns` through the relay only (no UDP socket): it learns
+/// and tells no address, and it is at the relay as soon as it has connected there (no
+/// address probes first).
+async fn relay_only_with(
+    invite: &Invite,
+    key: SecretKey,
+    alpns: Vec<Vec<u8>>,
+) -> io::Result<Endpoint> {
+    let builder = builder(invite, key, alpns)?.clear_ip_transports();
     finish_bind(builder).await
 }
 
@@ -382,7 +413,13 @@ fn builder(
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}")))?;
             let port = url.port().unwrap_or(443);
             let map = RelayMap::from(RelayConfig::new(url, Some(RelayQuicConfig::new(port))));
-            let mut b = Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Custom(map));
+            // No captive-portal check: on the first report it holds up choosing the relay
+            // (and so being reachable there) by 200 ms, and this relay is the room's own.
+            let mut report = iroh::endpoint::NetReportConfig::default();
+            report.captive_portal_check = false;
+            let mut b = Endpoint::builder(presets::Minimal)
+                .relay_mode(RelayMode::Custom(map))
+                .net_report_config(report);
             if let Some(pin) = *pin {
                 b = b.ca_tls_config(iroh_relay::tls::CaTlsConfig::custom_server_cert_verifier(
                     Arc::new(move |provider| {
@@ -455,6 +492,7 @@ impl WideRoom {
         if opts.may_host {
             alpns.push(ALPN_MEET.to_vec());
         }
+        tracing::debug!("binding the endpoints");
         // Both at once: each connects to the relay as it binds.
         let (endpoint, meet) = tokio::try_join!(
             bind(
@@ -495,6 +533,7 @@ impl WideRoom {
             unanswered: watch::channel(0).0,
             rejected: watch::channel(false).0,
             held: Mutex::new(None),
+            bound: watch::channel(0).0,
             budget: Mutex::new(GuessBudget::default()),
         });
         let (tx, rx) = mpsc::channel(MAX_INCOMING);
@@ -1037,7 +1076,7 @@ async fn member_loop(inner: Arc<Inner>) {
         let pause = match end {
             MeetEnd::NoAnswer => {
                 inner.unanswered.send_modify(|n| *n += 1);
-                Duration::from_millis(500)
+                Duration::from_millis(100)
             }
             MeetEnd::Rejected => {
                 rejected += 1;
@@ -1059,11 +1098,14 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
     let room = source == Source::Room;
     let endpoint = inner.meet_endpoint();
     let from = endpoint.id();
-    let dial = endpoint.connect(addr, ALPN_MEET);
-    let conn = match timeout(MEET_DIAL_TIMEOUT, dial).await {
-        Ok(Ok(conn)) => conn,
-        _ => return MeetEnd::NoAnswer,
+    let started = Instant::now();
+    let Some(conn) = dial_meet(inner, &endpoint, addr, room).await else {
+        return MeetEnd::NoAnswer;
     };
+    tracing::debug!(
+        "meeting point ({source:?}) answered in {} ms",
+        started.elapsed().as_millis()
+    );
     let charged = SourceKey::endpoint(conn.remote_id().as_bytes());
     let Some(charge) = HeldCharge::start(&inner.budget, charged, Instant::now()) else {
         return MeetEnd::NoBudget;
@@ -1085,11 +1127,20 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
         }
         Err(_) => return MeetEnd::NoAnswer,
     };
+    tracing::debug!(
+        "in the room at the meeting point ({source:?}) {} ms after the dial",
+        started.elapsed().as_millis()
+    );
     if room {
         inner.rejected.send_replace(false);
         inner.unanswered.send_replace(0);
         inner.at_meeting.send_replace(Some(watching.peer()));
     }
+    // Listed at the meeting point, this process is dialled at once by members that want its
+    // drops: only once its device endpoint is at the relay, or their first packets are dropped
+    // there and QUIC resends them a second later. (Its address probes come first: a few
+    // hundred milliseconds after the start, while the meeting point is dialled.)
+    let _ = timeout(ONLINE_WAIT, inner.endpoint().online()).await;
     let me = *inner.id.as_bytes();
     let watch = async {
         let mut known = u64::MAX;
@@ -1102,6 +1153,11 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
                 Reply::Members { version, members } => {
                     known = version;
                     let others: Vec<Member> = members.into_iter().filter(|m| m.id != me).collect();
+                    tracing::debug!(
+                        "meeting point ({source:?}): {} other members, {} with drops",
+                        others.len(),
+                        others.iter().filter(|m| m.generation.is_some()).count()
+                    );
                     publish(inner, source, others);
                 }
                 _ => return Err(SessionError::Protocol("expected the members")),
@@ -1134,6 +1190,46 @@ async fn meet_once(inner: &Arc<Inner>, addr: EndpointAddr, source: Source) -> Me
     MeetEnd::Ended
 }
 
+/// Dials a meeting point from `endpoint`: a new dial every [`MEET_DIAL_EVERY`] (and at once
+/// when this process binds the meeting endpoint), at most [`MEET_DIALS`] in flight, the first
+/// connection wins; None after [`MEET_DIAL_TIMEOUT`]. For the room's meeting point
+/// (`room`), nobody answering within [`MEET_NOBODY_AFTER`] counts as unanswered at once, so
+/// that the keeper may take the key while the dials go on.
+async fn dial_meet(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    addr: EndpointAddr,
+    room: bool,
+) -> Option<Connection> {
+    let started = tokio::time::Instant::now();
+    let give_up = started + MEET_DIAL_TIMEOUT;
+    let mut nobody = room.then_some(started + MEET_NOBODY_AFTER);
+    let mut bound = inner.bound.subscribe();
+    bound.borrow_and_update();
+    let mut dials = tokio::task::JoinSet::new();
+    let mut next = started;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next), if dials.len() < MEET_DIALS => {
+                let (endpoint, addr) = (endpoint.clone(), addr.clone());
+                dials.spawn(async move { endpoint.connect(addr, ALPN_MEET).await });
+                next = tokio::time::Instant::now() + MEET_DIAL_EVERY;
+            }
+            Ok(()) = bound.changed() => next = tokio::time::Instant::now(),
+            Some(done) = dials.join_next(), if !dials.is_empty() => {
+                if let Ok(Ok(conn)) = done {
+                    return Some(conn);
+                }
+            }
+            () = tokio::time::sleep_until(nobody.unwrap_or(give_up)), if nobody.is_some() => {
+                nobody = None;
+                inner.unanswered.send_modify(|n| *n += 1);
+            }
+            () = tokio::time::sleep_until(give_up) => return None,
+        }
+    }
+}
+
 /// Holds the meeting key when nobody answers there, and lets go of it when another holder of
 /// it is the one the relay forwards to.
 async fn keeper(inner: Arc<Inner>) {
@@ -1142,9 +1238,9 @@ async fn keeper(inner: Arc<Inner>) {
         // Nobody answered: wait a moment (others who found nobody may take it first), ask once
         // more, and hold it if still nobody answers.
         let _ = unanswered.wait_for(|n| *n >= 1).await;
-        sleep(Duration::from_millis(
-            u64::from(crate::protocol::id::random_array::<1>()[0]) * 8,
-        ))
+        sleep(Duration::from_millis(u64::from(
+            crate::protocol::id::random_array::<1>()[0],
+        )))
         .await;
         if *inner.unanswered.borrow() == 0 {
             continue;
@@ -1172,13 +1268,22 @@ async fn keeper(inner: Arc<Inner>) {
         };
         let mut unconnected = REBIND_AFTER_UNCONNECTED;
         let mut back = watch_relay(point.endpoint.clone(), unconnected);
+        let mut checked = false;
+        let mut at_meeting = inner.at_meeting.subscribe();
         loop {
             let first_minute = since.elapsed() < Duration::from_secs(60);
-            let pause = if first_minute {
+            let pause = if !checked {
+                // Two members that found nobody at the same moment may both have taken it.
+                CHECK_FIRST
+                    + Duration::from_micros(
+                        u64::from(crate::protocol::id::random_array::<1>()[0]) * 1200,
+                    )
+            } else if first_minute {
                 CHECK_EVERY_AT_FIRST
             } else {
                 CHECK_EVERY
             };
+            checked = true;
             tokio::select! {
                 () = sleep(pause) => match who_answers(&inner).await {
                     Some(peer) if peer != point.peer => {
@@ -1187,6 +1292,15 @@ async fn keeper(inner: Arc<Inner>) {
                     }
                     _ => {}
                 },
+                // This process's own member reached another meeting point: the relay forwards
+                // the key to someone else now.
+                Ok(()) = at_meeting.changed() => {
+                    let elsewhere = at_meeting.borrow_and_update().is_some_and(|p| p != point.peer);
+                    if elsewhere {
+                        tracing::info!("another member holds the meeting point; letting go");
+                        break;
+                    }
+                }
                 connected_once = &mut back => {
                     // The relay is back after an outage: the meeting point is bound anew,
                     // and the members at it come back as their connections end.
@@ -1211,9 +1325,8 @@ async fn keeper(inner: Arc<Inner>) {
 /// Who answers at the meeting endpoint through the relay, asked from a fresh endpoint (which
 /// knows no direct address of anyone, so the relay decides where the dial goes).
 async fn who_answers(inner: &Arc<Inner>) -> Option<PeerId> {
-    let probe = bind(&inner.opts, SecretKey::generate(), vec![])
-        .await
-        .ok()?;
+    // Relay only, as members dial: whoever answers there learns no address of this host.
+    let probe = relay_only(&inner.opts.invite).await.ok()?;
     let ask = handshake_at(
         &probe,
         inner.meeting.clone(),
@@ -1291,11 +1404,21 @@ impl Table {
 impl MeetingPoint {
     async fn start(inner: &Arc<Inner>) -> io::Result<MeetingPoint> {
         let key = SecretKey::from_bytes(&inner.opts.invite.room.meeting_secret());
-        let endpoint = bind(&inner.opts, key, vec![ALPN_MEET.to_vec()]).await?;
+        // Members dial it through the relay only: a UDP socket would only tell them (and
+        // anyone holding the meeting key's invite) this host's address.
+        let endpoint = relay_only_with(&inner.opts.invite, key, vec![ALPN_MEET.to_vec()]).await?;
+        // Dials reach it once the relay knows it.
+        let before = Instant::now();
+        let _ = timeout(ONLINE_WAIT, endpoint.online()).await;
+        tracing::debug!(
+            "meeting endpoint at the relay after {} ms",
+            before.elapsed().as_millis()
+        );
         let peer = PeerId::random();
         let table = Arc::new(watch::channel(Table::default()).0);
         let task = tokio::spawn(serve_meeting(inner.clone(), endpoint.clone(), peer, table));
         *inner.held.lock().expect("held lock") = Some(endpoint.clone());
+        inner.bound.send_modify(|n| *n += 1);
         Ok(MeetingPoint {
             peer,
             endpoint,

@@ -315,6 +315,7 @@ def main():
                     help="the iroh floor program (cargo build --release --example iroh_floor)")
     ap.add_argument("--first", type=int, default=0, metavar="N",
                     help="only the first-contact measurement (issue 28.4), N runs per case")
+    ap.add_argument("--together-only", action="store_true", help="with --first: only the cases that start both at once")
     args = ap.parse_args()
     if args.first:
         return first_main(args)
@@ -400,6 +401,8 @@ def first_main(args):
                                 check=True, env=env_for("inviter")).stdout.strip()
         cases = [("receiver up 3 s", 3.0, False), ("both started together", 0.0, False),
                  ("receiver up 3 s, relay only", 3.0, True), ("both together, relay only", 0.0, True)]
+        if args.together_only:
+            cases = [c for c in cases if c[1] == 0.0]
         results = {c[0]: [] for c in cases}
         for r in range(args.first):
             for name, up, block in cases:

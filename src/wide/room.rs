@@ -1268,30 +1268,26 @@ async fn keeper(inner: Arc<Inner>) {
         };
         let mut unconnected = REBIND_AFTER_UNCONNECTED;
         let mut back = watch_relay(point.endpoint.clone(), unconnected);
-        let mut checked = false;
         let mut at_meeting = inner.at_meeting.subscribe();
+        // Looked at once too: while the key was being bound (its endpoint reaching the relay
+        // takes a moment), this process's member may have got in at someone else's.
+        at_meeting.mark_changed();
+        // Two members that found nobody at the same moment may both have taken it: the first
+        // check comes soon.
+        let mut next_check = tokio::time::Instant::now()
+            + CHECK_FIRST
+            + Duration::from_micros(u64::from(crate::protocol::id::random_array::<1>()[0]) * 1200);
         loop {
-            let first_minute = since.elapsed() < Duration::from_secs(60);
-            let pause = if !checked {
-                // Two members that found nobody at the same moment may both have taken it.
-                CHECK_FIRST
-                    + Duration::from_micros(
-                        u64::from(crate::protocol::id::random_array::<1>()[0]) * 1200,
-                    )
-            } else if first_minute {
-                CHECK_EVERY_AT_FIRST
-            } else {
-                CHECK_EVERY
-            };
-            checked = true;
             tokio::select! {
-                () = sleep(pause) => match who_answers(&inner).await {
-                    Some(peer) if peer != point.peer => {
+                () = tokio::time::sleep_until(next_check) => {
+                    if who_answers(&inner).await.is_some_and(|peer| peer != point.peer) {
                         tracing::info!("another member holds the meeting point; letting go");
                         break;
                     }
-                    _ => {}
-                },
+                    let first_minute = since.elapsed() < Duration::from_secs(60);
+                    next_check = tokio::time::Instant::now()
+                        + if first_minute { CHECK_EVERY_AT_FIRST } else { CHECK_EVERY };
+                }
                 // This process's own member reached another meeting point: the relay forwards
                 // the key to someone else now.
                 Ok(()) = at_meeting.changed() => {

@@ -132,6 +132,21 @@ def wait_event(q, kind, timeout=60.0):
             return event
 
 
+def start_relay(nat, binary):
+    """`deaddrop relay` on the relay host, and an invite for it: (process, invite)."""
+    relay = subprocess.Popen(nat.prefix("relay") + [binary, "relay", "--bind", "198.18.0.10:3340"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=env_for("relay"))
+    try:
+        url = next(l.split("'")[1] for l in relay.stdout if "--relay" in l)
+        invite = subprocess.run([binary, "invite", "--relay", url], capture_output=True, text=True,
+                                check=True, env=env_for("inviter")).stdout.strip()
+    except BaseException:
+        relay.kill()
+        raise
+    return relay, invite
+
+
 def message_latency(nat, binary, recv_host, invite, count):
     """Median and max ms from send-msg's start to the message event of a running receiver."""
     extra = ["--invite", invite] if invite else []
@@ -329,12 +344,7 @@ def main():
     nat = Nat()
     relay = None
     try:
-        relay = subprocess.Popen(nat.prefix("relay") + [args.binary, "relay", "--bind", "198.18.0.10:3340"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                 env=env_for("relay"))
-        url = next(l.split("'")[1] for l in relay.stdout if "--relay" in l)
-        invite = subprocess.run([args.binary, "invite", "--relay", url], capture_output=True, text=True,
-                                check=True, env=env_for("inviter")).stdout.strip()
+        relay, invite = start_relay(nat, args.binary)
         paths = [("lan", "a2", None, False), ("direct", "b1", invite, False), ("relayed", "b1", invite, True)]
         times = {p[0]: [] for p in paths}
         times["socat"] = []
@@ -393,12 +403,7 @@ def first_main(args):
     nat = Nat()
     relay = None
     try:
-        relay = subprocess.Popen(nat.prefix("relay") + [args.binary, "relay", "--bind", "198.18.0.10:3340"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                 env=env_for("relay"))
-        url = next(l.split("'")[1] for l in relay.stdout if "--relay" in l)
-        invite = subprocess.run([args.binary, "invite", "--relay", url], capture_output=True, text=True,
-                                check=True, env=env_for("inviter")).stdout.strip()
+        relay, invite = start_relay(nat, args.binary)
         cases = [("receiver up 3 s", 3.0, False), ("both started together", 0.0, False),
                  ("receiver up 3 s, relay only", 3.0, True), ("both together, relay only", 0.0, True)]
         if args.together_only:

@@ -173,6 +173,7 @@ pub fn qr(
 }
 
 /// `deaddrop relay`: serves until Ctrl-C.
+#[cfg(feature = "relay-server")]
 pub fn relay(bind: SocketAddr, hostnames: &[String], max_clients: usize) -> ExitCode {
     let run = async {
         let dir = config::dir().context("cannot find the config folder")?;
@@ -183,7 +184,7 @@ pub fn relay(bind: SocketAddr, hostnames: &[String], max_clients: usize) -> Exit
         if names.is_empty() {
             names.push("deaddrop-relay".into());
         }
-        let relay = deaddrop::wide::relay::start(bind, &dir, &names, max_clients).await?;
+        let relay = deaddrop::wide::relay::server::start(bind, &dir, &names, max_clients).await?;
         let port = relay.https_addr().map_or(bind.port(), |a| a.port());
         let pin = invite::hex(&relay.pin);
         let hosts: Vec<String> = if !hostnames.is_empty() {
@@ -223,6 +224,21 @@ pub fn relay(bind: SocketAddr, hostnames: &[String], max_clients: usize) -> Exit
     }
 }
 
+/// `deaddrop relay` in a build without the relay server.
+#[cfg(not(feature = "relay-server"))]
+pub fn relay(_bind: SocketAddr, _hostnames: &[String], _max_clients: usize) -> ExitCode {
+    stderr_line(
+        "error: this deaddrop was built without the relay server (the cargo feature \
+         `relay-server`); everything else works, including rooms that use a relay",
+    );
+    stderr_line(
+        "hint: the release binaries have it; from the source tree, build with the default \
+         features (`cargo build --release`)",
+    );
+    ExitCode::from(EXIT_ERROR)
+}
+
+#[cfg(feature = "relay-server")]
 /// This host's addresses that others could reach, for the printed URLs.
 fn local_addresses() -> Vec<String> {
     let mut out: Vec<String> = if_addrs::get_if_addrs()

@@ -238,8 +238,8 @@ pub fn relay(_bind: SocketAddr, _hostnames: &[String], _max_clients: usize) -> E
     ExitCode::from(EXIT_ERROR)
 }
 
-#[cfg(feature = "relay-server")]
 /// This host's addresses that others could reach, for the printed URLs.
+#[cfg(feature = "relay-server")]
 fn local_addresses() -> Vec<String> {
     let mut out: Vec<String> = if_addrs::get_if_addrs()
         .unwrap_or_default()
